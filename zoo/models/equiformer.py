@@ -1,0 +1,194 @@
+"""The Equiformer network: one module for every variant, configured by an `EquiformerConfig`."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Union
+
+import torch
+from e3nn import o3
+
+from zoo import keys
+from zoo.models.config import EquiformerConfig
+from zoo.nn.activation import ScalarActivation
+from zoo.nn.attention import GraphAttention
+from zoo.nn.dtp import DepthwiseTensorProduct
+from zoo.nn.blocks import EdgeDegreeEmbedding, NodeEmbedding, TransBlock
+from zoo.nn.linear import IrrepsLinear
+from zoo.nn.norm import EquivariantLayerNorm
+from zoo.nn.radial import BesselBasis, ExpNormalBasis, GaussianBasis
+from zoo.nn.scatter import scatter_sum
+from zoo.nn.sh import SphericalHarmonics
+
+
+class Equiformer(torch.nn.Module):
+    """Equivariant graph attention transformer on a given graph.
+
+    Inputs: `pos` [N, 3] (Å), `species` [N] atomic numbers, `edge_index` [2, E] as (src = neighbour,
+    dst = centre), `batch` [N] structure index per atom, optional `edge_shift` [E, 3] (cartesian periodic
+    image shift added to pos[src]), optional `tags` [N] (OC20). The graph is built outside (zoo.graph,
+    C++, LAMMPS). Edge vectors are pos[src] - pos[dst] + edge_shift; messages aggregate at dst.
+
+    Outputs (a dict, names in zoo.keys): the per-structure scalar (`energy` or `property`) and its
+    per-atom parts; `forces` (-dE/dpos) when `compute_forces`; `virial` (-dE/dstrain) when
+    `compute_virial`; `aux_displacement` for variants with the IS2RS head.
+    """
+
+    compute_forces: bool
+    compute_virial: bool
+
+    def __init__(self, config: EquiformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.output_key = keys.ENERGY if c.output == "energy" else keys.PROPERTY
+        self.atomic_key = keys.ATOMIC_ENERGY if c.output == "energy" else keys.ATOMIC_PROPERTY
+        self.compute_forces = c.forces
+        self.compute_virial = False
+        self.has_aux = c.aux_head
+        self.use_tags = c.num_tags > 0
+        self.r_max = c.r_max
+        irreps_node = o3.Irreps(c.irreps_node_embedding)
+        irreps_feature = o3.Irreps(c.irreps_feature)
+        radial = [c.num_basis] + list(c.radial_hidden)
+
+        lookup = torch.full((119,), -1, dtype=torch.long)
+        for t, z in enumerate(c.type_numbers):
+            lookup[z] = t
+        self.register_buffer("type_lookup", lookup, persistent=False)
+
+        self.sh = SphericalHarmonics(c.irreps_sh)
+        self.atom_embed = NodeEmbedding(irreps_node, len(c.type_numbers))
+        self.tag_embed = NodeEmbedding(irreps_node, c.num_tags) if self.use_tags else None
+        if c.radial_basis == "gaussian":
+            self.rbf = GaussianBasis(c.num_basis, c.r_max)
+        elif c.radial_basis == "bessel":
+            self.rbf = BesselBasis(c.num_basis, c.r_max)
+        else:
+            self.rbf = ExpNormalBasis(c.num_basis, c.r_max)
+        self.edge_deg_embed = EdgeDegreeEmbedding(irreps_node, c.irreps_sh, radial, c.avg_degree)
+        self.blocks = torch.nn.ModuleList(
+            TransBlock(
+                irreps_node,
+                c.irreps_sh,
+                irreps_node if i < c.num_layers - 1 else irreps_feature,
+                radial,
+                c.irreps_head,
+                c.num_heads,
+                c.irreps_mlp_mid,
+                irreps_pre_attn=c.irreps_pre_attn,
+                attention=c.attention,
+                alpha_drop=c.alpha_drop,
+                drop_path=c.drop_path,
+            )
+            for i in range(c.num_layers)
+        )
+        self.norm = EquivariantLayerNorm(irreps_feature)
+        scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_feature if ir.l == 0 and ir.p == 1])
+        self.head = torch.nn.Sequential(IrrepsLinear(irreps_feature, scalars), ScalarActivation(scalars), IrrepsLinear(scalars, "1x0e"))
+        self.avg_num_nodes = float(c.avg_num_nodes)
+        self.aux_head: Optional[GraphAttention] = None
+        if c.aux_head:
+            aux_out = "1x1o" if o3.Irrep("1o") in irreps_feature else "1x1e"
+            self.aux_head = GraphAttention(
+                irreps_feature, c.irreps_sh, aux_out, radial, c.irreps_head, c.num_heads,
+                irreps_pre_attn=c.irreps_pre_attn, nonlinear_message=c.attention == "mlp_nonlinear", alpha_drop=c.alpha_drop,
+            )  # fmt: skip
+        self.apply(_init_torch_layers)
+        if c.cg_float32:
+            for m in self.modules():
+                if isinstance(m, DepthwiseTensorProduct):
+                    m.set_cg_float32(True)
+
+    def extra_repr(self) -> str:
+        return f"variant={self.config.name!r}, r_max={self.r_max}, forces={self.compute_forces}"
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        species: torch.Tensor,
+        edge_index: torch.Tensor,
+        batch: torch.Tensor,
+        edge_shift: Optional[torch.Tensor] = None,
+        tags: Optional[torch.Tensor] = None,
+        num_graphs: int = -1,
+    ) -> Dict[str, torch.Tensor]:
+        if num_graphs < 0:
+            num_graphs = int(batch.max().item()) + 1 if batch.numel() > 0 else 0
+        num_nodes = pos.shape[0]
+        edge_src = edge_index[0]
+        edge_dst = edge_index[1]
+        edge_vec = pos.index_select(0, edge_src) - pos.index_select(0, edge_dst)
+        if edge_shift is not None:
+            edge_vec = edge_vec + edge_shift
+        need_grad = self.compute_forces or self.compute_virial
+        if need_grad and not edge_vec.requires_grad:
+            edge_vec.requires_grad_(True)
+
+        sh = self.sh(edge_vec)
+        radial = self.rbf(edge_vec.norm(dim=1))
+        x = self.atom_embed(self.type_lookup.index_select(0, species), pos.dtype)
+        tag_embed = self.tag_embed
+        if tag_embed is not None:
+            if tags is None:
+                raise RuntimeError("this model needs per-atom tags (0 subsurface, 1 surface, 2 adsorbate)")
+            x = x + tag_embed(tags, pos.dtype)
+        x = x + self.edge_deg_embed(num_nodes, edge_src, edge_dst, sh, radial)
+        for block in self.blocks:
+            x = block(x, edge_src, edge_dst, sh, radial, batch, num_graphs)
+        x = self.norm(x)
+        atomic = self.head(x).squeeze(-1) / (self.avg_num_nodes**0.5)
+        total = scatter_sum(atomic, batch, num_graphs)
+        out: Dict[str, torch.Tensor] = {self.output_key: total, self.atomic_key: atomic}
+        aux_head = self.aux_head
+        if aux_head is not None:
+            out[keys.AUX_DISPLACEMENT] = aux_head(x, edge_src, edge_dst, sh, radial)
+        if need_grad:
+            grads = torch.autograd.grad([total.sum()], [edge_vec], create_graph=self.training)
+            g = grads[0]
+            if g is None:
+                g = torch.zeros_like(edge_vec)
+            if self.compute_forces:
+                out[keys.FORCES] = scatter_sum(g, edge_dst, num_nodes) - scatter_sum(g, edge_src, num_nodes)
+            if self.compute_virial:
+                per_edge = -(edge_vec.unsqueeze(-1) * g.unsqueeze(-2))
+                out[keys.VIRIAL] = scatter_sum(per_edge, batch.index_select(0, edge_dst), num_graphs)
+        return out
+
+
+def _init_torch_layers(m: torch.nn.Module) -> None:
+    """The reference's `_init_weights`: zero nn.Linear biases, LayerNorm to (1, 0)."""
+    if isinstance(m, torch.nn.Linear) and m.bias is not None:
+        torch.nn.init.zeros_(m.bias)
+    elif isinstance(m, torch.nn.LayerNorm):
+        torch.nn.init.ones_(m.weight)
+        torch.nn.init.zeros_(m.bias)
+
+
+def build_model(config: Union[str, EquiformerConfig, dict], **overrides) -> Equiformer:
+    """Build an (untrained) Equiformer from a variant name, a config or a config dict."""
+    from zoo.models.variants import get_variant
+
+    if isinstance(config, str):
+        config = get_variant(config)
+    elif isinstance(config, dict):
+        config = EquiformerConfig.from_dict(config)
+    if overrides:
+        config = config.replace(**overrides)
+    return Equiformer(config)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def no_weight_decay_names(model: Equiformer) -> List[str]:
+    """Parameters the reference excludes from weight decay: biases, norm affines, radial-basis
+    parameters (nn.Linear weights, TP weights, radial offsets and alpha_dot are decayed)."""
+    names = []
+    basis_types = (GaussianBasis, BesselBasis, torch.nn.LayerNorm, EquivariantLayerNorm)
+    for mod_name, mod in model.named_modules():
+        for p_name, _ in mod.named_parameters(recurse=False):
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            if p_name == "bias" or isinstance(mod, basis_types):
+                names.append(full)
+    return names

@@ -1,0 +1,138 @@
+"""Embeddings, feed-forward network and the pre-norm transformer block."""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import torch
+from e3nn import o3
+
+from zoo.nn.activation import Gate
+from zoo.nn.attention import DotProductAttention, GraphAttention
+from zoo.nn.dtp import DepthwiseTensorProduct
+from zoo.nn.irreps import split_gate
+from zoo.nn.linear import IrrepsLinear
+from zoo.nn.norm import EquivariantLayerNorm
+from zoo.nn.radial import RadialProfile
+from zoo.nn.scatter import scatter_sum
+
+
+class NodeEmbedding(torch.nn.Module):
+    """One-hot type -> linear into the node irreps (only 0e is non-zero); weights ~ N(0, 1)."""
+
+    def __init__(self, irreps_out, num_types: int) -> None:
+        super().__init__()
+        self.num_types = num_types
+        self.lin = IrrepsLinear(o3.Irreps(f"{num_types}x0e"), irreps_out, bias=True)
+        with torch.no_grad():
+            self.lin.weight.mul_(num_types**0.5)
+        self.irreps_out = self.lin.irreps_out
+
+    def forward(self, types: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.lin(torch.nn.functional.one_hot(types, self.num_types).to(dtype))
+
+
+class EdgeDegreeEmbedding(torch.nn.Module):
+    """Sum over neighbours of DTP(constant node vector, Y; radial weights), projected, / sqrt(avg degree).
+
+    Independent of atom types: it encodes the geometry of each atom's neighbourhood.
+    """
+
+    def __init__(self, irreps_node, irreps_sh, radial_channels: List[int], avg_degree: float) -> None:
+        super().__init__()
+        self.exp = IrrepsLinear(o3.Irreps("1x0e"), irreps_node, bias=True)
+        self.dw = DepthwiseTensorProduct(irreps_node, irreps_sh, irreps_node, internal_weights=False)
+        self.rad = RadialProfile(list(radial_channels) + [self.dw.weight_numel])
+        self.proj = IrrepsLinear(self.dw.irreps_out.simplify(), irreps_node)
+        self.avg_degree = float(avg_degree)
+        self.irreps_out = o3.Irreps(irreps_node)
+
+    def extra_repr(self) -> str:
+        return f"avg_degree={self.avg_degree}"
+
+    def forward(self, num_nodes: int, edge_src: torch.Tensor, edge_dst: torch.Tensor, sh: torch.Tensor, radial: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones(num_nodes, 1, dtype=sh.dtype, device=sh.device)
+        node = self.exp(ones)
+        edge = self.proj(self.dw(node.index_select(0, edge_src), sh, self.rad(radial)))
+        return scatter_sum(edge, edge_dst, num_nodes) / (self.avg_degree**0.5)
+
+
+class FeedForward(torch.nn.Module):
+    """Linear -> gate -> linear (the reference's two FCTPs with the constant node attribute 1x0e)."""
+
+    def __init__(self, irreps_in, irreps_mid, irreps_out) -> None:
+        super().__init__()
+        self.gate = Gate(*split_gate(o3.Irreps(irreps_mid)))
+        self.fctp_1 = IrrepsLinear(irreps_in, self.gate.irreps_in)
+        self.fctp_2 = IrrepsLinear(self.gate.irreps_out, irreps_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fctp_2(self.gate(self.fctp_1(x)))
+
+
+class GraphDropPath(torch.nn.Module):
+    """Stochastic depth per graph: drop a whole residual branch of a structure, scale survivors 1/keep."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+    def forward(self, x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = torch.floor(keep + torch.rand(num_graphs, dtype=x.dtype, device=x.device)) / keep
+        return x * mask.index_select(0, batch).unsqueeze(-1)
+
+
+class TransBlock(torch.nn.Module):
+    """Pre-norm block: x + attn(LN(x)), then shortcut(x) + FFN(LN(x))."""
+
+    def __init__(
+        self,
+        irreps_in,
+        irreps_sh,
+        irreps_out,
+        radial_channels: List[int],
+        irreps_head,
+        num_heads: int,
+        irreps_mlp_mid,
+        irreps_pre_attn=None,
+        attention: str = "mlp_nonlinear",
+        alpha_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.irreps_in = o3.Irreps(irreps_in)
+        self.irreps_out = o3.Irreps(irreps_out)
+        self.norm_1 = EquivariantLayerNorm(self.irreps_in)
+        common = dict(irreps_pre_attn=irreps_pre_attn, alpha_drop=alpha_drop)
+        if attention == "dot_product":
+            self.attn = DotProductAttention(self.irreps_in, irreps_sh, self.irreps_in, radial_channels, irreps_head, num_heads, **common)
+        elif attention in ("mlp_nonlinear", "mlp_linear"):
+            self.attn = GraphAttention(
+                self.irreps_in, irreps_sh, self.irreps_in, radial_channels, irreps_head, num_heads,
+                nonlinear_message=attention == "mlp_nonlinear", **common,
+            )  # fmt: skip
+        else:
+            raise ValueError(f"unknown attention {attention!r}: use mlp_nonlinear, mlp_linear or dot_product")
+        self.drop_path = GraphDropPath(drop_path)
+        self.norm_2 = EquivariantLayerNorm(self.irreps_in)
+        self.ffn = FeedForward(self.irreps_in, irreps_mlp_mid, self.irreps_out)
+        self.ffn_shortcut: Optional[IrrepsLinear] = None
+        if self.irreps_in != self.irreps_out:
+            self.ffn_shortcut = IrrepsLinear(self.irreps_in, self.irreps_out)
+
+    def forward(
+        self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, sh: torch.Tensor, radial: torch.Tensor, batch: torch.Tensor, num_graphs: int
+    ) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm_1(x), edge_src, edge_dst, sh, radial), batch, num_graphs)
+        update = self.drop_path(self.ffn(self.norm_2(x)), batch, num_graphs)
+        shortcut = self.ffn_shortcut
+        if shortcut is not None:
+            x = shortcut(x)
+        return x + update
