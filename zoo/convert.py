@@ -120,3 +120,16 @@ def load_reference(
     model = build_model(variant, cg_float32=has_float32_cg(reference)).to(dtype)
     model.load_state_dict(convert_state_dict(reference, model), strict=False)
     return model.eval()
+
+
+def convert_reference_checkpoint(checkpoint, variant: str, out, dtype: str = "float32", overwrite: bool = False) -> dict:
+    """Convert a reference checkpoint file into an equizoo model directory; returns a summary."""
+    from zoo.artifact import save_model_dir
+    from zoo.models.equiformer import count_parameters
+
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"--dtype must be float32 or float64, got {dtype!r}")
+    model = load_reference(checkpoint, variant, dtype=getattr(torch, dtype))
+    metadata = {"source": "reference checkpoint (atomicarchitects/equiformer)", "checkpoint": Path(checkpoint).name, "normalization": None}
+    save_model_dir(model, out, metadata=metadata, overwrite=overwrite)
+    return {"out": str(out), "variant": model.config.name, "params": count_parameters(model), "dtype": dtype}

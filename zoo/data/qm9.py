@@ -30,13 +30,32 @@ QM9_N_MOLECULES = 130_831
 QM9_N_TOTAL = 133_885
 QM9_SPLIT_SIZES = (110_000, 10_000)
 QM9_UNITS = {
-    "mu": "D", "alpha": "a0^3", "homo": "eV", "lumo": "eV", "gap": "eV", "r2": "a0^2",
-    "zpve": "eV", "U0": "eV", "U": "eV", "H": "eV", "G": "eV", "Cv": "cal/mol/K",
+    "mu": "D",
+    "alpha": "a0^3",
+    "homo": "eV",
+    "lumo": "eV",
+    "gap": "eV",
+    "r2": "a0^2",
+    "zpve": "eV",
+    "U0": "eV",
+    "U": "eV",
+    "H": "eV",
+    "G": "eV",
+    "Cv": "cal/mol/K",
 }
 QM9_SOURCE_UNITS = {
-    "mu": "D", "alpha": "a0^3", "homo": "Hartree", "lumo": "Hartree", "gap": "Hartree",
-    "r2": "a0^2", "zpve": "Hartree", "U0": "Hartree", "U": "Hartree", "H": "Hartree",
-    "G": "Hartree", "Cv": "cal/mol/K",
+    "mu": "D",
+    "alpha": "a0^3",
+    "homo": "Hartree",
+    "lumo": "Hartree",
+    "gap": "Hartree",
+    "r2": "a0^2",
+    "zpve": "Hartree",
+    "U0": "Hartree",
+    "U": "Hartree",
+    "H": "Hartree",
+    "G": "Hartree",
+    "Cv": "cal/mol/K",
 }
 _HARTREE_TARGETS = ("homo", "lumo", "gap", "zpve", "U0", "U", "H", "G")
 _ATOMIZATION_TARGETS = ("U0", "U", "H", "G")
@@ -57,9 +76,17 @@ for _z, _row in ATOMREF_HARTREE.items():
 
 QM9PACK_FILES = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
 QM9PACK_COLUMNS = {
-    "mu": "Dipole_debye", "alpha": "Polarizability_bohr3", "homo": "HOMO_au", "lumo": "LUMO_au",
-    "gap": "HOMO_LUMO_gap_au", "r2": "R2_bohr2", "zpve": "ZPVE_au", "U0": "InternalEnergy_0K_au",
-    "U": "InternalEnergy_298K_au", "H": "Enthalphy_298K_au", "G": "GibbsFreeEnergy_298K_au",
+    "mu": "Dipole_debye",
+    "alpha": "Polarizability_bohr3",
+    "homo": "HOMO_au",
+    "lumo": "LUMO_au",
+    "gap": "HOMO_LUMO_gap_au",
+    "r2": "R2_bohr2",
+    "zpve": "ZPVE_au",
+    "U0": "InternalEnergy_0K_au",
+    "U": "InternalEnergy_298K_au",
+    "H": "Enthalphy_298K_au",
+    "G": "GibbsFreeEnergy_298K_au",
     "Cv": "Heatcapacity_Cv_cal_mol_K",
 }
 # raw property order of the figshare xyz header line after "gdb": N A B C mu alpha ... Cv
@@ -114,7 +141,9 @@ def parse_qm9_xyz(text: str, path: str | os.PathLike | None = None) -> Structure
     try:
         n = int(lines[0].strip())
     except ValueError:
-        raise DataError(f"{where(path, 1)}: expected the number of atoms, got {lines[0][:40]!r}; not a QM9 xyz file") from None
+        raise DataError(
+            f"{where(path, 1)}: expected the number of atoms, got {lines[0][:40]!r}; not a QM9 xyz file"
+        ) from None
     if len(lines) < 2:
         raise DataError(f"{where(path)}: truncated after line 1; re-extract the file")
     header = lines[1].split()
@@ -127,7 +156,9 @@ def parse_qm9_xyz(text: str, path: str | os.PathLike | None = None) -> Structure
     atom_lines = lines[2 : 2 + n]
     if len(atom_lines) < n or any(not line.strip() for line in atom_lines):
         found = sum(1 for line in atom_lines if line.strip())
-        raise DataError(f"{where(path)}: truncated: header says {n} atoms, found {found} atom lines; re-extract the file")
+        raise DataError(
+            f"{where(path)}: truncated: header says {n} atoms, found {found} atom lines; re-extract the file"
+        )
     species = np.empty(n, dtype=np.int64)
     positions = np.empty((n, 3))
     for i, line in enumerate(atom_lines):
@@ -263,7 +294,9 @@ def _qm9pack_rows(data_dir: Path) -> Iterable[tuple[str, int, dict[str, str]]]:
     for fname in QM9PACK_FILES:
         path = data_dir / fname
         if not path.is_file():
-            raise DataError(f"{path}: missing qm9pack file; reinstall with `pip install --force-reinstall qm9pack==1.0.3`")
+            raise DataError(
+                f"{path}: missing qm9pack file; reinstall with `pip install --force-reinstall qm9pack==1.0.3`"
+            )
         with open(path, newline="") as fh:
             reader = csv.reader(fh)
             try:
@@ -297,8 +330,12 @@ def iter_qm9pack(data_dir: str | os.PathLike | None = None, progress: Progress |
             raise DataError(f"{src}: N_atoms={n} but {species.size} elements and {positions.shape} positions")
         found.append(
             Structure(
-                species=species, positions=positions, targets=qm9_targets(raw, species),
-                units=QM9_UNITS, name=qm9_name(index), index=index,
+                species=species,
+                positions=positions,
+                targets=qm9_targets(raw, species),
+                units=QM9_UNITS,
+                name=qm9_name(index),
+                index=index,
             ).check(src)
         )
         if progress and count % 5000 == 0:
@@ -308,8 +345,20 @@ def iter_qm9pack(data_dir: str | os.PathLike | None = None, progress: Progress |
 
 
 __all__ = [
-    "ATOMREF_HARTREE", "QM9_N_MOLECULES", "QM9_TARGETS", "QM9_UNITS", "QM9_SOURCE_UNITS",
-    "iter_qm9_figshare", "iter_qm9pack", "parse_mathematica_list", "parse_qm9_xyz", "qm9_name",
-    "qm9_split", "qm9_targets", "qm9pack_data_dir", "read_qm9_atomref", "read_qm9_uncharacterized",
+    "ATOMREF_HARTREE",
+    "QM9_N_MOLECULES",
+    "QM9_TARGETS",
+    "QM9_UNITS",
+    "QM9_SOURCE_UNITS",
+    "iter_qm9_figshare",
+    "iter_qm9pack",
+    "parse_mathematica_list",
+    "parse_qm9_xyz",
+    "qm9_name",
+    "qm9_split",
+    "qm9_targets",
+    "qm9pack_data_dir",
+    "read_qm9_atomref",
+    "read_qm9_uncharacterized",
     "read_qm9_xyz",
 ]

@@ -22,7 +22,9 @@ def permutation_split(n: int, train: int, val: int, seed: int = 1, test: int | N
     return {"train": perm[:train], "val": perm[train : train + val], "test": perm[train + val : end]}
 
 
-def fraction_split(n: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 1) -> dict[str, np.ndarray]:
+def fraction_split(
+    n: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 1
+) -> dict[str, np.ndarray]:
     """Random split by fractions (train, val, test) from ``default_rng(seed).permutation(n)``."""
     train = int(round(fractions[0] * n))
     val = int(round(fractions[1] * n))

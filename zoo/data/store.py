@@ -15,6 +15,7 @@ preparing streams and opening is an mmap: full QM9 opens in milliseconds.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -35,17 +36,28 @@ Progress = Callable[[str, int, "int | None"], None]
 
 
 class _NpyStream:
-    """Append rows of one dtype and row shape to a ``.npy`` file whose header is fixed at close."""
+    """Append rows of one dtype and row shape to a ``.npy`` file whose header is fixed at close.
 
-    def __init__(self, path: Path, dtype, row_shape: tuple[int, ...]):
+    Scalar-row streams take Python numbers through :meth:`push` (cheap per structure); others take
+    arrays through :meth:`append`. Rows are buffered and written in large blocks.
+    """
+
+    def __init__(self, path: Path, dtype, row_shape: tuple[int, ...], scalar: bool = False):
         self.path = path
+        self.scalar = scalar
         self.dtype = np.dtype(dtype)
         self.row_shape = tuple(row_shape)
         self.rows = 0
         self._fh = open(path, "wb")
         self._fh.write(b"\0" * _HEADER_BYTES)
-        self._buffer: list[np.ndarray] = []
+        self._buffer: list = []
         self._buffered = 0
+
+    def push(self, value) -> None:
+        self._buffer.append(value)
+        self.rows += 1
+        if len(self._buffer) > 1 << 16:
+            self._flush()
 
     def append(self, array) -> None:
         array = np.asarray(array)
@@ -57,14 +69,20 @@ class _NpyStream:
         if self._buffered > 1 << 19:
             self._flush()
 
+    def fill(self, rows: int, value) -> None:
+        if not rows:
+            return
+        if self.scalar:
+            self._buffer.extend([value] * rows)
+            self.rows += rows
+        else:
+            self.append(np.full((rows, *self.row_shape), value, dtype=self.dtype))
+
     def _flush(self) -> None:
         if self._buffer:
-            self._fh.write(np.concatenate(self._buffer).astype(self.dtype, copy=False).tobytes())
+            block = np.array(self._buffer) if self.scalar else np.concatenate(self._buffer)
+            self._fh.write(np.ascontiguousarray(block, dtype=self.dtype).tobytes())
             self._buffer, self._buffered = [], 0
-
-    def fill(self, rows: int, value) -> None:
-        if rows:
-            self.append(np.full((rows, *self.row_shape), value, dtype=self.dtype))
 
     def close(self) -> None:
         self._flush()
@@ -98,66 +116,94 @@ class PreparedWriter:
         self.tmp.mkdir(parents=True)
         self.n_graphs = 0
         self.n_atoms = 0
-        self._streams: dict[str, _NpyStream] = {}
+        self._species = _NpyStream(self.tmp / "species.npy", np.uint8, ())
+        self._positions = _NpyStream(self.tmp / "positions.npy", np.float64, (3,))
+        self._natoms = _NpyStream(self.tmp / "natoms.npy", np.int64, (), scalar=True)
+        self._index = _NpyStream(self.tmp / "index.npy", np.int64, (), scalar=True)
+        self._fields: dict[str, _NpyStream] = {}
+        self._targets: dict[str, _NpyStream] = {}
         self._units: dict[str, str] = {}
-        self._per_atom: dict[str, bool] = {}
-        self._core = {
-            "species": _NpyStream(self.tmp / "species.npy", np.uint8, ()),
-            "positions": _NpyStream(self.tmp / "positions.npy", np.float64, (3,)),
-            "natoms": _NpyStream(self.tmp / "natoms.npy", np.int64, ()),
-            "index": _NpyStream(self.tmp / "index.npy", np.int64, ()),
-        }
+        self._kind: dict[str, str] = {}  # "scalar", "vector" (per structure) or "atom"
+        self._last_units: dict | None = None
 
-    def _optional(self, field: str, dtype, row_shape, per_atom: bool, fill) -> _NpyStream:
-        stream = self._streams.get(field)
-        if stream is None:
-            stream = _NpyStream(self.tmp / f"{field}.npy", dtype, row_shape)
-            stream.fill(self.n_atoms if per_atom else self.n_graphs, fill)
-            self._streams[field] = stream
-        return stream
+    def _streams(self) -> list[_NpyStream]:
+        return [
+            self._species,
+            self._positions,
+            self._natoms,
+            self._index,
+            *self._fields.values(),
+            *self._targets.values(),
+        ]
+
+    def _new_field(self, field: str, dtype, row_shape, per_atom: bool, fill) -> None:
+        stream = _NpyStream(self.tmp / f"{field}.npy", dtype, row_shape)
+        stream.fill(self.n_atoms if per_atom else self.n_graphs, fill)
+        self._fields[field] = stream
+
+    def _new_target(self, name: str, value, unit: str) -> None:
+        if name in PER_ATOM_TARGETS:
+            kind, shape, rows = "atom", np.shape(value)[1:], self.n_atoms
+        elif np.ndim(value) == 0:
+            kind, shape, rows = "scalar", (), self.n_graphs
+        else:
+            kind, shape, rows = "vector", np.shape(value), self.n_graphs
+        stream = _NpyStream(self.tmp / f"target.{name}.npy", np.float64, shape, scalar=kind == "scalar")
+        stream.fill(rows, np.nan)
+        self._targets[name] = stream
+        self._kind[name] = kind
+        self._units[name] = unit
 
     def add(self, s: Structure) -> None:
-        n = s.n_atoms
-        self._core["species"].append(s.species)
-        self._core["positions"].append(s.positions)
-        self._core["natoms"].append(np.array([n]))
-        self._core["index"].append(np.array([s.index]))
-        if s.cell is not None:
-            self._optional("cell", np.float64, (3, 3), False, 0.0)
-        if s.pbc.any():
-            self._optional("pbc", bool, (3,), False, False)
-        if s.tags is not None:
-            self._optional("tags", np.int64, (), True, 0)
-        if s.fixed is not None:
-            self._optional("fixed", bool, (), True, False)
-        for name, value in s.targets.items():
-            per_atom = name in PER_ATOM_TARGETS
-            row_shape = np.shape(value)[1:] if per_atom else np.shape(value)
-            self._optional(f"target.{name}", np.float64, row_shape, per_atom, np.nan)
-            unit = s.units.get(name, "")
-            if self._units.setdefault(name, unit) != unit:
-                raise DataError(f"dataset {self.name}: target {name!r} in {unit!r} after {self._units[name]!r}")
-            self._per_atom[name] = per_atom
-        for field, stream in self._streams.items():
-            if field == "cell":
-                stream.append(s.cell[None] if s.cell is not None else np.zeros((1, 3, 3)))
-            elif field == "pbc":
-                stream.append(s.pbc[None])
-            elif field == "tags":
-                stream.append(s.tags if s.tags is not None else np.zeros(n, np.int64))
-            elif field == "fixed":
-                stream.append(s.fixed if s.fixed is not None else np.zeros(n, bool))
+        n = s.species.shape[0]
+        self._species.append(s.species)
+        self._positions.append(s.positions)
+        self._natoms.push(n)
+        self._index.push(s.index)
+        fields = self._fields
+        if s.cell is not None and "cell" not in fields:
+            self._new_field("cell", np.float64, (3, 3), False, 0.0)
+        if "pbc" not in fields and s.pbc.any():
+            self._new_field("pbc", bool, (3,), False, False)
+        if s.tags is not None and "tags" not in fields:
+            self._new_field("tags", np.int64, (), True, 0)
+        if s.fixed is not None and "fixed" not in fields:
+            self._new_field("fixed", bool, (), True, False)
+        if fields:
+            if "cell" in fields:
+                fields["cell"].append(s.cell[None] if s.cell is not None else np.zeros((1, 3, 3)))
+            if "pbc" in fields:
+                fields["pbc"].append(s.pbc[None])
+            if "tags" in fields:
+                fields["tags"].append(s.tags if s.tags is not None else np.zeros(n, np.int64))
+            if "fixed" in fields:
+                fields["fixed"].append(s.fixed if s.fixed is not None else np.zeros(n, bool))
+        targets = s.targets
+        if s.units != self._last_units or not targets.keys() <= self._targets.keys():
+            for name, value in targets.items():
+                unit = s.units.get(name, "")
+                if name not in self._targets:
+                    self._new_target(name, value, unit)
+                elif self._units[name] != unit:
+                    raise DataError(f"dataset {self.name}: target {name!r} in {unit!r} after {self._units[name]!r}")
+            self._last_units = s.units
+        for name, stream in self._targets.items():
+            value = targets.get(name)
+            kind = self._kind[name]
+            if value is None:
+                stream.fill(n if kind == "atom" else 1, np.nan)
+            elif kind == "scalar":
+                stream.push(value)
+            elif kind == "vector":
+                stream.append(np.asarray(value)[None])
             else:
-                name = field[len("target.") :]
-                if name in s.targets:
-                    value = s.targets[name]
-                    stream.append(value if self._per_atom[name] else np.asarray(value)[None])
-                else:
-                    stream.fill(n if self._per_atom[name] else 1, np.nan)
+                stream.append(value)
         self.n_graphs += 1
         self.n_atoms += n
 
-    def add_all(self, structures: Iterable[Structure], progress: Progress | None = None, total: int | None = None) -> None:
+    def add_all(
+        self, structures: Iterable[Structure], progress: Progress | None = None, total: int | None = None
+    ) -> None:
         for count, s in enumerate(structures, 1):
             self.add(s)
             if progress and count % 1000 == 0:
@@ -165,11 +211,16 @@ class PreparedWriter:
         if progress:
             progress(f"writing {self.name}", self.n_graphs, total)
 
-    def finish(self, splits: Mapping[str, Sequence[int] | np.ndarray], meta: Mapping | None = None, name_template: str | None = None) -> Path:
+    def finish(
+        self,
+        splits: Mapping[str, Sequence[int] | np.ndarray],
+        meta: Mapping | None = None,
+        name_template: str | None = None,
+    ) -> Path:
         if self.n_graphs == 0:
             shutil.rmtree(self.tmp)
             raise DataError(f"dataset {self.name}: the source gave no structures; check the source path")
-        for stream in [*self._core.values(), *self._streams.values()]:
+        for stream in self._streams():
             stream.close()
         natoms = np.load(self.tmp / "natoms.npy")
         np.save(self.tmp / "offsets.npy", np.concatenate([[0], np.cumsum(natoms)]).astype(np.int64))
@@ -181,21 +232,17 @@ class PreparedWriter:
                 raise DataError(f"dataset {self.name}: split {split!r} has indices outside 0..{self.n_graphs - 1}")
             np.save(self.tmp / f"split.{split}.npy", idx)
             split_counts[split] = int(idx.size)
-        targets = {}
-        for name in self._units:
-            stream = self._streams[f"target.{name}"]
-            targets[name] = {
-                "unit": self._units[name],
-                "per_atom": self._per_atom[name],
-                "shape": list(stream.row_shape),
-            }
+        targets = {
+            name: {"unit": self._units[name], "per_atom": self._kind[name] == "atom", "shape": list(stream.row_shape)}
+            for name, stream in self._targets.items()
+        }
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "name": self.name,
             "n_structures": self.n_graphs,
             "n_atoms": self.n_atoms,
-            "fields": sorted(f for f in self._streams if not f.startswith("target.")),
+            "fields": sorted(self._fields),
             "targets": targets,
             "splits": split_counts,
             "name_template": name_template,
@@ -211,7 +258,7 @@ class PreparedWriter:
         return self.path
 
     def abort(self) -> None:
-        for stream in [*self._core.values(), *self._streams.values()]:
+        for stream in self._streams():
             if not stream._fh.closed:
                 stream._fh.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -257,7 +304,9 @@ class PreparedDataset:
     array-level :meth:`collate` that skips building records.
     """
 
-    def __init__(self, path: str | os.PathLike, indices: np.ndarray | None = None, _base: PreparedDataset | None = None):
+    def __init__(
+        self, path: str | os.PathLike, indices: np.ndarray | None = None, _base: PreparedDataset | None = None
+    ):
         self.path = Path(path)
         if _base is not None:
             self.manifest, self._arrays, self._offsets = _base.manifest, _base._arrays, _base._offsets
@@ -298,9 +347,7 @@ class PreparedDataset:
         """Global structure indices of ``split``."""
         file = self.path / f"split.{split}.npy"
         if split not in self.manifest["splits"] or not file.is_file():
-            raise DataError(
-                f"{self.path}: no split {split!r}; available: {', '.join(self.split_names) or 'none'}"
-            )
+            raise DataError(f"{self.path}: no split {split!r}; available: {', '.join(self.split_names) or 'none'}")
         return np.load(file)
 
     def split(self, split: str) -> PreparedDataset:
@@ -345,10 +392,15 @@ class PreparedDataset:
         targets, units = {}, {}
         for name, info in self.manifest["targets"].items():
             array = arrays[f"target.{name}"]
-            value = np.array(array[a:b] if info["per_atom"] else array[g])
-            if np.isnan(value).all():
-                continue
-            targets[name] = float(value) if value.ndim == 0 else value
+            if info["per_atom"] or info["shape"]:
+                value = np.array(array[a:b] if info["per_atom"] else array[g])
+                if np.isnan(value).all():
+                    continue
+            else:
+                value = float(array[g])
+                if math.isnan(value):
+                    continue
+            targets[name] = value
             units[name] = info["unit"]
         index = int(arrays["index"][g])
         template = self.manifest.get("name_template")
@@ -369,7 +421,12 @@ class PreparedDataset:
         for i in range(len(self)):
             yield self[i]
 
-    def collate(self, indices: Sequence[int] | np.ndarray, targets: Sequence[str] | None = None, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    def collate(
+        self,
+        indices: Sequence[int] | np.ndarray,
+        targets: Sequence[str] | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Batch structures ``indices`` (local to this view) straight from the arrays.
 
         Same keys, dtypes and order as :func:`zoo.data.collate` of the same structures; default
@@ -391,10 +448,16 @@ class PreparedDataset:
             keys.SPECIES: torch.from_numpy(arrays["species"][atom].astype(np.int64)),
             keys.BATCH: torch.repeat_interleave(torch.arange(ng), torch.from_numpy(counts)),
             keys.NUM_ATOMS: torch.from_numpy(counts.astype(np.int64)),
-            keys.CELL: torch.from_numpy(arrays["cell"][g]).to(dtype) if "cell" in arrays else torch.zeros(ng, 3, 3, dtype=dtype),
+            keys.CELL: torch.from_numpy(arrays["cell"][g]).to(dtype)
+            if "cell" in arrays
+            else torch.zeros(ng, 3, 3, dtype=dtype),
             keys.PBC: torch.from_numpy(arrays["pbc"][g]) if "pbc" in arrays else torch.zeros(ng, 3, dtype=torch.bool),
-            keys.TAGS: torch.from_numpy(arrays["tags"][atom]) if "tags" in arrays else torch.zeros(total, dtype=torch.int64),
-            keys.FIXED: torch.from_numpy(arrays["fixed"][atom]) if "fixed" in arrays else torch.zeros(total, dtype=torch.bool),
+            keys.TAGS: torch.from_numpy(arrays["tags"][atom])
+            if "tags" in arrays
+            else torch.zeros(total, dtype=torch.int64),
+            keys.FIXED: torch.from_numpy(arrays["fixed"][atom])
+            if "fixed" in arrays
+            else torch.zeros(total, dtype=torch.bool),
             keys.INDEX: torch.from_numpy(arrays["index"][g]),
         }
         for name in self.target_names if targets is None else targets:
@@ -422,4 +485,6 @@ class PreparedDataset:
 
     def __repr__(self) -> str:
         view = "" if self._indices is None else f", view of {len(self)}"
-        return f"PreparedDataset({self.name!r}, {self.manifest['n_structures']} structures{view}, path={str(self.path)!r})"
+        return (
+            f"PreparedDataset({self.name!r}, {self.manifest['n_structures']} structures{view}, path={str(self.path)!r})"
+        )

@@ -113,9 +113,7 @@ class Structure:
         if self.cell is not None and not np.isfinite(self.cell).all():
             raise DataError(f"{source}: structure {self.label} has a non-finite cell; fix the file")
         if self.species.size and (self.species.min() < 1 or self.species.max() > MAX_Z):
-            raise DataError(
-                f"{source}: structure {self.label} has atomic numbers outside 1..{MAX_Z}; fix the file"
-            )
+            raise DataError(f"{source}: structure {self.label} has atomic numbers outside 1..{MAX_Z}; fix the file")
         return self
 
     def to_atoms(self):

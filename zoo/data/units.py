@@ -49,9 +49,7 @@ def energy_factor(unit: str) -> float:
     try:
         return ENERGY_UNITS[unit]
     except KeyError:
-        raise DataError(
-            f"unknown energy unit {unit!r}; use one of {', '.join(ENERGY_UNITS)}"
-        ) from None
+        raise DataError(f"unknown energy unit {unit!r}; use one of {', '.join(ENERGY_UNITS)}") from None
 
 
 def length_factor(unit: str) -> float:
@@ -59,9 +57,7 @@ def length_factor(unit: str) -> float:
     try:
         return LENGTH_UNITS[unit]
     except KeyError:
-        raise DataError(
-            f"unknown length unit {unit!r}; use one of {', '.join(LENGTH_UNITS)}"
-        ) from None
+        raise DataError(f"unknown length unit {unit!r}; use one of {', '.join(LENGTH_UNITS)}") from None
 
 
 def force_factor(energy_unit: str, length_unit: str = "Å") -> float:

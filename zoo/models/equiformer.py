@@ -1,6 +1,5 @@
 """The Equiformer network: one module for every variant, configured by an `EquiformerConfig`."""
 
-from __future__ import annotations
 
 from typing import Dict, List, Optional, Union
 
@@ -125,7 +124,7 @@ class Equiformer(torch.nn.Module):
             edge_vec.requires_grad_(True)
 
         sh = self.sh(edge_vec)
-        radial = self.rbf(edge_vec.norm(dim=1))
+        radial = self.rbf(torch.linalg.vector_norm(edge_vec, dim=1))
         x = self.atom_embed(self.type_lookup.index_select(0, species), pos.dtype)
         tag_embed = self.tag_embed
         if tag_embed is not None:

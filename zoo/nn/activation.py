@@ -1,6 +1,5 @@
 """Normalised activations and the equivariant gate."""
 
-from __future__ import annotations
 
 import torch
 from e3nn import o3

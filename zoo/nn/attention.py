@@ -1,10 +1,9 @@
 """Equivariant graph attention: MLP attention with non-linear or linear messages, and dot-product
 attention (the paper's ablation)."""
 
-from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import Final, List, Tuple
 
 import torch
 from e3nn import o3
@@ -85,6 +84,8 @@ class GraphAttention(torch.nn.Module):
     from gate(linear(m)) -> DTP with learned weights -> linear. Linear messages: one radial separable TP
     gives logits and values. Softmax over incoming edges, sum, project.
     """
+
+    nonlinear_message: Final[bool]
 
     def __init__(
         self,

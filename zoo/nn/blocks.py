@@ -1,6 +1,5 @@
 """Embeddings, feed-forward network and the pre-norm transformer block."""
 
-from __future__ import annotations
 
 import math
 from typing import List, Optional

@@ -7,7 +7,6 @@ same outputs for the same weights. equizoo builds every path with the reference'
 of the authors' code load without touching their weights, and equizoo checkpoints stay valid for it.
 """
 
-from __future__ import annotations
 
 import functools
 

@@ -1,6 +1,5 @@
 """Depthwise ('uvu') tensor product of node features with edge spherical harmonics."""
 
-from __future__ import annotations
 
 import math
 from typing import List, Optional, Tuple

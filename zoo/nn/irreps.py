@@ -1,6 +1,5 @@
 """Irreps bookkeeping shared by the blocks (the reference's sorting and gate-splitting rules)."""
 
-from __future__ import annotations
 
 from e3nn import o3
 

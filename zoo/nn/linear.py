@@ -1,6 +1,5 @@
 """Equivariant linear map between irreps (the reference's `LinearRS`)."""
 
-from __future__ import annotations
 
 import math
 from typing import List, Tuple

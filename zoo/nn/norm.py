@@ -1,6 +1,5 @@
 """Equivariant layer norm (the reference's `EquivariantLayerNormV2`)."""
 
-from __future__ import annotations
 
 from typing import List, Tuple
 

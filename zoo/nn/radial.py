@@ -1,6 +1,5 @@
 """Radial bases of edge lengths and the radial MLP that turns them into tensor-product weights."""
 
-from __future__ import annotations
 
 import math
 from typing import List

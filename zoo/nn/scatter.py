@@ -1,6 +1,5 @@
 """Segment reductions used by message passing (plain torch: no torch_scatter / PyG)."""
 
-from __future__ import annotations
 
 import torch
 

@@ -1,6 +1,5 @@
 """Real spherical harmonics of edge vectors in e3nn's basis, 'component' normalisation."""
 
-from __future__ import annotations
 
 import math
 from typing import List

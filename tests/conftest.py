@@ -1,0 +1,47 @@
+"""Shared fixtures: where the golden reference outputs and the shared real data live.
+
+Large files stay outside the repository: the golden outputs of the authors' code (~150 MB) are found
+through EQUIZOO_GOLDEN (default ../shared/golden next to the repository), the shared data through
+EQUIZOO_SHARED_DATA (default ../shared/data). Tests that need them skip with the reason when absent.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+warnings.filterwarnings("ignore", message=".*TorchScript.*")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.jit")
+
+
+def _dir(env: str, default: Path) -> Path:
+    return Path(os.environ.get(env, default)).resolve()
+
+
+GOLDEN_DIR = _dir("EQUIZOO_GOLDEN", REPO.parent / "shared" / "golden")
+SHARED_DATA = _dir("EQUIZOO_SHARED_DATA", REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    if not (GOLDEN_DIR / "index_all.json").is_file():
+        pytest.skip(f"golden reference outputs not found at {GOLDEN_DIR} (set EQUIZOO_GOLDEN)")
+    return GOLDEN_DIR
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set EQUIZOO_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    torch.set_num_threads(2)
+    yield

@@ -1,0 +1,101 @@
+"""The published configurations: parameter counts, Clebsch-Gordan conventions, constants, harmonics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from e3nn import o3
+from e3nn.math import normalize2mom
+from safetensors.torch import load_file
+
+from zoo.models import build_model, count_parameters, get_variant, list_variants
+from zoo.nn import SphericalHarmonics
+from zoo.nn.activation import SmoothLeakyReLU
+from zoo.nn.cg import E3NN_044_FLIPPED, SIGMOID_NORM, SILU_NORM, SMOOTH_LEAKY_RELU_02_NORM, reference_wigner_3j
+
+PAPER_COUNTS = {
+    "qm9-l2": 3_531_715,
+    "qm9-l2-linear": 3_008_515,
+    "qm9-l2-dot": 3_352_579,
+    "qm9-l2-bessel-drop0": 3_477_705,
+    "md17-l2": 3_496_001,
+    "md17-l3": 5_500_865,
+    "oc20-l1": 9_123_331,
+    "oc20-l1-aux": 10_130_819,
+    "oc20-l1-aux18": 26_773_379,
+    "oc20-l1-linear": 7_837_699,
+    "oc20-l1-dot": 8_722_435,
+}
+REQUIRED = ["qm9-l2", "qm9-l2-bessel", "qm9-l2-bessel-drop0", "qm9-l2-linear", "qm9-l2-dot", "md17-l2", "md17-l3", "oc20-l1", "oc20-l1-aux18"]
+
+
+@pytest.mark.parametrize("name,count", PAPER_COUNTS.items())
+def test_parameter_counts_equal_the_paper(name, count):
+    assert count_parameters(build_model(name)) == count
+    assert get_variant(name).paper_params == count
+
+
+def test_every_named_variant_exists_including_e3():
+    names = list_variants()
+    for name in REQUIRED:
+        assert name in names
+    assert {n for n in names if n.endswith("-e3")} == {"qm9-l2-e3", "md17-l3-e3", "oc20-l1-e3"}
+    assert list_variants("md17-*") == ["md17-l2", "md17-l3", "md17-l3-e3"]
+    with pytest.raises(KeyError, match="equizoo variants"):
+        get_variant("qm9-l7")
+
+
+def test_radial_weight_counts():
+    """Depthwise-TP weight counts of the spec: 960 (QM9 L2), 2112 (MD17 L3), 896 (OC20 L1)."""
+    for name, numel in (("qm9-l2", 960), ("md17-l3", 2112), ("oc20-l1", 896)):
+        assert build_model(name).edge_deg_embed.dw.weight_numel == numel
+
+
+def test_wigner_3j_has_the_reference_sign():
+    old = load_file(str(Path(__file__).parent / "data" / "e3nn_0_4_4_wigner_3j.safetensors"))
+    assert len(old) > 20
+    for key, value in old.items():
+        l1, l2, l3 = map(int, key.split("_"))
+        torch.testing.assert_close(reference_wigner_3j(l1, l2, l3), value, rtol=0, atol=1e-12)
+        flipped = (l1, l2, l3) in E3NN_044_FLIPPED
+        torch.testing.assert_close(o3.wigner_3j(l1, l2, l3, dtype=torch.float64), -value if flipped else value, rtol=0, atol=1e-12)
+
+
+def test_activation_constants_equal_e3nn():
+    assert SILU_NORM == pytest.approx(normalize2mom(torch.nn.functional.silu).cst, rel=1e-15)
+    assert SIGMOID_NORM == pytest.approx(normalize2mom(torch.sigmoid).cst, rel=1e-15)
+    raw = SmoothLeakyReLU(0.2)
+    assert SMOOTH_LEAKY_RELU_02_NORM == pytest.approx(normalize2mom(lambda x: raw(x) / raw.cst).cst, rel=1e-15)
+    assert round(SILU_NORM, 6) == 1.679177 and round(SIGMOID_NORM, 6) == 1.846706 and round(SMOOTH_LEAKY_RELU_02_NORM, 6) == 1.53132
+
+
+@pytest.mark.parametrize("irreps", ["1x0e+1x1e+1x2e", "1x0e+1x1e+1x2e+1x3e", "1x0e+1x1o+1x2e+1x3o", "1x0e+1x1e"])
+def test_spherical_harmonics_equal_e3nn(irreps):
+    vec = torch.randn(50, 3, dtype=torch.float64)
+    ours = SphericalHarmonics(irreps).double()(vec)
+    ref = o3.spherical_harmonics(o3.Irreps(irreps), vec, normalize=True, normalization="component")
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-13)
+
+
+def test_dtype_round_trip_keeps_exact_coefficients():
+    model = build_model("md17-l2")
+    exact = build_model("md17-l2").double().edge_deg_embed.dw.cg.clone()
+    model.float().double()
+    torch.testing.assert_close(model.edge_deg_embed.dw.cg, exact, rtol=0, atol=0)
+
+
+def test_config_round_trip_and_unknown_keys():
+    from zoo.models import EquiformerConfig
+
+    c = get_variant("oc20-l1-aux18")
+    assert EquiformerConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match="unknown Equiformer config keys"):
+        EquiformerConfig.from_dict({**c.to_dict(), "lmax_typo": 3})
+
+
+def test_repr_is_readable():
+    text = repr(build_model("qm9-l2"))
+    assert "DepthwiseTensorProduct(128x0e+64x1e+32x2e x 1x0e+1x1e+1x2e" in text
+    assert "IrrepsLinear(" in text and "variant='qm9-l2'" in text

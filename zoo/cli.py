@@ -1,0 +1,73 @@
+"""The `equizoo` command line. Commands are thin: they parse, call one function, print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="equizoo: trained, verified, fast Equiformer models.", no_args_is_help=True, pretty_exceptions_show_locals=False)
+convert_app = typer.Typer(help="Convert checkpoints from other code bases into equizoo model directories.", no_args_is_help=True)
+app.add_typer(convert_app, name="convert")
+console = Console()
+
+try:
+    from zoo.data.cli import app as _data_app
+
+    app.add_typer(_data_app, name="data")
+except ImportError:  # the data layer is optional at import time only while it is being built
+    pass
+
+
+@app.command()
+def variants(
+    pattern: str = typer.Argument("*", help="Shell-style wildcard over variant names, e.g. 'qm9-*'."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the network variants (architectures) with their parameter counts and what they predict."""
+    from zoo.models.summary import variant_summaries
+
+    rows = variant_summaries(pattern)
+    if not rows:
+        console.print(f"[red]no variant matches {pattern!r}[/red]")
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="Equiformer variants")
+    for col in ("name", "params", "lmax", "layers", "irreps_node_embedding", "r_max", "predicts"):
+        table.add_column(col, justify="right" if col in ("params", "lmax", "layers", "r_max") else "left", no_wrap=col in ("name", "params"))
+    for r in rows:
+        table.add_row(r["name"], f"{r['params']:,}", str(r["lmax"]), str(r["num_layers"]), r["irreps_node_embedding"], f"{r['r_max']:g}", r["predicts"])
+    console.print(table)
+
+
+@convert_app.command("reference")
+def convert_reference(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint of the authors' code: torch.save'd dict (with 'state_dict') or safetensors."),
+    variant: str = typer.Option(..., "--variant", help="equizoo variant the checkpoint was trained as (see `equizoo variants`)."),
+    out: Path = typer.Option(..., "--out", help="Model directory to write (safetensors + config.json)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing directory."),
+) -> None:
+    """Convert a reference Equiformer checkpoint into an equizoo model directory."""
+    from zoo.convert import ConversionError, convert_reference_checkpoint
+
+    try:
+        info = convert_reference_checkpoint(checkpoint, variant, out, dtype=dtype, overwrite=overwrite)
+    except (ConversionError, FileNotFoundError, KeyError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    console.print(f"wrote [bold]{info['out']}[/bold]: variant {info['variant']}, {info['params']:,} parameters, {info['dtype']}")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
