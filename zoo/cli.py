@@ -13,7 +13,8 @@ from rich.table import Table
 app = typer.Typer(help="equizoo: trained, verified, fast Equiformer models.", no_args_is_help=True, pretty_exceptions_show_locals=False)
 convert_app = typer.Typer(help="Convert checkpoints from other code bases into equizoo model directories.", no_args_is_help=True)
 app.add_typer(convert_app, name="convert")
-console = Console()
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 try:
     from zoo.data.cli import app as _data_app
@@ -33,7 +34,7 @@ def variants(
 
     rows = variant_summaries(pattern)
     if not rows:
-        console.print(f"[red]no variant matches {pattern!r}[/red]")
+        err_console.print(f"[red]error:[/red] no variant matches {pattern!r}; `equizoo variants` lists all")
         raise typer.Exit(1)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -60,7 +61,7 @@ def convert_reference(
     try:
         info = convert_reference_checkpoint(checkpoint, variant, out, dtype=dtype, overwrite=overwrite)
     except (ConversionError, FileNotFoundError, KeyError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2)
     console.print(f"wrote [bold]{info['out']}[/bold]: variant {info['variant']}, {info['params']:,} parameters, {info['dtype']}")
 

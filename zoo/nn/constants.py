@@ -6,7 +6,6 @@ float64 master copy of such buffers and re-derive the buffer from it after every
 """
 
 
-from typing import Dict
 
 import torch
 
@@ -16,7 +15,7 @@ class ExactConstants(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self._constants64: Dict[str, torch.Tensor] = {}
+        self._constants64 = {}  # name -> float64 CPU master copy
 
     def register_constant(self, name: str, value: torch.Tensor) -> None:
         self._constants64[name] = value.detach().to(torch.float64).cpu()

@@ -1,0 +1,53 @@
+"""The metadata that travels inside every exported file (TorchScript `_extra_files`, ONNX metadata props,
+safetensors header). All values are strings so that C++ and LAMMPS read them without a JSON parser for the
+common keys; `config_json` carries the whole network config for Python."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from zoo import __version__
+
+# keys read by C++ / LAMMPS
+R_MAX = "r_max"
+TYPE_NUMBERS = "type_numbers"  # comma-separated atomic numbers the model knows, in type order
+TYPE_NAMES = "type_names"  # comma-separated element symbols, same order
+MODEL_DTYPE = "model_dtype"  # float32 | float64
+OUTPUT_KEY = "output_key"  # energy | property
+PERIODIC = "periodic"  # 1 if the model was trained on periodic cells
+NEEDS_TAGS = "needs_tags"  # 1 if the forward needs OC20 tags
+NUM_LAYERS = "num_layers"  # receptive field = num_layers * r_max
+VARIANT = "variant"
+CONFIG_JSON = "config_json"
+EQUIZOO_VERSION = "equizoo_version"
+TORCH_VERSION = "torch_version"
+FORMAT_KEY = "format"
+FORMAT = "equizoo-torchscript/1"
+
+KEYS = (FORMAT_KEY, VARIANT, R_MAX, TYPE_NUMBERS, TYPE_NAMES, MODEL_DTYPE, OUTPUT_KEY, PERIODIC, NEEDS_TAGS, NUM_LAYERS, CONFIG_JSON, EQUIZOO_VERSION, TORCH_VERSION)
+
+
+def model_metadata(model, extra: dict | None = None) -> dict[str, str]:
+    """String metadata describing an Equiformer for consumers that never import zoo."""
+    c = model.config
+    dtype = next(model.parameters()).dtype
+    meta = {
+        FORMAT_KEY: FORMAT,
+        VARIANT: c.name,
+        R_MAX: repr(float(c.r_max)),
+        TYPE_NUMBERS: ",".join(str(z) for z in c.type_numbers),
+        TYPE_NAMES: ",".join(c.type_names),
+        MODEL_DTYPE: str(dtype).replace("torch.", ""),
+        OUTPUT_KEY: model.output_key,
+        PERIODIC: "1" if c.periodic else "0",
+        NEEDS_TAGS: "1" if c.num_tags > 0 else "0",
+        NUM_LAYERS: str(c.num_layers),
+        CONFIG_JSON: json.dumps(c.to_dict()),
+        EQUIZOO_VERSION: __version__,
+        TORCH_VERSION: torch.__version__,
+    }
+    for k, v in (extra or {}).items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    return meta
