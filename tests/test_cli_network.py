@@ -79,10 +79,13 @@ def test_pickled_code_in_a_checkpoint_is_refused(tmp_path):
 
 def test_model_dir_round_trip_and_errors(tmp_path):
     torch.manual_seed(0)
-    model = build_model("qm9-l2-dot").double().eval()
-    save_model_dir(model, tmp_path / "m", metadata={"target": "gap"})
+    from zoo.models.zoo_model import TargetInfo, ZooModel
+
+    model = ZooModel({"gap": build_model("qm9-l2-dot").double()}, [TargetInfo("gap", "eV", mean=6.8, std=1.3)]).eval()
+    save_model_dir(model, tmp_path / "m", metadata={"dataset": "qm9"})
     loaded = load_model_dir(tmp_path / "m")
-    assert loaded.config == model.config and next(loaded.parameters()).dtype == torch.float64
+    assert loaded.targets == model.targets and next(loaded.parameters()).dtype == torch.float64
+    assert loaded.networks["gap"].config == model.networks["gap"].config
     for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
     with pytest.raises(ArtifactError, match="already exists"):

@@ -1,7 +1,12 @@
-"""A model directory: `model.safetensors` (weights) + `config.json` (network config and metadata).
+"""A model directory: `model.safetensors` (weights) + `config.json` (networks, targets, metadata).
 
-Every command that takes a model accepts such a directory. Writes go to a temporary sibling directory
-that is renamed into place, so an interrupted save never leaves a half-written model.
+Every command that takes a model accepts such a directory; exports (`model.torchscript.pt`, `model.onnx`,
+`model.pt2`) and the model card (`README.md`) live beside them. Writes go to a temporary sibling
+directory that is renamed into place, so an interrupted save never leaves a half-written model.
+
+config.json:
+    {"format": "equizoo-model/1", "name": ..., "dtype": "float32",
+     "targets": [TargetInfo...], "networks": {target name: EquiformerConfig}, "metadata": {...}}
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from zoo import __version__
 from zoo.models.config import EquiformerConfig
 from zoo.models.equiformer import Equiformer
+from zoo.models.zoo_model import TargetInfo, ZooModel, wrap
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -28,31 +34,36 @@ class ArtifactError(ValueError):
     """A model directory is missing, incomplete or inconsistent."""
 
 
-def save_model_dir(model: Equiformer, out_dir: Union[str, Path], metadata: Optional[dict[str, Any]] = None, overwrite: bool = False) -> Path:
-    """Write `model` (weights in its current dtype) and its config to `out_dir` atomically."""
-    from safetensors.torch import save_file
+def as_zoo_model(model: Union[ZooModel, Equiformer]) -> ZooModel:
+    return model if isinstance(model, ZooModel) else wrap(model)
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise ArtifactError(f"{out_dir} already exists; choose another --out or pass overwrite")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+
+def model_config(model: ZooModel, name: Optional[str] = None, metadata: Optional[dict] = None) -> dict:
     dtype = next(model.parameters()).dtype
-    config = {
+    return {
         "format": FORMAT,
+        "name": name or "-".join(net.config.name for net in model.networks.values()),
         "equizoo_version": __version__,
         "torch_version": torch.__version__,
         "dtype": str(dtype).replace("torch.", ""),
-        "model": model.config.to_dict(),
+        "targets": [t.to_dict() for t in model.targets],
+        "networks": {k: net.config.to_dict() for k, net in model.networks.items()},
         "metadata": metadata or {},
     }
+
+
+def atomic_write_dir(out_dir: Union[str, Path], write, overwrite: bool = False) -> Path:
+    """Run `write(tmp_dir)` and move the result to `out_dir` in one rename (replacing it if allowed)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise ArtifactError(f"{out_dir} already exists; choose another output directory or overwrite it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "variant": model.config.name, "dtype": config["dtype"]})
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        write(tmp)
         if out_dir.exists():
-            backup = out_dir.with_name(f".{out_dir.name}.old")
-            os.replace(out_dir, backup)
+            backup = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            os.replace(out_dir, backup / "old")
             os.replace(tmp, out_dir)
             shutil.rmtree(backup)
         else:
@@ -61,6 +72,27 @@ def save_model_dir(model: Equiformer, out_dir: Union[str, Path], metadata: Optio
         if tmp.exists():
             shutil.rmtree(tmp)
     return out_dir
+
+
+def save_model_dir(
+    model: Union[ZooModel, Equiformer],
+    out_dir: Union[str, Path],
+    metadata: Optional[dict[str, Any]] = None,
+    name: Optional[str] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write weights (in the model's dtype) and config.json to `out_dir` atomically."""
+    from safetensors.torch import save_file
+
+    model = as_zoo_model(model)
+    config = model_config(model, name, metadata)
+
+    def write(tmp: Path) -> None:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "name": config["name"], "dtype": config["dtype"]})
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+    return atomic_write_dir(out_dir, write, overwrite=overwrite)
 
 
 def read_config(model_dir: Union[str, Path]) -> dict:
@@ -77,8 +109,14 @@ def read_config(model_dir: Union[str, Path]) -> dict:
     return config
 
 
-def load_model_dir(model_dir: Union[str, Path], dtype: Optional[torch.dtype] = None, device: Union[str, torch.device] = "cpu") -> Equiformer:
-    """Load a model directory into an eval-mode Equiformer (dtype: the saved one unless given)."""
+def build_from_config(config: dict) -> ZooModel:
+    targets = [TargetInfo.from_dict(t) for t in config["targets"]]
+    networks = {name: Equiformer(EquiformerConfig.from_dict(c)) for name, c in config["networks"].items()}
+    return ZooModel(networks, targets)
+
+
+def load_model_dir(model_dir: Union[str, Path], dtype: Optional[torch.dtype] = None, device: Union[str, torch.device] = "cpu") -> ZooModel:
+    """Load a model directory into an eval-mode ZooModel (dtype: the saved one unless given)."""
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
@@ -86,12 +124,16 @@ def load_model_dir(model_dir: Union[str, Path], dtype: Optional[torch.dtype] = N
     weights = model_dir / WEIGHTS
     if not weights.is_file():
         raise ArtifactError(f"{model_dir} has no {WEIGHTS}")
-    model = Equiformer(EquiformerConfig.from_dict(config["model"]))
-    saved_dtype = getattr(torch, config.get("dtype", "float32"))
-    model = model.to(saved_dtype)
-    state = load_file(str(weights))
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if model.state_dict()[k].numel() > 0]
-    if missing or result.unexpected_keys:
-        raise ArtifactError(f"{weights} does not match its config: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
-    return model.to(device=device, dtype=dtype or saved_dtype).eval()
+    model = build_from_config(config).to(getattr(torch, config.get("dtype", "float32")))
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for damaged files
+        raise ArtifactError(f"{weights} cannot be read ({exc}); the file is damaged, pull or export it again") from exc
+    expected = model.state_dict()
+    missing = [k for k, v in expected.items() if k not in state and v.numel() > 0]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise ArtifactError(f"{weights} does not match {CONFIG}: missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}")
+    model.load_state_dict(state, strict=False)
+    return model.to(device=device, dtype=dtype or next(model.parameters()).dtype).eval()

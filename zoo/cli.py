@@ -16,12 +16,21 @@ app.add_typer(convert_app, name="convert")
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
-try:
-    from zoo.data.cli import app as _data_app
+from zoo.data.cli import app as _data_app  # noqa: E402
 
-    app.add_typer(_data_app, name="data")
-except ImportError:  # the data layer is optional at import time only while it is being built
-    pass
+app.add_typer(_data_app, name="data")
+
+
+def _register_commands() -> None:
+    """Commands of the other areas live beside their code; each module has `register(app)`."""
+    import importlib
+
+    for module in ("zoo.cli_artifacts", "zoo.cli_use", "zoo.cli_train", "zoo.cli_lammps"):
+        try:
+            importlib.import_module(module).register(app)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
 
 
 @app.command()
@@ -54,16 +63,24 @@ def convert_reference(
     out: Path = typer.Option(..., "--out", help="Model directory to write (safetensors + config.json)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing directory."),
+    target: Optional[str] = typer.Option(None, "--target", help="Output name (default: energy or property)."),
+    unit: Optional[str] = typer.Option(None, "--unit", help="Physical unit of the target, e.g. eV."),
+    mean: float = typer.Option(0.0, "--mean", help="Target mean the reference normalised with (physical = mean + std * raw)."),
+    std: float = typer.Option(1.0, "--std", help="Target std the reference normalised with."),
 ) -> None:
     """Convert a reference Equiformer checkpoint into an equizoo model directory."""
+    from zoo.artifact import ArtifactError
     from zoo.convert import ConversionError, convert_reference_checkpoint
 
     try:
-        info = convert_reference_checkpoint(checkpoint, variant, out, dtype=dtype, overwrite=overwrite)
-    except (ConversionError, FileNotFoundError, KeyError, ValueError) as exc:
+        info = convert_reference_checkpoint(checkpoint, variant, out, dtype=dtype, overwrite=overwrite, target=target, unit=unit, mean=mean, std=std)
+    except (ArtifactError, ConversionError, FileNotFoundError, KeyError, ValueError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2)
     console.print(f"wrote [bold]{info['out']}[/bold]: variant {info['variant']}, {info['params']:,} parameters, {info['dtype']}")
+
+
+_register_commands()
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
 
 import torch
 
@@ -122,14 +122,42 @@ def load_reference(
     return model.eval()
 
 
-def convert_reference_checkpoint(checkpoint, variant: str, out, dtype: str = "float32", overwrite: bool = False) -> dict:
-    """Convert a reference checkpoint file into an equizoo model directory; returns a summary."""
+def convert_reference_checkpoint(
+    checkpoint,
+    variant: str,
+    out,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    target: Optional[str] = None,
+    unit: Optional[str] = None,
+    mean: float = 0.0,
+    std: float = 1.0,
+) -> dict:
+    """Convert a reference checkpoint file into an equizoo model directory; returns a summary.
+
+    The reference keeps target normalisation outside the network (in its training loop or OCP's
+    normalizer); give `mean`/`std`/`unit` to bake it in (e.g. OC20 IS2RE: mean -1.525913953781128,
+    std 2.279365062713623, eV), else the model outputs the raw network value.
+    """
     from zoo.artifact import save_model_dir
     from zoo.models.equiformer import count_parameters
+    from zoo.models.zoo_model import TargetInfo, ZooModel
 
     if dtype not in ("float32", "float64"):
         raise ValueError(f"--dtype must be float32 or float64, got {dtype!r}")
-    model = load_reference(checkpoint, variant, dtype=getattr(torch, dtype))
-    metadata = {"source": "reference checkpoint (atomicarchitects/equiformer)", "checkpoint": Path(checkpoint).name, "normalization": None}
-    save_model_dir(model, out, metadata=metadata, overwrite=overwrite)
-    return {"out": str(out), "variant": model.config.name, "params": count_parameters(model), "dtype": dtype}
+    if std == 0:
+        raise ValueError("--std must be non-zero")
+    network = load_reference(checkpoint, variant, dtype=getattr(torch, dtype))
+    name = target or network.output_key
+    info = TargetInfo(
+        name=name,
+        unit=unit or "raw",
+        mean=mean,
+        std=std,
+        description=f"converted from a reference checkpoint ({Path(checkpoint).name})",
+        forces_unit=f"{unit}/Å" if (unit and network.config.forces) else None,
+    )
+    model = ZooModel({name: network}, [info])
+    metadata = {"source": "reference checkpoint (atomicarchitects/equiformer)", "checkpoint": Path(checkpoint).name}
+    save_model_dir(model, out, metadata=metadata, name=f"{variant}-converted", overwrite=overwrite)
+    return {"out": str(out), "variant": network.config.name, "params": count_parameters(network), "dtype": dtype, "target": name}

@@ -15,7 +15,9 @@ R_MAX = "r_max"
 TYPE_NUMBERS = "type_numbers"  # comma-separated atomic numbers the model knows, in type order
 TYPE_NAMES = "type_names"  # comma-separated element symbols, same order
 MODEL_DTYPE = "model_dtype"  # float32 | float64
-OUTPUT_KEY = "output_key"  # energy | property
+TARGETS = "targets"  # comma-separated output names (e.g. "energy" or "mu,alpha,homo,...")
+UNITS = "units"  # comma-separated units, same order
+ENERGY_TARGET = "energy_target"  # name of the output that has forces ("" if none)
 PERIODIC = "periodic"  # 1 if the model was trained on periodic cells
 NEEDS_TAGS = "needs_tags"  # 1 if the forward needs OC20 tags
 NUM_LAYERS = "num_layers"  # receptive field = num_layers * r_max
@@ -26,25 +28,30 @@ TORCH_VERSION = "torch_version"
 FORMAT_KEY = "format"
 FORMAT = "equizoo-torchscript/1"
 
-KEYS = (FORMAT_KEY, VARIANT, R_MAX, TYPE_NUMBERS, TYPE_NAMES, MODEL_DTYPE, OUTPUT_KEY, PERIODIC, NEEDS_TAGS, NUM_LAYERS, CONFIG_JSON, EQUIZOO_VERSION, TORCH_VERSION)
+KEYS = (FORMAT_KEY, VARIANT, R_MAX, TYPE_NUMBERS, TYPE_NAMES, MODEL_DTYPE, TARGETS, UNITS, ENERGY_TARGET, PERIODIC, NEEDS_TAGS, NUM_LAYERS, CONFIG_JSON, EQUIZOO_VERSION, TORCH_VERSION)
 
 
 def model_metadata(model, extra: dict | None = None) -> dict[str, str]:
-    """String metadata describing an Equiformer for consumers that never import zoo."""
-    c = model.config
+    """String metadata describing a ZooModel (or a bare Equiformer) for consumers that never import zoo."""
+    from zoo.artifact import as_zoo_model, model_config
+
+    model = as_zoo_model(model)
+    first = next(iter(model.networks.values())).config
     dtype = next(model.parameters()).dtype
     meta = {
         FORMAT_KEY: FORMAT,
-        VARIANT: c.name,
-        R_MAX: repr(float(c.r_max)),
-        TYPE_NUMBERS: ",".join(str(z) for z in c.type_numbers),
-        TYPE_NAMES: ",".join(c.type_names),
+        VARIANT: ",".join(net.config.name for net in model.networks.values()),
+        R_MAX: repr(float(model.r_max)),
+        TYPE_NUMBERS: ",".join(str(z) for z in model.type_numbers),
+        TYPE_NAMES: ",".join(first.type_names),
         MODEL_DTYPE: str(dtype).replace("torch.", ""),
-        OUTPUT_KEY: model.output_key,
-        PERIODIC: "1" if c.periodic else "0",
-        NEEDS_TAGS: "1" if c.num_tags > 0 else "0",
-        NUM_LAYERS: str(c.num_layers),
-        CONFIG_JSON: json.dumps(c.to_dict()),
+        TARGETS: ",".join(t.name for t in model.targets),
+        UNITS: ",".join(t.unit for t in model.targets),
+        ENERGY_TARGET: model.energy_target,
+        PERIODIC: "1" if model.periodic else "0",
+        NEEDS_TAGS: "1" if model.needs_tags else "0",
+        NUM_LAYERS: str(model.num_layers),
+        CONFIG_JSON: json.dumps(model_config(model)),
         EQUIZOO_VERSION: __version__,
         TORCH_VERSION: torch.__version__,
     }

@@ -3,10 +3,10 @@
 Contract of the scripted module's forward (all tensors on one device; float tensors in `model_dtype`):
     forward(pos [N,3], species [N] int64 atomic numbers, edge_index [2,E] int64 (src=neighbour, dst=centre),
             batch [N] int64, edge_shift [E,3] or None, tags [N] int64 or None, num_graphs: int = -1)
-        -> Dict[str, Tensor] with the per-structure output (`energy` or `property`, [G]), its per-atom
-           parts (`atomic_energy`/`atomic_property`, [N]), `forces` [N,3] when the module attribute
-           `compute_forces` is true, `virial` [G,3,3] when `compute_virial` is true, and
-           `aux_displacement` [N,3] for IS2RS variants.
+        -> Dict[str, Tensor]: every target by name ([G], physical units) and its per-atom parts
+           (`atomic_<name>`, [N]); for the energy target `forces` [N,3] when the module attribute
+           `compute_forces` is true and `virial` [G,3,3] (-dE/dstrain) when `compute_virial` is true;
+           `aux_displacement` [N,3] for IS2RS models. (A ZooModel; zoo.models.zoo_model.)
 The edge vector is pos[src] + edge_shift - pos[dst]; only pairs closer than `r_max` may be edges.
 Metadata (zoo.export.metadata) is stored in `_extra_files`.
 """
@@ -50,8 +50,10 @@ def export_torchscript(
 ) -> Path:
     """Script `model`, save it atomically with its metadata, reload and check it against eager on
     `example_inputs` (a dict of forward kwargs); abort (and write nothing) on mismatch."""
+    from zoo.artifact import as_zoo_model
+
     path = Path(path)
-    model = model.eval()
+    model = as_zoo_model(model).eval()
     if compute_forces is not None:
         model.compute_forces = compute_forces
     scripted = torch.jit.script(model)

@@ -29,7 +29,8 @@ class Equiformer(torch.nn.Module):
 
     Outputs (a dict, names in zoo.keys): the per-structure scalar (`energy` or `property`) and its
     per-atom parts; `forces` (-dE/dpos) when `compute_forces`; `virial` (-dE/dstrain) when
-    `compute_virial`; `aux_displacement` for variants with the IS2RS head.
+    `compute_virial`; `aux_displacement` for variants with the IS2RS head. The `compute_forces` /
+    `compute_virial` arguments override the module attributes for one call.
     """
 
     compute_forces: bool
@@ -110,7 +111,11 @@ class Equiformer(torch.nn.Module):
         edge_shift: Optional[torch.Tensor] = None,
         tags: Optional[torch.Tensor] = None,
         num_graphs: int = -1,
+        compute_forces: Optional[bool] = None,
+        compute_virial: Optional[bool] = None,
     ) -> Dict[str, torch.Tensor]:
+        want_forces = self.compute_forces if compute_forces is None else compute_forces
+        want_virial = self.compute_virial if compute_virial is None else compute_virial
         if num_graphs < 0:
             num_graphs = int(batch.max().item()) + 1 if batch.numel() > 0 else 0
         num_nodes = pos.shape[0]
@@ -119,7 +124,7 @@ class Equiformer(torch.nn.Module):
         edge_vec = pos.index_select(0, edge_src) - pos.index_select(0, edge_dst)
         if edge_shift is not None:
             edge_vec = edge_vec + edge_shift
-        need_grad = self.compute_forces or self.compute_virial
+        need_grad = want_forces or want_virial
         if need_grad and not edge_vec.requires_grad:
             edge_vec.requires_grad_(True)
 
@@ -146,9 +151,9 @@ class Equiformer(torch.nn.Module):
             g = grads[0]
             if g is None:
                 g = torch.zeros_like(edge_vec)
-            if self.compute_forces:
+            if want_forces:
                 out[keys.FORCES] = scatter_sum(g, edge_dst, num_nodes) - scatter_sum(g, edge_src, num_nodes)
-            if self.compute_virial:
+            if want_virial:
                 per_edge = -(edge_vec.unsqueeze(-1) * g.unsqueeze(-2))
                 out[keys.VIRIAL] = scatter_sum(per_edge, batch.index_select(0, edge_dst), num_graphs)
         return out
