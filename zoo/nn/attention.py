@@ -76,7 +76,30 @@ class _Heads(torch.nn.Module):
         return torch.cat(out, dim=1)
 
 
-class GraphAttention(torch.nn.Module):
+class _PairAttention(torch.nn.Module):
+    """What both attentions share: merged pair features m_ij = W_src x_i + W_dst x_j, and the
+    softmax-weighted sum of per-head values over the incoming edges of each node."""
+
+    def __init__(self, irreps_in, irreps_out, irreps_pre_attn, irreps_head, num_heads: int, alpha_drop: float) -> None:
+        super().__init__()
+        self.irreps_in = o3.Irreps(irreps_in)
+        self.irreps_out = o3.Irreps(irreps_out)
+        self.irreps_pre_attn = self.irreps_in if irreps_pre_attn is None else o3.Irreps(irreps_pre_attn)
+        self.irreps_head = o3.Irreps(irreps_head)
+        self.num_heads = num_heads
+        self.merge_src = IrrepsLinear(self.irreps_in, self.irreps_pre_attn, bias=True)
+        self.merge_dst = IrrepsLinear(self.irreps_in, self.irreps_pre_attn, bias=False)
+        self.alpha_dropout = torch.nn.Dropout(alpha_drop) if alpha_drop > 0 else torch.nn.Identity()
+
+    def merge(self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor) -> torch.Tensor:
+        return self.merge_src(x).index_select(0, edge_src) + self.merge_dst(x).index_select(0, edge_dst)
+
+    def aggregate(self, logits: torch.Tensor, value: torch.Tensor, edge_dst: torch.Tensor, num_nodes: int) -> torch.Tensor:
+        attn = self.alpha_dropout(segment_softmax(logits, edge_dst, num_nodes).unsqueeze(-1))
+        return scatter_sum(value * attn, edge_dst, num_nodes)
+
+
+class GraphAttention(_PairAttention):
     """Equiformer's equivariant graph attention.
 
     merge: m_ij = W_src x_i + W_dst x_j (edge i -> j). Non-linear messages: m = DTP(m, Y; radial weights);
@@ -99,15 +122,8 @@ class GraphAttention(torch.nn.Module):
         nonlinear_message: bool = True,
         alpha_drop: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.irreps_in = o3.Irreps(irreps_in)
-        self.irreps_out = o3.Irreps(irreps_out)
-        self.irreps_pre_attn = self.irreps_in if irreps_pre_attn is None else o3.Irreps(irreps_pre_attn)
-        self.irreps_head = o3.Irreps(irreps_head)
-        self.num_heads = num_heads
+        super().__init__(irreps_in, irreps_out, irreps_pre_attn, irreps_head, num_heads, alpha_drop)
         self.nonlinear_message = nonlinear_message
-        self.merge_src = IrrepsLinear(self.irreps_in, self.irreps_pre_attn, bias=True)
-        self.merge_dst = IrrepsLinear(self.irreps_in, self.irreps_pre_attn, bias=False)
         irreps_attn_heads = sort_irreps_even_first(self.irreps_head * num_heads)[0].simplify()
         mul_alpha = num_even_scalars(irreps_attn_heads)
         self.mul_alpha_head = mul_alpha // num_heads
@@ -125,11 +141,10 @@ class GraphAttention(torch.nn.Module):
         self.alpha_act = SmoothLeakyReLU(0.2)
         bound = math.sqrt(6.0 / (num_heads + self.mul_alpha_head))
         self.alpha_dot = torch.nn.Parameter(torch.empty(1, num_heads, self.mul_alpha_head).uniform_(-bound, bound))
-        self.alpha_dropout = torch.nn.Dropout(alpha_drop) if alpha_drop > 0 else torch.nn.Identity()
         self.proj = IrrepsLinear(irreps_attn_heads, self.irreps_out)
 
     def forward(self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, sh: torch.Tensor, radial: torch.Tensor) -> torch.Tensor:
-        message = self.merge_src(x).index_select(0, edge_src) + self.merge_dst(x).index_select(0, edge_dst)
+        message = self.merge(x, edge_src, edge_dst)
         if self.nonlinear_message:
             message = self.sep_act.dtp(message, sh, self.sep_act.dtp_rad(radial))
             alpha = self.heads_alpha.split(self.sep_alpha(message))
@@ -140,12 +155,10 @@ class GraphAttention(torch.nn.Module):
             alpha = message[:, :, : self.mul_alpha_head]
             value = message[:, :, self.mul_alpha_head :]
         logits = (self.alpha_act(alpha) * self.alpha_dot).sum(-1)
-        attn = self.alpha_dropout(segment_softmax(logits, edge_dst, x.shape[0]).unsqueeze(-1))
-        out = scatter_sum(value * attn, edge_dst, x.shape[0])
-        return self.proj(self.heads_out.merge(out))
+        return self.proj(self.heads_out.merge(self.aggregate(logits, value, edge_dst, x.shape[0])))
 
 
-class DotProductAttention(torch.nn.Module):
+class DotProductAttention(_PairAttention):
     """Dot-product attention ablation: q from the destination node, k and v from one radial separable TP
     of the merged pair features; logit = <q, k> over all components with per-irrep scaling."""
 
@@ -162,33 +175,22 @@ class DotProductAttention(torch.nn.Module):
         irreps_pre_attn=None,
         alpha_drop: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.irreps_in = o3.Irreps(irreps_in)
-        self.irreps_out = o3.Irreps(irreps_out)
-        self.irreps_pre_attn = self.irreps_in if irreps_pre_attn is None else o3.Irreps(irreps_pre_attn)
-        self.irreps_head = o3.Irreps(irreps_head)
-        self.num_heads = num_heads
+        super().__init__(irreps_in, irreps_out, irreps_pre_attn, irreps_head, num_heads, alpha_drop)
         irreps_attn_heads = sort_irreps_e3nn(self.irreps_head * num_heads).simplify()
         irreps_kv = sort_irreps_e3nn(self.irreps_head * (num_heads * 2)).simplify()
         self.query = IrrepsLinear(self.irreps_in, irreps_attn_heads)
-        self.merge_src = IrrepsLinear(self.irreps_in, self.irreps_pre_attn, bias=True)
-        self.merge_dst = IrrepsLinear(self.irreps_in, self.irreps_pre_attn, bias=False)
         self.key_value = SeparableTP(self.irreps_pre_attn, irreps_sh, irreps_kv, radial_channels)
         self.heads_q = _Heads(self.irreps_head, num_heads)
         self.heads_kv = _Heads(self.irreps_head, 2 * num_heads)
         channel = 1.0 / self.irreps_head.num_irreps**0.5
         self._scale_blocks = [(s, mul * d, channel * (1.0 / d**0.5)) for s, mul, d in block_slices(self.irreps_head)]
-        self.alpha_dropout = torch.nn.Dropout(alpha_drop) if alpha_drop > 0 else torch.nn.Identity()
         self.proj = IrrepsLinear(irreps_attn_heads, self.irreps_out)
 
     def forward(self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, sh: torch.Tensor, radial: torch.Tensor) -> torch.Tensor:
         q = self.heads_q.split(self.query(x))
         q = torch.cat([q[:, :, s : s + w] * f for s, w, f in self._scale_blocks], dim=2)
-        message = self.merge_src(x).index_select(0, edge_src) + self.merge_dst(x).index_select(0, edge_dst)
-        kv = self.heads_kv.split(self.key_value(message, sh, radial))
+        kv = self.heads_kv.split(self.key_value(self.merge(x, edge_src, edge_dst), sh, radial))
         k = kv[:, : self.num_heads]
         v = kv[:, self.num_heads :]
         logits = (q.index_select(0, edge_dst) * k).sum(-1)
-        attn = self.alpha_dropout(segment_softmax(logits, edge_dst, x.shape[0]).unsqueeze(-1))
-        out = scatter_sum(v * attn, edge_dst, x.shape[0])
-        return self.proj(self.heads_q.merge(out))
+        return self.proj(self.heads_q.merge(self.aggregate(logits, v, edge_dst, x.shape[0])))
