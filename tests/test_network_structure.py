@@ -81,9 +81,9 @@ def test_spherical_harmonics_equal_e3nn(irreps):
 
 def test_dtype_round_trip_keeps_exact_coefficients():
     model = build_model("md17-l2")
-    exact = build_model("md17-l2").double().edge_deg_embed.dw.cg.clone()
+    exact = build_model("md17-l2").double().edge_deg_embed.dw.op_matrix.clone()
     model.float().double()
-    torch.testing.assert_close(model.edge_deg_embed.dw.cg, exact, rtol=0, atol=0)
+    torch.testing.assert_close(model.edge_deg_embed.dw.op_matrix, exact, rtol=0, atol=0)
 
 
 def test_config_round_trip_and_unknown_keys():

@@ -21,7 +21,8 @@ class DepthwiseTensorProduct(ExactConstants):
     from a radial MLP) or, with `internal_weights`, from a learned vector shared by all edges.
     """
 
-    _paths: List[Tuple[int, int, int, int, int, int, int, int]]
+    _groups: List[Tuple[int, int, int, int, int, int]]
+    _outputs: List[Tuple[int, int, int, int]]
 
     def __init__(self, irreps_in, irreps_sh, irreps_target, internal_weights: bool = False) -> None:
         super().__init__()
@@ -37,43 +38,65 @@ class DepthwiseTensorProduct(ExactConstants):
                         raw.append((mul, ir_out))
         self.irreps_out, perm = sort_irreps_even_first(o3.Irreps(raw))
         in_slices = block_slices(self.irreps_in)
-        sh_slices = block_slices(self.irreps_sh)
-        paths = []
-        self._path_ls = []
-        w0 = cg0 = 0
-        for i, j, k in instructions:
-            start1, mul, d1 = in_slices[i]
-            start2, _, d2 = sh_slices[j]
-            l1, l2, l3 = self.irreps_in[i].ir.l, self.irreps_sh[j].ir.l, raw[k][1].l
-            d3 = 2 * l3 + 1
-            paths.append((perm[k], start1, mul, d1, start2, d2, d3, w0, cg0))
-            self._path_ls.append((l1, l2, l3))
-            w0 += mul
-            cg0 += d1 * d2 * d3
-        paths.sort()
-        self._paths = [p[1:] for p in paths]
+        self._sh_slices = block_slices(self.irreps_sh)
+        # Paths that share an input block are computed together: Y @ M gives, per edge, one [d1, K]
+        # operator for all their outputs (K = sum of their 2 l_out + 1), applied with one batched matmul.
+        self._layout = []  # per group: (input block, [(path l's, sh block, k0, d3, w0, sorted position)])
+        groups, outputs, widx = [], [], []
+        w0 = col0 = 0
+        for i, (mul, _) in enumerate(self.irreps_in):
+            members = [(j, k) for (ii, j, k) in instructions if ii == i]
+            if not members:
+                continue
+            start1, _, d1 = in_slices[i]
+            k0, entries = 0, []
+            for j, k in members:
+                l3 = raw[k][1].l
+                d3 = 2 * l3 + 1
+                entries.append(((self.irreps_in[i].ir.l, self.irreps_sh[j].ir.l, l3), j, k0, d3, w0, perm[k]))
+                k0 += d3
+                w0 += mul
+            kdim = k0
+            index = torch.empty(mul, kdim, dtype=torch.long)
+            for _, _, kk, d3, pw0, _ in entries:
+                index[:, kk : kk + d3] = (pw0 + torch.arange(mul)).unsqueeze(1)
+            groups.append((start1, mul, d1, kdim, col0, len(widx)))
+            widx.extend(index.reshape(-1).tolist())
+            for _, _, kk, d3, _, pos in entries:
+                outputs.append((pos, len(groups) - 1, kk, d3, mul))
+            self._layout.append((d1, kdim, col0, entries))
+            col0 += d1 * kdim
+        outputs.sort()
+        self._groups = groups
+        self._outputs = [o[1:] for o in outputs]
+        self._op_columns = col0
         self.weight_numel = w0
         self.cg_float32 = False
-        self.register_constant("cg", self._coefficients(False))
+        self.register_constant("op_matrix", self._coefficients(False))
+        self.register_buffer("weight_index", torch.tensor(widx, dtype=torch.long), persistent=False)
         self.internal_weights = internal_weights
         self.weight = torch.nn.Parameter(torch.randn(w0) if internal_weights else torch.zeros(0))
 
     def _coefficients(self, cg_float32: bool) -> torch.Tensor:
-        # per path, sqrt(2 l3 + 1) * CG stored as [d2, d1 * d3], so that Y @ cg is the per-edge [d1, d3] operator
-        cgs = []
-        for l1, l2, l3 in self._path_ls:
-            cg = reference_wigner_3j(l1, l2, l3)
-            if cg_float32 and 0 not in (l1, l2, l3):
-                cg = cg.float().double()
-            cgs.append((cg * math.sqrt(2 * l3 + 1)).permute(1, 0, 2).reshape(-1))
-        return torch.cat(cgs)
+        """M [dim_sh, columns]: M[sh_j component, (i, k) of a group] = sqrt(2 l3 + 1) * CG[i, j, k]."""
+        m = torch.zeros(self.irreps_sh.dim, self._op_columns, dtype=torch.float64)
+        for d1, kdim, col0, entries in self._layout:
+            for (l1, l2, l3), j, k0, d3, _, _ in entries:
+                cg = reference_wigner_3j(l1, l2, l3)
+                if cg_float32 and 0 not in (l1, l2, l3):
+                    cg = cg.float().double()
+                cg = cg * math.sqrt(2 * l3 + 1)  # [d1, d2, d3]
+                start2, _, d2 = self._sh_slices[j]
+                block = m[start2 : start2 + d2, col0 : col0 + d1 * kdim].view(d2, d1, kdim)
+                block[:, :, k0 : k0 + d3] = cg.permute(1, 0, 2)
+        return m
 
     def set_cg_float32(self, enabled: bool) -> None:
         """Use float32-rounded Wigner 3j symbols for paths with l > 0 (reference checkpoints carry those)."""
         self.cg_float32 = enabled
-        current = self.cg
-        self.register_constant("cg", self._coefficients(enabled))
-        self.cg = self.cg.to(device=current.device, dtype=current.dtype)
+        current = self.op_matrix
+        self.register_constant("op_matrix", self._coefficients(enabled))
+        self.op_matrix = self.op_matrix.to(device=current.device, dtype=current.dtype)
 
     def __repr__(self) -> str:
         kind = "internal" if self.internal_weights else "per-edge"
@@ -81,15 +104,13 @@ class DepthwiseTensorProduct(ExactConstants):
 
     def forward(self, x: torch.Tensor, sh: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         e = x.shape[0]
-        if weight is None:
-            w = self.weight.unsqueeze(0)
-        else:
-            w = weight
-        outs: List[torch.Tensor] = []
-        for start1, mul, d1, start2, d2, d3, w0, cg0 in self._paths:
+        w = self.weight.unsqueeze(0) if weight is None else weight
+        ops = sh @ self.op_matrix
+        results: List[torch.Tensor] = []
+        for start1, mul, d1, kdim, col0, w_start in self._groups:
             xs = x[:, start1 : start1 + mul * d1].reshape(e, mul, d1)
-            ys = sh[:, start2 : start2 + d2]
-            op = (ys @ self.cg[cg0 : cg0 + d1 * d2 * d3].view(d2, d1 * d3)).view(e, d1, d3)
-            out = torch.matmul(xs, op) * w[:, w0 : w0 + mul].unsqueeze(-1)
-            outs.append(out.reshape(e, mul * d3))
-        return torch.cat(outs, dim=1)
+            op = ops[:, col0 : col0 + d1 * kdim].reshape(e, d1, kdim)
+            r = xs * op if d1 == 1 else torch.bmm(xs, op)
+            weights = w.index_select(1, self.weight_index[w_start : w_start + mul * kdim]).view(w.shape[0], mul, kdim)
+            results.append(r * weights)
+        return torch.cat([results[g][:, :, k0 : k0 + d3].reshape(e, mul * d3) for g, k0, d3, mul in self._outputs], dim=1)
