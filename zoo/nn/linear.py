@@ -69,7 +69,10 @@ class IrrepsLinear(torch.nn.Module):
                 bias_positions.extend(range(start, start + mul))
             start += mul * ir.dim
         self.use_bias = bias and len(bias_positions) > 0
-        self.bias = torch.nn.Parameter(torch.zeros(len(bias_positions) if self.use_bias else 0))
+        if self.use_bias:
+            self.bias = torch.nn.Parameter(torch.zeros(len(bias_positions)))
+        else:
+            self.register_buffer("bias", torch.zeros(0), persistent=False)
         self.register_buffer("bias_index", torch.tensor(bias_positions if self.use_bias else [], dtype=torch.long), persistent=False)
         self.dim_out = self.irreps_out.dim
 

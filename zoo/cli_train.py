@@ -1,0 +1,65 @@
+"""`equizoo train`: run a training recipe (thin wrapper over zoo.train)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("recipes")(recipes)
+
+
+def train(
+    recipe: str | None = typer.Argument(None, help="Recipe YAML file, or a name under recipes/ such as qm9/gap or md17/l2/aspirin."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key, e.g. --set optim.lr=1.0e-4 --set model.overrides.num_layers=2 (repeatable)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this folder (or checkpoint folder); --set may then change only run-time keys such as optim.max_steps."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder to create (default runs/<variant>-<target>-<time>)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the recipe, build the model, print the resolved recipe and stop."),
+) -> None:
+    """Train an Equiformer from a recipe; ends with a model directory in <run>/model.
+
+    Multi-GPU / multi-node: torchrun --nproc_per_node=G -m zoo.cli train RECIPE (optim.batch_size is global).
+    """
+    from zoo.data import DataError
+    from zoo.train import RecipeError, TrainError, build_network, dump_recipe, load_recipe, resume_recipe
+    from zoo.train import train as run_training
+
+    console = Console(soft_wrap=True)
+    err = Console(stderr=True, soft_wrap=True)
+    try:
+        if recipe is not None:
+            resolved = load_recipe(recipe, set_)
+        elif resume is not None and set_:
+            resolved = resume_recipe(resume, set_)
+        else:
+            resolved = None
+        if dry_run:
+            if resolved is None:
+                raise RecipeError("--dry-run needs a recipe")
+            from zoo.models import count_parameters
+
+            network = build_network(resolved)
+            console.print(dump_recipe(resolved), markup=False, highlight=False)
+            console.print(f"model {network.config.name}: {count_parameters(network):,} parameters")
+            return
+        result = run_training(resolved, out=out, resume=resume, console=console)
+    except (RecipeError, TrainError, DataError) as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2)
+    if result.model_dir is not None:
+        m = result.metrics
+        summary = ", ".join(f"{split} {k} {v:.5g} {m['units'].get(k, '')}" for split in ("val", "test") for k, v in m[split].items())
+        console.print(f"done: {m['steps']} steps ({m['epochs']:g} epochs); {m['final_weights']} weights (step {m['weights_step']}): {summary}")
+        console.print(f"model directory: [bold]{result.model_dir}[/bold]; metrics {result.run_dir / 'metrics.csv'}")
+
+
+def recipes() -> None:
+    """List the published training recipes (names for `equizoo train NAME`)."""
+    from zoo.train import list_recipes
+
+    for name in list_recipes():
+        typer.echo(name)
