@@ -8,3 +8,17 @@ def load(spec, dtype=None, device="cpu"):
     from zoo.api import load as _load
 
     return _load(spec, dtype=dtype, device=device)
+
+
+def predict(inputs, model=None, **options):
+    """Predict structure files / ase.Atoms with a model (None: the embedded default); a DataFrame (see zoo.predict)."""
+    from zoo.predict import predict as _predict
+
+    return _predict(inputs, model, **options)
+
+
+def evaluate(dataset, model=None, **options):
+    """Official metrics of a model on a dataset split; a DataFrame (see zoo.evaluate)."""
+    from zoo.evaluate import evaluate as _evaluate
+
+    return _evaluate(dataset, model, **options)

@@ -1,0 +1,62 @@
+"""`zoo.bench` and `equizoo bench`: documented fields, backends compared in one run, realistic workloads.
+Tiny CPU benches only; no assertion is about speed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_use_support import REPO, model_dir, run_cli
+
+from zoo.bench import BENCH_FIELDS, SUITES, bench, workload
+from zoo.predict import UseError, load_runner
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # two cores shared with other processes: one thread each is faster
+
+
+def test_cli_bench_compare_writes_the_documented_fields(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", "--model", model_dir("md17"), "--batch-size", "2", "--warmup", "1", "--repeats", "2", "--compare", "--train", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "torchscript" in proc.stdout and "vs eager" in proc.stdout
+    payload = json.loads(out.read_text())
+    assert payload["fields"] == list(BENCH_FIELDS) and payload["machine"]["torch"] == torch.__version__
+    rows = pd.DataFrame(payload["rows"])
+    assert list(rows.columns) == list(BENCH_FIELDS)
+    assert set(zip(rows["backend"], rows["task"])) == {
+        ("eager", "inference"), ("torchscript", "inference"), ("eager", "latency"), ("torchscript", "latency"), ("eager", "train_step"),
+    }  # fmt: skip
+    assert (rows["status"] == "ok").all(), rows["error"]
+    assert (rows["median_ms"] > 0).all() and (rows["min_ms"] <= rows["median_ms"]).all() and (rows["median_ms"] <= rows["max_ms"]).all()
+    inference = rows[rows["task"] == "inference"].iloc[0]
+    assert inference["batch_size"] == 2 and inference["atoms_per_batch"] == 42 and inference["forces"]
+    assert inference["structures_per_s"] == pytest.approx(2000 / inference["median_ms"])
+    assert "aspirin" in inference["workload"]
+    assert rows[rows["backend"] == "eager"]["speedup_vs_eager"].eq(1.0).all()
+    scripted = rows[(rows["backend"] == "torchscript") & (rows["task"] == "inference")].iloc[0]
+    assert scripted["max_abs_diff_vs_eager"] < 1e-9  # float64 model: TorchScript gives the eager outputs
+
+
+def test_variant_bench_and_errors_per_row():
+    frame = bench("oc20-l1", tasks=("latency",), backends=("eager", "onnx"), warmup=0, repeats=1)
+    eager, onnx = frame.iloc[0], frame.iloc[1]
+    assert eager["status"] == "ok" and eager["model"] == "oc20-l1 (random init)" and eager["atoms_per_batch"] == 68
+    assert onnx["status"] == "error" and "exported file" in onnx["error"] and np.isnan(onnx["median_ms"])
+    with pytest.raises(UseError, match="unknown suite"):
+        bench(suite="issue9")
+    assert {task for _, task, _ in SUITES["issue8"]} == {"inference", "train_step", "latency"}
+
+
+def test_workloads_are_real_geometries(shared_data):
+    qm9 = load_runner(model_dir("qm9")).info
+    structures, label = workload(qm9, structures=[str(REPO / "examples" / "qm9_molecules.extxyz")])
+    assert len(structures) == 7 and label == "given structures"
+    oc20 = load_runner(model_dir("oc20")).info
+    slabs, label = workload(oc20)
+    assert slabs[0].n_atoms == 68 and sorted(set(slabs[0].tags.tolist())) == [0, 1, 2] and "oc20_adslab" in label

@@ -1,0 +1,215 @@
+"""`equizoo predict`, `equizoo eval` and `equizoo bench`: parse, call zoo.predict / zoo.evaluate / zoo.bench,
+print a table, write the file.
+
+Exit codes (all three commands):
+    0  everything asked for was done
+    1  predict: some structures failed (their reasons are printed; the others were predicted and written)
+    2  bad input: unknown model / dataset / option, unreadable file, missing export; nothing was done
+    3  predict: every structure failed
+    4  an unexpected internal error (the traceback is printed; please report it)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+EXIT_OK, EXIT_PARTIAL, EXIT_INPUT, EXIT_ALL_FAILED, EXIT_CRASH = 0, 1, 2, 3, 4
+MAX_ERROR_LINES = 10
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+ModelOption = typer.Option(None, "--model", "-m", help="Model directory, registry name, hf-hub: id or TorchScript file (default: the embedded default model).")
+DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda.")
+DtypeOption = typer.Option(None, "--dtype", help="float32 or float64 (default: the model's own).")
+BackendOption = typer.Option("eager", "--backend", help="eager, torchscript, aoti or onnx (aoti/onnx need `equizoo export MODEL_DIR --format aoti|onnx` first).")
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[red]error:[/red] {escape(str(exc))}")
+    raise typer.Exit(EXIT_INPUT)
+
+
+def _guarded(command):
+    """Map an unexpected exception to exit code 4 (so 1 keeps meaning partial failure), traceback printed."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception:  # noqa: BLE001 - the point is to catch what nothing else did
+            err_console.print_exception(show_locals=False)
+            raise typer.Exit(EXIT_CRASH) from None
+
+    return run
+
+
+def _input_errors():
+    from zoo.artifact import ArtifactError
+    from zoo.data import DataError
+    from zoo.predict import UseError
+
+    return (UseError, DataError, ArtifactError)
+
+
+def _fmt(value, digits: int = 6) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) >= 100 else f"{value:.{digits}g}"
+    return escape(str(value))
+
+
+def predict_command(
+    files: List[str] = typer.Argument(..., help="Structure files, quoted globs or FILE@SELECTION (ASE index syntax, e.g. traj.extxyz@-1): any ASE format (xyz, extxyz, cif, traj, json, db, ...), MD npz, OC20 LMDB, QM9 xyz."),
+    model: Optional[str] = ModelOption,
+    device: str = DeviceOption,
+    batch_size: int = typer.Option(32, "--batch-size", help="Structures per batch at most (batches group structures of similar size)."),
+    max_atoms: int = typer.Option(8192, "--max-atoms", help="Atoms per batch at most."),
+    backend: str = BackendOption,
+    dtype: Optional[str] = DtypeOption,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results: .csv (per structure), .json (all, with per-atom arrays) or .extxyz (structures with energy/forces)."),
+    rows: int = typer.Option(20, "--rows", help="Rows of the printed table (0: none)."),
+) -> None:
+    """Predict the properties of every structure in FILES (energies, forces, QM9 targets, adsorption energies)."""
+    from zoo.predict import Predictor, column
+
+    written = False
+    try:
+        result = Predictor(model, backend=backend, device=device, dtype=dtype).run(files, batch_size=batch_size, max_atoms=max_atoms, progress=True)
+        if output is not None and (len(result.items) > result.n_failed or output.suffix.lower() in (".csv", ".json")):
+            written = bool(result.write(output))
+    except _input_errors() as exc:
+        _fail(exc)
+    info = result.info
+    if rows > 0:
+        table = Table(title=escape(f"{info.name} ({result.backend}, {result.device}, {result.dtype})"))
+        for name in ("file", "frame", "formula", "n_atoms"):
+            table.add_column(name, justify="right" if name in ("frame", "n_atoms") else "left")
+        value_columns = [column(t.name, t.unit) for t in info.targets]
+        for name in value_columns:
+            table.add_column(escape(name), justify="right")
+        table.add_column("status")
+        frame = result.frame(per_atom=False)
+        for _, row in frame.head(rows).iterrows():
+            status = "[green]ok[/green]" if row["status"] == "ok" else "[red]error[/red]"
+            table.add_row(escape(Path(row["file"]).name), str(row["frame"]), row["formula"], str(row["n_atoms"]), *(_fmt(row[c]) for c in value_columns), status)
+        console.print(table)
+        if len(frame) > rows:
+            console.print(escape(f"... {len(frame) - rows} more rows" + (f" in {output}" if output else " (write them all with --output)")))
+    for source, frame_index, reason in result.errors[:MAX_ERROR_LINES]:
+        err_console.print(f"[red]failed[/red] {escape(source)} (frame {frame_index}): {escape(reason)}")
+    if result.n_failed > MAX_ERROR_LINES:
+        where = f"the error column of {output}" if output is not None and output.suffix.lower() != ".extxyz" else "--output x.csv"
+        err_console.print(escape(f"... and {result.n_failed - MAX_ERROR_LINES} more failed structures (every reason: {where})"))
+    ok = len(result.items) - result.n_failed
+    summary = f"{ok} of {len(result.items)} structures predicted"
+    if written:
+        summary += f"; wrote {output}"
+    (err_console if result.n_failed else console).print(escape(summary))
+    if result.n_failed:
+        raise typer.Exit(EXIT_ALL_FAILED if ok == 0 else EXIT_PARTIAL)
+
+
+def eval_command(
+    dataset: str = typer.Argument(..., help="qm9[:TARGET,...], md17:MOLECULE, rmd17:MOLECULE, oc20-is2re, or a local dataset path."),
+    model: Optional[str] = ModelOption,
+    split: Optional[str] = typer.Option(None, "--split", help="Split (default: test; OC20: val_id; val_ood_ads, val_ood_cat, val_ood_both)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N structures of the split."),
+    target: Optional[str] = typer.Option(None, "--target", help="QM9 target(s), comma-separated (default: all the model predicts)."),
+    source: Optional[Path] = typer.Option(None, "--source", help="Local copy of the dataset's files, to prepare it if it is not prepared yet."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Dataset cache root (default $EQUIZOO_CACHE or ~/.cache/equizoo)."),
+    energy_unit: Optional[str] = typer.Option(None, "--energy-unit", help="Energy unit of an extxyz --source (eV, meV, kcal/mol, Hartree)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Structures per batch at most."),
+    device: str = DeviceOption,
+    backend: str = BackendOption,
+    dtype: Optional[str] = DtypeOption,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a parity plot (PNG)."),
+) -> None:
+    """Evaluate a model on a dataset split with the paper's metrics, beside the paper's numbers."""
+    from zoo.evaluate import run_evaluation
+
+    try:
+        result = run_evaluation(
+            dataset, model, split=split, limit=limit, target=target, source=source, cache_dir=cache_dir,
+            energy_unit=energy_unit, backend=backend, device=device, dtype=dtype, batch_size=batch_size, progress=True,
+        )  # fmt: skip
+        if output is not None:
+            result.write_json(output)
+        if plot is not None:
+            result.plot(plot)
+    except _input_errors() as exc:
+        _fail(exc)
+    info = result.info
+    table = Table(title=escape(f"{info['model']} on {info['dataset']} / {info['split']} ({info['n_structures']} structures)"))
+    for name in ("quantity", "metric", "unit", "measured", "paper", "paper source"):
+        table.add_column(name, justify="right" if name in ("measured", "paper") else "left")
+    for _, row in result.metrics.iterrows():
+        table.add_row(escape(row["quantity"]), row["metric"], escape(row["unit"]), _fmt(row["value"], 4), _fmt(row["paper"], 4), escape(row["paper_source"] or "-"))
+    console.print(table)
+    for path in (output, plot):
+        if path is not None:
+            console.print(escape(f"wrote {path}"))
+
+
+def bench_command(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory, registry name, or a variant name (benches a randomly initialised network)."),
+    device: str = DeviceOption,
+    batch_size: int = typer.Option(32, "--batch-size", help="Structures per batch for throughput and training steps."),
+    backend: List[str] = typer.Option(["eager"], "--backend", help="eager, torchscript, compile, aoti, onnx; repeat for several."),
+    compile: bool = typer.Option(False, "--compile", help="Also run torch.compile (cold compiles take minutes)."),
+    compare: bool = typer.Option(False, "--compare", help="Run eager, TorchScript (+ compile, + exports present) in this process and report speedups."),
+    task: List[str] = typer.Option(["inference", "latency"], "--task", help="inference, latency, train_step; repeat for several."),
+    train: bool = typer.Option(False, "--train", help="Add the training step (eager)."),
+    dtype: Optional[str] = DtypeOption,
+    warmup: int = typer.Option(3, "--warmup", help="Untimed calls before timing."),
+    repeats: int = typer.Option(10, "--repeats", help="Timed calls (median and spread are reported)."),
+    structures: Optional[List[Path]] = typer.Option(None, "--structures", help="Bench on these structure files instead of the built-in workload."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="A named set of cases; 'issue8' gives the rows of the speed table."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write all fields as .json or .csv."),
+) -> None:
+    """Throughput, latency at batch 1 and peak memory of a model under several backends."""
+    from zoo.bench import bench, write_bench
+
+    tasks = list(dict.fromkeys(list(task) + (["train_step"] if train else [])))
+    try:
+        frame = bench(
+            model, backends=backend, compare=compare, compile=compile, tasks=tasks, batch_size=batch_size, device=device,
+            dtype=dtype, warmup=warmup, repeats=repeats, structures=[str(p) for p in structures] if structures else None,
+            suite=suite, progress=True,
+        )  # fmt: skip
+        if output is not None:
+            write_bench(frame, output)
+    except _input_errors() as exc:
+        _fail(exc)
+    first = frame.iloc[0]
+    table = Table(title=escape(f"equizoo bench on {first['device_name']} ({first['device']}, torch {first['torch']}, {first['threads']} threads)"))
+    for name in ("model", "backend", "task", "batch", "atoms", "median ms", "iqr ms", "structures/s", "atoms/s", "peak MB", "vs eager", "status"):
+        table.add_column(name, justify="left" if name in ("model", "backend", "task", "status") else "right")
+    for _, r in frame.iterrows():
+        status = "[green]ok[/green]" if r["status"] == "ok" else f"[red]{escape(r['error'])}[/red]"
+        table.add_row(
+            escape(str(r["model"])), r["backend"], r["task"], str(r["batch_size"]), _fmt(r["atoms_per_batch"]), _fmt(r["median_ms"], 4), _fmt(r["iqr_ms"], 2),
+            _fmt(r["structures_per_s"], 4), _fmt(r["atoms_per_s"], 4), _fmt(r["peak_memory_mb"], 4), _fmt(r["speedup_vs_eager"], 3), status,
+        )  # fmt: skip
+    console.print(table)
+    console.print(escape(f"workload: {first['workload']}; {first['warmup']} warm-up and {first['repeats']} timed calls per row"))
+    if output is not None:
+        console.print(escape(f"wrote {output}"))
+
+
+def register(app: typer.Typer) -> None:
+    """Add predict, eval and bench to the `equizoo` app."""
+    app.command("predict")(_guarded(predict_command))
+    app.command("eval")(_guarded(eval_command))
+    app.command("bench")(_guarded(bench_command))
