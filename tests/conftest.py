@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore", message=".*TorchScript.*")
@@ -40,8 +39,3 @@ def shared_data() -> Path:
         pytest.skip(f"shared data not found at {SHARED_DATA} (set EQUIZOO_SHARED_DATA)")
     return SHARED_DATA
 
-
-@pytest.fixture(autouse=True)
-def _torch_threads():
-    torch.set_num_threads(2)
-    yield
