@@ -1,6 +1,178 @@
-"""Exporters of trained models (TorchScript; ONNX and AOTInductor where they work) with parity checks."""
+"""Exporters of trained models (TorchScript, ONNX, AOTInductor), each checked against eager.
+
+`export_model(model_dir, formats, dtype, device)` writes `model.torchscript.pt`, `model.onnx` and
+`model.pt2` into a model directory (all or nothing: every file is checked against the eager ZooModel on
+real structures before any is moved in) and records what each export measured in `exports.json`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Union
+
+import torch
 
 from zoo.export.metadata import model_metadata
-from zoo.export.torchscript import export_torchscript, load_torchscript
+from zoo.export.report import EXPORTS, ExportResult, read_exports, write_exports
+from zoo.export.torchscript import ExportMismatch, check_outputs, export_torchscript, load_torchscript
+from zoo.export.trace import ExportError, quiet
 
-__all__ = ["export_torchscript", "load_torchscript", "model_metadata"]
+FORMATS = ("torchscript", "onnx", "aoti")
+FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "aoti": "model.pt2"}
+
+__all__ = [
+    "EXPORTS",
+    "FILES",
+    "FORMATS",
+    "ExportError",
+    "ExportMismatch",
+    "ExportResult",
+    "export_model",
+    "export_torchscript",
+    "load_torchscript",
+    "model_metadata",
+    "parse_formats",
+    "read_exports",
+]
+
+
+def parse_formats(formats: Union[str, Iterable[str], None]) -> list[str]:
+    """Formats from "a,b" or a list ("all" or None: every format), validated, in canonical order."""
+    if formats is None:
+        return list(FORMATS)
+    items = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats) for f in f.split(",")]
+    items = [f for f in items if f]
+    if "all" in items:
+        return list(FORMATS)
+    unknown = [f for f in items if f not in FORMATS]
+    if unknown or not items:
+        raise ExportError(f"unknown export format(s) {unknown or formats!r}; choose from {', '.join(FORMATS)} (comma-separated) or all")
+    return [f for f in FORMATS if f in items]
+
+
+def _progress():
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+
+
+def _torchscript(model, path: Path, check: list) -> ExportResult:
+    from zoo.export.trace import eager_outputs, tolerance
+
+    start = time.perf_counter()
+    export_torchscript(model, path, example_inputs=check[0])
+    module, _ = load_torchscript(path)
+    dtype = next(model.parameters()).dtype
+    tol = tolerance("torchscript", dtype)
+    worst = 0.0
+    with torch.jit.optimized_execution(False):
+        for kwargs in check:
+            with torch.enable_grad():
+                got = module(**kwargs)
+            worst = max(worst, check_outputs(eager_outputs(model, kwargs), got, rtol=tol, atol=tol, what=f"TorchScript export {path.name}"))
+    return ExportResult("torchscript", path, str(dtype).replace("torch.", ""), "cpu", worst, tol, time.perf_counter() - start)
+
+
+def export_model(
+    model_dir: Union[str, Path],
+    formats: Union[str, Iterable[str], None] = None,
+    dtype: Union[str, torch.dtype, None] = None,
+    device: Union[str, torch.device] = "cpu",
+    virial: Optional[bool] = None,
+    inductor_configs: Optional[dict] = None,
+    progress: bool = True,
+) -> Dict[str, ExportResult]:
+    """Export the model of `model_dir` into that directory in `formats` (default all), in `dtype` (default:
+    the saved one), the AOTInductor package built for `device`. Every file is checked against the eager
+    model on real structures; on any mismatch ExportMismatch is raised and nothing is written. `virial`
+    (default: periodic force fields) bakes the virial into the ONNX/AOTInductor graphs."""
+    from zoo.artifact import load_model_dir
+    from zoo.export.trace import check_inputs, export_program, flat_inputs, input_names
+
+    model_dir = Path(model_dir)
+    chosen = parse_formats(formats)
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "float64"):
+            raise ExportError(f"dtype must be float32 or float64, got {dtype!r}")
+        dtype = getattr(torch, dtype)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ExportError(f"--device {device} was asked for but CUDA is not available here; use --device cpu or export on a GPU machine")
+    model = load_model_dir(model_dir, dtype=dtype)
+    dtype = next(model.parameters()).dtype
+    if virial is None:
+        virial = bool(model.periodic and model.energy_target)
+    model.compute_virial = bool(virial)
+    check = check_inputs(model, dtype, torch.device("cpu"))
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
+    results: Dict[str, ExportResult] = {}
+    try:
+        with _progress() if progress else _Quiet() as bar:
+            program = None
+            for fmt in chosen:
+                task = bar.add_task(f"{fmt}: export and check against eager", total=None)
+                staged = staging / FILES[fmt]
+                if fmt == "torchscript":
+                    model.compute_virial = False  # a runtime switch in TorchScript
+                    with quiet():
+                        results[fmt] = _torchscript(model, staged, check)
+                    model.compute_virial = bool(virial)
+                elif fmt == "onnx" or device.type == "cpu":
+                    if program is None:
+                        bar.update(task, description=f"{fmt}: tracing forward and forces")
+                        names = input_names(model)
+                        program = export_program(model, flat_inputs(names, dtype, torch.device("cpu"), **check[-1]), names)
+                    if fmt == "onnx":
+                        from zoo.export.onnx import export_onnx
+
+                        bar.update(task, description="onnx: exporting and checking in onnxruntime")
+                        results[fmt] = export_onnx(model, staged, check=check, program=program)
+                    else:
+                        from zoo.export.aoti import export_aoti
+
+                        bar.update(task, description="aoti: compiling with AOTInductor (minutes)")
+                        results[fmt] = export_aoti(model, staged, device, check=check, program=program, inductor_configs=inductor_configs)
+                else:
+                    from zoo.export.aoti import export_aoti
+
+                    bar.update(task, description=f"aoti: tracing and compiling for {device} (minutes)")
+                    on_device = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in c.items()} for c in check]
+                    results[fmt] = export_aoti(model.to(device), staged, device, check=on_device, inductor_configs=inductor_configs)
+                    model.to("cpu")
+                bar.remove_task(task)
+        records = read_exports(model_dir)
+        for fmt, result in results.items():
+            final = model_dir / FILES[fmt]
+            (staging / FILES[fmt]).replace(final)
+            results[fmt] = ExportResult(result.format, final, result.dtype, result.device, result.max_abs_error, result.tolerance, result.seconds)
+            records[fmt] = results[fmt].to_dict()
+        write_exports(model_dir, records)
+        stale = model_dir / "manifest.json"  # hashes of the files as last published; republishing rewrites it
+        if stale.is_file():
+            stale.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return results
+
+
+class _Quiet:
+    """A stand-in for the progress bar when progress is off."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def update(self, *args, **kwargs) -> None:
+        return None
+
+    def remove_task(self, *args, **kwargs) -> None:
+        return None

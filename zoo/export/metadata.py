@@ -27,6 +27,12 @@ EQUIZOO_VERSION = "equizoo_version"
 TORCH_VERSION = "torch_version"
 FORMAT_KEY = "format"
 FORMAT = "equizoo-torchscript/1"
+ONNX_FORMAT = "equizoo-onnx/1"
+AOTI_FORMAT = "equizoo-aoti/1"
+# ONNX metadata_props and AOTInductor get_metadata() add:
+INPUTS = "inputs"  # comma-separated names of the flat graph inputs, in order (zoo.export.trace)
+OUTPUTS = "outputs"  # comma-separated output names, in order
+DEVICE = "device"  # AOTInductor: the device type the package was compiled for (cpu | cuda)
 
 KEYS = (FORMAT_KEY, VARIANT, R_MAX, TYPE_NUMBERS, TYPE_NAMES, MODEL_DTYPE, TARGETS, UNITS, ENERGY_TARGET, PERIODIC, NEEDS_TAGS, NUM_LAYERS, CONFIG_JSON, EQUIZOO_VERSION, TORCH_VERSION)
 
