@@ -1,0 +1,268 @@
+"""Artifact commands of `equizoo`: list, info, export, card, publish, pull, and `hub serve`.
+
+Each command parses, calls one function of zoo.registry / zoo.export / zoo.cards / zoo.hub, and prints;
+errors are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+hub_app = typer.Typer(help="A local Hugging Face Hub-compatible server (for tests and team hubs).", no_args_is_help=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _errors() -> tuple:
+    from zoo.artifact import ArtifactError
+    from zoo.cards import CardError
+    from zoo.export import ExportError, ExportMismatch
+    from zoo.hub import HubError, IntegrityError
+    from zoo.registry import RegistryError
+
+    return (ArtifactError, CardError, ExportError, ExportMismatch, HubError, IntegrityError, RegistryError)
+
+
+def _metric_text(entry) -> str:
+    rows = [m for m in entry.metrics if m.split == "test"] or list(entry.metrics)
+    return ", ".join(f"{m.target} {m.value:.4g} {m.unit}" for m in rows[:3])
+
+
+def list_command(
+    pattern: str = typer.Argument("*", help="Shell-style wildcard over model names, e.g. 'equiformer-md17-*'."),
+    published: bool = typer.Option(False, "--published", help="Only models whose files are published (pullable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the registered pretrained models: what they predict and whether they are published."""
+    from zoo.registry import RegistryError, list_models
+
+    try:
+        models = list_models(pattern, published_only=published)
+    except RegistryError as exc:
+        _fail(str(exc))
+    if not models:
+        _fail(f"no registered model matches {pattern!r}{' among the published ones' if published else ''}; `equizoo list` shows all")
+    if as_json:
+        typer.echo(json.dumps([m.to_dict() for m in models], indent=2))
+        return
+    table = Table(title="equizoo pretrained models")
+    for col in ("name", "dataset", "predicts", "variant", "status", "test metrics"):
+        table.add_column(col, no_wrap=col == "name")
+    for m in models:
+        status = m.status if m.status != "published" else f"published @{m.revision[:10]}"
+        table.add_row(m.name, m.dataset, escape(", ".join(f"{t} [{u}]" for t, u in m.targets)), m.variant.split(" (")[0], status, escape(_metric_text(m)) or "—")
+    console.print(table)
+
+
+def info_command(
+    name: str = typer.Argument(..., help="Registry name (see `equizoo list`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Everything the registry knows about one model: meaning, location, file hashes, metrics."""
+    from zoo.registry import RegistryError, get_model
+
+    try:
+        m = get_model(name)
+    except RegistryError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(m.to_dict(), indent=2))
+        return
+    console.print(f"[bold]{escape(m.name)}[/bold]: {escape(m.description)}", highlight=False)
+    console.print(escape(f"dataset {m.dataset}; task {m.task}; network {m.variant}; license {m.license}"), highlight=False)
+    console.print(escape("predicts: " + ", ".join(f"{t} [{u}]" for t, u in m.targets)), highlight=False)
+    if m.status == "published":
+        console.print(f"published: {m.repo_id} @ {m.revision}  (load with zoo.load({m.name!r}) or `equizoo pull {m.name}`)", highlight=False)
+    elif m.status == "local release":
+        console.print(f"local release: {m.release_dir()}", highlight=False)
+    else:
+        console.print("status: not published yet (no trained weights released for this name)", highlight=False)
+    if m.files:
+        table = Table(title="files")
+        table.add_column("file")
+        table.add_column("bytes", justify="right")
+        table.add_column("sha256")
+        for f in m.files:
+            table.add_row(f.path, f"{f.size:,}" if f.size >= 0 else "?", f.sha256)
+        console.print(table)
+    rows = [("measured", x) for x in m.metrics] + [("paper", x) for x in m.paper]
+    if rows:
+        table = Table(title="metrics")
+        for col in ("source", "split", "output", "metric", "value"):
+            table.add_column(col)
+        for src, x in rows:
+            table.add_row(x.source or src, x.split, x.target, x.metric, f"{x.value:.4g} {x.unit}")
+        console.print(table)
+
+
+def _model_dir_for(spec: str, out: Optional[Path]) -> Path:
+    from zoo.hub import copy_model, model_dir_of, pull
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        src = model_dir_of(path)
+        return copy_model(src, out) if out is not None else src
+    if path.exists() or os.sep in spec or spec.startswith((".", "~")):
+        _fail(f"{spec}: no such model directory; give a model directory, a training run directory, a registry name or hf-hub:ORG/NAME@REV")
+    if out is None:
+        _fail(f"{spec} is not a directory: to export a registry model or Hub id give --out DIR (it is copied there, the Hugging Face cache stays untouched)")
+    return copy_model(pull(spec), out)
+
+
+def export_command(
+    model: str = typer.Argument(..., help="Model directory, training run directory, registry name or hf-hub:ORG/NAME@REV."),
+    formats: str = typer.Option("torchscript,onnx,aoti", "--format", "-f", help="Comma-separated: torchscript, onnx, aoti (or all)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or float64 (default: the saved dtype)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]: the device the AOTInductor package is built for."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Copy the model here and export there (required for registry names / Hub ids)."),
+    aoti_option: List[str] = typer.Option([], "--aoti-option", help="Inductor config KEY=VALUE for the AOTInductor build (repeatable), e.g. cpp.simdlen=1."),
+) -> None:
+    """Export a model to TorchScript, ONNX and AOTInductor, each checked against eager on real structures."""
+    from zoo.export import export_model, parse_formats
+
+    try:
+        chosen = parse_formats(formats)
+        configs = {}
+        for item in aoti_option:
+            key, sep, value = item.partition("=")
+            if not sep:
+                _fail(f"--aoti-option {item!r} must be KEY=VALUE")
+            try:
+                configs[key] = json.loads(value)
+            except json.JSONDecodeError:
+                configs[key] = value
+        model_dir = _model_dir_for(model, out)
+        results = export_model(model_dir, chosen, dtype=dtype, device=device, inductor_configs=configs or None)
+    except _errors() as exc:
+        _fail(str(exc))
+    table = Table(title=f"exported {model_dir}")
+    for col in ("format", "file", "dtype", "device", "max |Δ| vs eager", "tolerance", "seconds"):
+        table.add_column(col)
+    for r in results.values():
+        table.add_row(r.format, r.path.name, r.dtype, r.device, f"{r.max_abs_error:.2e}", f"{r.tolerance:.0e}", f"{r.seconds:.0f}")
+    console.print(table)
+
+
+def card_command(
+    model_dir: Path = typer.Argument(..., help="Model directory (or training run directory)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Registry name whose meaning and paper numbers the card uses."),
+) -> None:
+    """Render the model card (README.md) of a model directory from its metadata."""
+    from zoo.cards import write_card
+    from zoo.hub import model_dir_of
+
+    try:
+        path = write_card(model_dir_of(model_dir), name)
+    except _errors() as exc:
+        _fail(str(exc))
+    console.print(f"wrote {path}", highlight=False)
+
+
+def publish_command(
+    run_dir: Path = typer.Argument(..., help="Model directory or training run directory (RUN/model)."),
+    repo: str = typer.Option(..., "--repo", help="Hub repository ORG/NAME (created if needed)."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Tag for the commit (default: the next free vN)."),
+    private: bool = typer.Option(False, "--private", help="Create the repository private."),
+    register: Optional[str] = typer.Option(None, "--register", help="Write the pinned revision and hashes into the registry under this name."),
+    registry_file: Optional[Path] = typer.Option(None, "--registry-file", help="Registry JSON to write (default: the last of $EQUIZOO_REGISTRY, else the packaged one)."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Hub endpoint (default: $HF_ENDPOINT, else huggingface.co)."),
+    card: bool = typer.Option(True, "--card/--no-card", help="Render README.md from the metadata before uploading (--no-card keeps an existing one)."),
+) -> None:
+    """Publish a model to a Hugging Face Hub: upload, tag, print the pinned revision and sha256 of every file."""
+    from zoo.hub import model_dir_of, publish
+    from zoo.registry import metrics_from_config, register as register_entry
+
+    try:
+        src = model_dir_of(run_dir)
+        if card:
+            from zoo.cards import write_card
+            from zoo.registry import is_registry_name
+
+            write_card(src, register if register and is_registry_name(register) else None)
+        pub = publish(src, repo, tag=tag, private=private, endpoint_url=endpoint)
+        if register:
+            from zoo.artifact import read_config
+            from zoo.registry import fields_from_config, in_catalogue
+
+            config = read_config(src)
+            meaning = {} if in_catalogue(register) else fields_from_config(config)
+            entry = register_entry(
+                register, pub.files, repo_id=pub.repo_id, revision=pub.revision, metrics=metrics_from_config(config), registry_file=registry_file, **meaning
+            )
+    except _errors() as exc:
+        _fail(str(exc))
+    console.print(f"published [bold]{pub.repo_id}[/bold] at revision {pub.revision} (tag {pub.tag}) on {pub.endpoint}", highlight=False)
+    table = Table(title="files")
+    table.add_column("file")
+    table.add_column("bytes", justify="right")
+    table.add_column("sha256")
+    for name, info in sorted(pub.files.items()):
+        table.add_row(name, f"{info['size']:,}", info["sha256"])
+    console.print(table)
+    console.print(f"load it with zoo.load({pub.hub_id!r})", highlight=False)
+    if register:
+        console.print(f"registered as {entry.name} in {entry.source}", highlight=False)
+
+
+def pull_command(
+    spec: str = typer.Argument(..., help="Registry name, hf-hub:ORG/NAME@REV or a model directory."),
+    force: bool = typer.Option(False, "--force", help="Download again even if cached."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Hub endpoint (default: $HF_ENDPOINT, else huggingface.co)."),
+) -> None:
+    """Fetch a model at its pinned revision into the Hugging Face cache, verify every sha256, print its path."""
+    from zoo.hub import pull
+
+    try:
+        path = pull(spec, endpoint_url=endpoint, force=force)
+    except _errors() as exc:
+        _fail(str(exc))
+    typer.echo(str(path))
+
+
+@hub_app.command("serve")
+def hub_serve(
+    root: Path = typer.Argument(..., help="Folder the server stores repositories in (created if needed)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    token: List[str] = typer.Option([], "--token", help="Accepted token, TOKEN or TOKEN=USER (repeatable; none: any token is accepted)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Log every request."),
+) -> None:
+    """Serve a Hub-compatible API from ROOT (point HF_ENDPOINT at it); Ctrl-C stops it."""
+    import time
+
+    from zoo.hub.server import parse_tokens, start_hub
+
+    try:
+        hub = start_hub(root, host=host, port=port, tokens=parse_tokens(token), verbose=verbose)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port} ({exc}); choose another --port")
+    console.print(f"serving {root} at {hub.url}  (export HF_ENDPOINT={hub.url})", highlight=False)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        hub.stop()
+
+
+def register(app: typer.Typer) -> None:
+    """Add list, info, export, card, publish, pull and `hub serve` to the `equizoo` app."""
+    app.command("list")(list_command)
+    app.command("info")(info_command)
+    app.command("export")(export_command)
+    app.command("card")(card_command)
+    app.command("publish")(publish_command)
+    app.command("pull")(pull_command)
+    app.add_typer(hub_app, name="hub")

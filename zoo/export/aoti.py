@@ -1,0 +1,138 @@
+"""AOTInductor export (`torch._inductor.aoti_compile_and_package`) of the traced forward, forces included,
+with dynamic atom, edge and structure counts, and a runner with the ZooModel calling convention.
+
+A `.pt2` package is compiled for one device type (the one named at export); it loads from Python
+(`load_aoti`) and from C++ (`torch::inductor::AOTIModelPackageLoader`), which reads the same metadata
+(`get_metadata()`: the keys of zoo.export.metadata plus `inputs`, `outputs`, `device`).
+
+    runner = load_aoti("model.pt2", device="cpu")
+    out = runner(pos=pos, species=z, edge_index=edge_index, batch=batch)   # dict of torch tensors
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+
+from zoo.export.metadata import AOTI_FORMAT, DEVICE, FORMAT_KEY, model_metadata
+from zoo.export.report import ExportResult
+from zoo.export.trace import ExportError, GraphSignature, first_line, check_inputs, eager_outputs, export_program, flat_inputs, input_names, quiet, tolerance
+
+FORMAT = AOTI_FORMAT
+DEVICE_KEY = DEVICE
+
+
+def _device(device: Union[str, torch.device]) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ExportError(f"device {device} was asked for but CUDA is not available here; use --device cpu or run on a GPU machine")
+    if device.type not in ("cpu", "cuda"):
+        raise ExportError(f"AOTInductor packages are built for cpu or cuda, not {device.type}")
+    return device
+
+
+class AotiRunner:
+    """Runs an AOTInductor package: `runner(**ZooModel.forward kwargs) -> dict[str, Tensor]`."""
+
+    def __init__(self, path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> None:
+        self.path = Path(path)
+        self.device = _device(device)
+        if not self.path.is_file():
+            raise ExportError(f"{self.path} does not exist; export the model with `equizoo export DIR --format aoti`")
+        try:
+            index = self.device.index if self.device.index is not None else -1
+            with quiet():
+                self.package = torch._inductor.aoti_load_package(str(self.path), device_index=index)
+            self.metadata: Dict[str, str] = dict(self.package.get_metadata())
+        except Exception as exc:  # noqa: BLE001 - the package loader raises RuntimeError and friends
+            raise ExportError(f"{self.path} cannot be loaded as an AOTInductor package ({str(exc).splitlines()[0]}); export it again with this torch") from exc
+        if self.metadata.get(FORMAT_KEY) != FORMAT:
+            raise ExportError(f"{self.path} is not an equizoo AOTInductor export (format {self.metadata.get(FORMAT_KEY)!r}); export it with `equizoo export`")
+        built_for = self.metadata.get(DEVICE_KEY, "cpu")
+        if built_for != self.device.type:
+            raise ExportError(f"{self.path} was built for {built_for} and cannot run on {self.device}; export it again with --device {self.device.type}")
+        self.signature = GraphSignature.from_metadata(self.metadata, str(self.path))
+        self.dtype = getattr(torch, self.metadata.get("model_dtype", "float32"))
+
+    def __call__(
+        self,
+        pos: torch.Tensor,
+        species: torch.Tensor,
+        edge_index: torch.Tensor,
+        batch: torch.Tensor,
+        edge_shift: Optional[torch.Tensor] = None,
+        tags: Optional[torch.Tensor] = None,
+        num_graphs: int = -1,
+    ) -> Dict[str, torch.Tensor]:
+        tensors = flat_inputs(self.signature.inputs, self.dtype, self.device, pos, species, edge_index, batch, edge_shift, tags, num_graphs)
+        with torch.no_grad():
+            out = self.package(*tensors)
+        return {name: out[name] for name in self.signature.outputs}
+
+    def __repr__(self) -> str:
+        return f"AotiRunner({str(self.path)!r}, device={self.device}, dtype={self.dtype}, outputs={list(self.signature.outputs)})"
+
+
+def load_aoti(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> AotiRunner:
+    """A runner for an equizoo AOTInductor package on `device` (the device type it was built for)."""
+    return AotiRunner(path, device)
+
+
+def export_aoti(
+    model,
+    path: Union[str, Path],
+    device: Union[str, torch.device] = "cpu",
+    check: Optional[Sequence[dict]] = None,
+    program=None,
+    extra_metadata: Optional[dict] = None,
+    inductor_configs: Optional[dict] = None,
+) -> ExportResult:
+    """Compile `model` (eval ZooModel) into an AOTInductor package for `device` at `path`, atomically;
+    check it against eager on `check` (forward kwargs on `device`; default: real check structures) and
+    raise ExportMismatch (writing nothing) if it disagrees. `program` is a (ExportedProgram,
+    GraphSignature) traced on the same device; `inductor_configs` pass through to the compiler."""
+    from zoo.artifact import as_zoo_model
+    from zoo.export.torchscript import check_outputs
+
+    start = time.perf_counter()
+    device = _device(device)
+    model = as_zoo_model(model).eval().to(device)
+    dtype = next(model.parameters()).dtype
+    check = list(check) if check is not None else check_inputs(model, dtype, device)
+    names = input_names(model)
+    if program is None:
+        example = flat_inputs(names, dtype, device, **check[-1])
+        program = export_program(model, example, names)
+    ep, signature = program
+    meta = model_metadata(model, extra_metadata)
+    meta.update(signature.to_metadata())
+    meta[FORMAT_KEY] = FORMAT
+    meta[DEVICE_KEY] = device.type
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".pt2", dir=path.parent)
+    os.close(fd)
+    os.remove(tmp)
+    try:
+        configs = {"aot_inductor.metadata": meta, **(inductor_configs or {})}
+        try:
+            with quiet():
+                torch._inductor.aoti_compile_and_package(ep, package_path=tmp, inductor_configs=configs)
+        except Exception as exc:  # noqa: BLE001 - inductor raises many types (lowering, C++ compiler)
+            raise ExportError(f"AOTInductor compilation for {device.type} failed: {type(exc).__name__}: {first_line(exc)} "
+                              "(it needs a working C++ compiler; CUDA builds need nvcc); the torchscript and onnx formats may still work") from exc  # fmt: skip
+        runner = AotiRunner(tmp, device)
+        tol = tolerance("aoti", dtype)
+        worst = 0.0
+        for kwargs in check:
+            worst = max(worst, check_outputs(eager_outputs(model, kwargs), runner(**kwargs), rtol=tol, atol=tol, what=f"AOTInductor export {path.name}"))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return ExportResult("aoti", path, str(dtype).replace("torch.", ""), device.type, worst, tol, time.perf_counter() - start)

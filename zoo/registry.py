@@ -1,0 +1,401 @@
+"""The registry of pretrained equizoo models (timm style): one frozen `PretrainedModel` per name, saying
+what the model means (dataset, targets and units, network variant, the paper's numbers and measured
+metrics) and where its files are (a Hub repo at a pinned 40-hex revision, or a local release folder
+`releases/<name>/`), with the sha256 of every file.
+
+The catalogue below defines the names and their meaning; where the files are comes from registry JSON
+files: the packaged `zoo/hub/published.json`, then every file in `$EQUIZOO_REGISTRY` (os.pathsep-separated;
+a file that does not exist yet counts as empty).
+Publishing a trained model is a data change: `equizoo publish RUN_DIR --repo ORG/NAME --register NAME`
+writes an entry like
+
+    {"format": "equizoo-registry/1", "models": {"equiformer-md17-aspirin-l2": {
+        "repo_id": "ORG/equiformer-md17-aspirin-l2", "revision": "<40 hex>",
+        "files": {"model.safetensors": {"sha256": "<64 hex>", "size": 123}, "config.json": {...}, ...},
+        "metrics": [{"split": "test", "target": "energy", "metric": "MAE", "value": 0.0052, "unit": "eV"}]}}}
+
+(`"release": "<folder under releases/>"` instead of repo_id/revision for a local release; any catalogue
+field may be given too, which defines a new name). Names without files say "not published yet".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+REGISTRY_FORMAT = "equizoo-registry/1"
+PACKAGED_REGISTRY = Path(__file__).resolve().parent / "hub" / "published.json"
+REGISTRY_ENV = "EQUIZOO_REGISTRY"
+RELEASES_ENV = "EQUIZOO_RELEASES"
+RELEASES_DIR = Path(__file__).resolve().parents[1] / "releases"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_REVISION = re.compile(r"^[0-9a-f]{40}$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+NOT_PUBLISHED = "not published yet"
+
+
+class RegistryError(LookupError):
+    """A registry name is unknown or unusable, or a registry file is malformed."""
+
+
+@dataclass(frozen=True)
+class FileHash:
+    """One file of a pretrained model: path inside the model directory, sha256 and size in bytes."""
+
+    path: str
+    sha256: str
+    size: int = -1
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number: `metric` (e.g. MAE) of `target` on `split`, in `unit`; `source` says where it is from."""
+
+    split: str
+    target: str
+    value: float
+    unit: str
+    metric: str = "MAE"
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str) -> "Metric":
+        try:
+            return cls(split=str(d["split"]), target=str(d["target"]), value=float(d["value"]), unit=str(d.get("unit", "")),
+                       metric=str(d.get("metric", "MAE")), source=str(d.get("source", "")))  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RegistryError(f"{where}: a metric needs split, target and a numeric value ({exc}): {dict(d)}") from None
+
+
+@dataclass(frozen=True)
+class PretrainedModel:
+    """A registry entry: meaning (dataset, task, targets with units, variant, paper numbers) and location
+    (Hub repo + pinned revision, or a local release folder) with the sha256 of every file."""
+
+    name: str
+    description: str
+    dataset: str
+    task: str
+    variant: str
+    targets: Tuple[Tuple[str, str], ...]  # (output name, unit)
+    paper: Tuple[Metric, ...] = ()
+    metrics: Tuple[Metric, ...] = ()
+    repo_id: Optional[str] = None
+    revision: Optional[str] = None
+    release: Optional[str] = None
+    files: Tuple[FileHash, ...] = ()
+    license: str = "mit"
+    tags: Tuple[str, ...] = ()
+    source: str = "catalogue"
+
+    @property
+    def status(self) -> str:
+        if self.files and self.repo_id and self.revision:
+            return "published"
+        if self.files and self.release:
+            return "local release"
+        return NOT_PUBLISHED
+
+    @property
+    def published(self) -> bool:
+        return self.status != NOT_PUBLISHED
+
+    @property
+    def hub_id(self) -> Optional[str]:
+        return f"hf-hub:{self.repo_id}@{self.revision}" if self.repo_id and self.revision else None
+
+    def unit(self, target: str) -> str:
+        return dict(self.targets).get(target, "")
+
+    def file_hashes(self) -> Dict[str, str]:
+        return {f.path: f.sha256 for f in self.files}
+
+    def release_dir(self) -> Optional[Path]:
+        return releases_dir() / self.release if self.release else None
+
+    def to_dict(self) -> dict:
+        d = {
+            "name": self.name, "description": self.description, "dataset": self.dataset, "task": self.task, "variant": self.variant,
+            "targets": dict(self.targets), "status": self.status, "repo_id": self.repo_id, "revision": self.revision,
+            "release": self.release, "files": {f.path: {"sha256": f.sha256, "size": f.size} for f in self.files},
+            "metrics": [m.to_dict() for m in self.metrics], "paper": [m.to_dict() for m in self.paper],
+            "license": self.license, "tags": list(self.tags), "source": self.source,
+        }  # fmt: skip
+        return d
+
+
+# ------------------------------------------------------------------------------------------ catalogue
+_PAPER_QM9 = "paper Table 1 (test MAE)"
+_PAPER_MD17 = "paper Table 2 (test MAE)"
+_QM9_UNITS = (("mu", "D"), ("alpha", "a0^3"), ("homo", "eV"), ("lumo", "eV"), ("gap", "eV"), ("r2", "a0^2"), ("zpve", "eV"),
+              ("U0", "eV"), ("U", "eV"), ("H", "eV"), ("G", "eV"), ("Cv", "cal/mol/K"))  # fmt: skip
+_QM9_PAPER = (("mu", 0.011, "D"), ("alpha", 0.046, "a0^3"), ("homo", 15, "meV"), ("lumo", 14, "meV"), ("gap", 30, "meV"),
+              ("r2", 0.251, "a0^2"), ("zpve", 1.26, "meV"), ("U0", 6.59, "meV"), ("U", 6.74, "meV"), ("H", 6.63, "meV"),
+              ("G", 7.63, "meV"), ("Cv", 0.023, "cal/mol/K"))  # fmt: skip
+# molecule: (L=2 energy meV, forces meV/Å, L=3 energy, forces)
+_MD17_PAPER = {
+    "aspirin": (5.3, 7.2, 5.3, 6.6), "ethanol": (2.2, 3.1, 2.2, 2.9), "naphthalene": (3.7, 2.1, 4.4, 2.0),
+    "salicylic_acid": (4.5, 4.1, 4.3, 3.9), "benzene": (2.2, 6.6, 2.5, 8.1), "malonaldehyde": (3.3, 5.8, 3.2, 5.4),
+    "toluene": (3.8, 2.1, 3.7, 2.1), "uracil": (4.3, 3.3, 4.3, 3.4),
+}  # fmt: skip
+_OC20_SPLITS = ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")
+_OC20_TEST = ("test_id", "test_ood_ads", "test_ood_cat", "test_ood_both")
+
+
+def _catalogue() -> Dict[str, PretrainedModel]:
+    out: Dict[str, PretrainedModel] = {}
+    out["equiformer-qm9-l2"] = PretrainedModel(
+        name="equiformer-qm9-l2",
+        description="QM9, all 12 properties: one Equiformer (Lmax=2) per target, bundled so one model predicts them all",
+        dataset="QM9",
+        task="qm9",
+        variant="qm9-l2 (mu, alpha, homo, lumo, gap, Cv); qm9-l2-bessel (zpve); qm9-l2-bessel-drop01 (r2); qm9-l2-bessel-drop0 (U0, U, H, G)",
+        targets=_QM9_UNITS,
+        paper=tuple(Metric("test", t, float(v), u, source=_PAPER_QM9) for t, v, u in _QM9_PAPER),
+        tags=("qm9", "molecules", "property-prediction"),
+    )
+    for mol, (e2, f2, e3, f3) in _MD17_PAPER.items():
+        for lmax, (e, f) in ((2, (e2, f2)), (3, (e3, f3))):
+            name = f"equiformer-md17-{mol}-l{lmax}"
+            out[name] = PretrainedModel(
+                name=name,
+                description=f"MD17 {mol.replace('_', ' ')} force field, Equiformer Lmax={lmax}: energy and forces = -dE/dx",
+                dataset=f"MD17/{mol}",
+                task="md17",
+                variant=f"md17-l{lmax}",
+                targets=(("energy", "eV"), ("forces", "eV/Å")),
+                paper=(Metric("test", "energy", e, "meV", source=_PAPER_MD17), Metric("test", "forces", f, "meV/Å", source=_PAPER_MD17)),
+                tags=("md17", "force-field", "molecular-dynamics"),
+            )
+    val = (0.5088, 0.6271, 0.5051, 0.5545)
+    test = (0.5037, 0.6881, 0.5213, 0.6301)
+    out["equiformer-oc20-is2re-l1"] = PretrainedModel(
+        name="equiformer-oc20-is2re-l1",
+        description="OC20 IS2RE, Equiformer Lmax=1, 6 blocks, trained on IS2RE only: relaxed adsorption energy from the initial structure",
+        dataset="OC20 IS2RE (all)",
+        task="oc20",
+        variant="oc20-l1",
+        targets=(("energy", "eV"),),
+        paper=tuple(Metric(s, "energy", v, "eV", source="paper, OC20 IS2RE trained on IS2RE only (energy MAE)") for s, v in zip(_OC20_SPLITS + _OC20_TEST, val + test)),
+        tags=("oc20", "catalysis", "is2re", "periodic"),
+    )
+    aux = (0.4171, 0.5479, 0.4248, 0.4741)
+    out["equiformer-oc20-is2re-aux18-l1"] = PretrainedModel(
+        name="equiformer-oc20-is2re-aux18-l1",
+        description="OC20 IS2RE, Equiformer Lmax=1, 18 blocks, IS2RS auxiliary head + Noisy Nodes (the paper's best OC20 model)",
+        dataset="OC20 IS2RE (all)",
+        task="oc20",
+        variant="oc20-l1-aux18",
+        targets=(("energy", "eV"), ("aux_displacement", "Å")),
+        paper=(Metric("val_id", "energy", 0.4156, "eV", source="reference README (val ID)"),)
+        + tuple(Metric(s, "energy", v, "eV", source="paper, IS2RE + IS2RS auxiliary + Noisy Nodes (test energy MAE)") for s, v in zip(_OC20_TEST, aux)),
+        tags=("oc20", "catalysis", "is2re", "periodic", "noisy-nodes"),
+    )
+    return out
+
+
+# ------------------------------------------------------------------------------------- registry files
+def releases_dir() -> Path:
+    """Where local releases live: $EQUIZOO_RELEASES, else `releases/` beside the package."""
+    env = os.environ.get(RELEASES_ENV, "").strip()
+    return Path(env).expanduser() if env else RELEASES_DIR
+
+
+def registry_files() -> List[Path]:
+    """Registry JSON files in merge order (later ones override earlier ones)."""
+    files = [PACKAGED_REGISTRY]
+    for item in os.environ.get(REGISTRY_ENV, "").split(os.pathsep):
+        if item.strip():
+            files.append(Path(item.strip()).expanduser())
+    return files
+
+
+def _read_registry(path: Path) -> Dict[str, dict]:
+    if not path.is_file():
+        return {}  # nothing registered there yet (`publish --register` creates it)
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"registry file {path} is not valid JSON ({exc}); fix or remove it") from None
+    if not isinstance(doc, dict) or doc.get("format") != REGISTRY_FORMAT or not isinstance(doc.get("models"), dict):
+        raise RegistryError(f"registry file {path} must be a JSON object with format {REGISTRY_FORMAT!r} and a 'models' mapping")
+    return doc["models"]
+
+
+def _entry(name: str, data: Mapping, base: Optional[PretrainedModel], where: str) -> PretrainedModel:
+    where = f"{where}: entry {name!r}"
+    known = {f.name for f in dataclasses.fields(PretrainedModel)} - {"name", "source"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RegistryError(f"{where} has unknown keys {unknown}; known: {sorted(known)}")
+    if base is None:
+        missing = [k for k in ("description", "dataset", "task", "variant", "targets") if k not in data]
+        if missing:
+            raise RegistryError(f"{where} is not in the catalogue, so it must define {missing}")
+        base = PretrainedModel(name=name, description="", dataset="", task="", variant="", targets=())
+    changes: dict = {"source": where.split(": entry")[0]}
+    for key in ("description", "dataset", "task", "variant", "license", "repo_id", "revision", "release"):
+        if key in data:
+            changes[key] = None if data[key] is None else str(data[key])
+    if "targets" in data:
+        changes["targets"] = tuple((str(k), str(v)) for k, v in dict(data["targets"]).items())
+    if "tags" in data:
+        changes["tags"] = tuple(str(t) for t in data["tags"])
+    for key in ("metrics", "paper"):
+        if key in data:
+            changes[key] = tuple(Metric.from_dict(m, where) for m in data[key])
+    if "files" in data:
+        files = []
+        for path, info in dict(data["files"]).items():
+            info = {"sha256": info} if isinstance(info, str) else dict(info)
+            digest = str(info.get("sha256", "")).lower()
+            if not _SHA256.match(digest):
+                raise RegistryError(f"{where}: file {path!r} needs a 64-hex sha256, got {info.get('sha256')!r}")
+            files.append(FileHash(str(path), digest, int(info.get("size", -1))))
+        changes["files"] = tuple(sorted(files, key=lambda f: f.path))
+    entry = dataclasses.replace(base, **changes)
+    if entry.revision is not None and not _REVISION.match(entry.revision):
+        raise RegistryError(f"{where}: revision must be a full 40-hex commit sha (pinned), got {entry.revision!r}")
+    if entry.repo_id is not None and not _REPO_ID.match(entry.repo_id):
+        raise RegistryError(f"{where}: repo_id must look like ORG/NAME, got {entry.repo_id!r}")
+    if entry.files and not ((entry.repo_id and entry.revision) or entry.release):
+        raise RegistryError(f"{where} lists files but neither repo_id + revision nor release says where they are")
+    if (entry.repo_id or entry.release) and not entry.files:
+        raise RegistryError(f"{where} gives a location but no files with sha256; publish with --register to write them")
+    return entry
+
+
+@lru_cache(maxsize=8)
+def _load(files: Tuple[str, ...], stamps: Tuple[float, ...]) -> Dict[str, PretrainedModel]:
+    models = _catalogue()
+    for path in files:
+        for name, data in _read_registry(Path(path)).items():
+            if not isinstance(data, Mapping):
+                raise RegistryError(f"{path}: entry {name!r} must be a JSON object")
+            models[name] = _entry(name, data, models.get(name), str(path))
+    return models
+
+
+def _models() -> Dict[str, PretrainedModel]:
+    files = registry_files()
+    stamps = tuple(p.stat().st_mtime_ns if p.is_file() else -1 for p in files)
+    return _load(tuple(str(p) for p in files), stamps)
+
+
+def list_models(pattern: str = "*", published_only: bool = False) -> List[PretrainedModel]:
+    """Registry entries whose names match a shell-style wildcard, in catalogue order."""
+    return [m for n, m in _models().items() if fnmatch.fnmatchcase(n, pattern) and (m.published or not published_only)]
+
+
+def get_model(name: str) -> PretrainedModel:
+    """The registry entry `name`; RegistryError with suggestions if unknown."""
+    models = _models()
+    if name in models:
+        return models[name]
+    close = difflib.get_close_matches(name, list(models), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise RegistryError(f"unknown model name {name!r}{hint} (`equizoo list` shows every registered model)")
+
+
+def is_registry_name(spec: str) -> bool:
+    return spec in _models()
+
+
+def in_catalogue(name: str) -> bool:
+    """Whether `name` is one of the built-in names (whose meaning the registry already knows)."""
+    return name in _catalogue()
+
+
+def register(
+    name: str,
+    files: Mapping[str, Mapping],
+    repo_id: Optional[str] = None,
+    revision: Optional[str] = None,
+    release: Optional[str] = None,
+    metrics: Iterable[Metric] = (),
+    registry_file: Union[str, Path, None] = None,
+    **fields,
+) -> PretrainedModel:
+    """Add or replace the entry `name` in a registry JSON file (default: the last of $EQUIZOO_REGISTRY,
+    else the packaged one), atomically; returns the merged, validated entry."""
+    path = Path(registry_file) if registry_file is not None else registry_files()[-1]
+    data: dict = {"files": {p: dict(v) for p, v in files.items()}}
+    if repo_id is not None:
+        data.update(repo_id=repo_id, revision=revision)
+    if release is not None:
+        data["release"] = release
+    metrics = list(metrics)
+    if metrics:
+        data["metrics"] = [m.to_dict() for m in metrics]
+    data.update(fields)
+    base = _catalogue().get(name)
+    entry = _entry(name, data, base, str(path))
+    models = _read_registry(path) if path.is_file() else {}
+    models[name] = data
+    doc = {"format": REGISTRY_FORMAT, "models": dict(sorted(models.items()))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+    return entry
+
+
+def fields_from_config(config: Mapping) -> dict:
+    """Registry fields describing a model directory's config.json, for names outside the catalogue."""
+    metadata = config.get("metadata") or {}
+    dataset = metadata.get("dataset") if isinstance(metadata.get("dataset"), Mapping) else {}
+    recipe = metadata.get("recipe") if isinstance(metadata.get("recipe"), Mapping) else {}
+    networks = config.get("networks", {})
+    targets: dict = {}
+    for t in config.get("targets", []):
+        targets[t["name"]] = t["unit"]
+        if networks.get(t["name"], {}).get("forces"):
+            targets["forces"] = t.get("forces_unit") or f"{t['unit']}/Å"
+    first = next(iter(networks.values()), {})
+    return {
+        "description": str(first.get("description") or config.get("name", "")),
+        "dataset": str(dataset.get("name") or "unknown"),
+        "task": str(recipe.get("task") or ""),
+        "variant": ", ".join(sorted({str(n.get("name", "")) for n in networks.values()})),
+        "targets": targets,
+    }
+
+
+def metrics_from_config(config: Mapping) -> List[Metric]:
+    """Measured metrics recorded by training in a model's config.json metadata (none if absent).
+
+    Reads `metadata.metrics` = {"val": {...}, "test": {...}, "units": {...}} (one target) or
+    {target: that} (bundles); metric names `mae`, `energy_mae`, `force_mae`."""
+    metadata = config.get("metadata") or {}
+    metrics = metadata.get("metrics") or {}
+    targets = [t["name"] for t in config.get("targets", [])]
+    blocks = {targets[0]: metrics} if targets and ("val" in metrics or "test" in metrics) else {k: v for k, v in metrics.items() if k in targets}
+    out = []
+    for target, block in blocks.items():
+        if not isinstance(block, Mapping):
+            continue
+        units = block.get("units") or {}
+        for split in ("val", "test"):
+            for key, value in (block.get(split) or {}).items():
+                if not isinstance(value, (int, float)) or math.isnan(value):
+                    continue
+                name = {"mae": target, "energy_mae": target, "force_mae": "forces"}.get(key)
+                if name is None:
+                    continue
+                out.append(Metric(split, name, float(value), str(units.get(key, "")), "MAE", "measured (config.json metadata)"))
+    return out
