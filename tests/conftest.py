@@ -39,3 +39,18 @@ def shared_data() -> Path:
         pytest.skip(f"shared data not found at {SHARED_DATA} (set EQUIZOO_SHARED_DATA)")
     return SHARED_DATA
 
+
+
+@pytest.fixture()
+def hub(tmp_path, monkeypatch):
+    """A local Hub (token required for writes), an empty HF cache, and a registry file for this test."""
+    from hubtools import TOKEN, USER, point_client_at
+    from zoo.hub.server import serve_hub
+
+    with serve_hub(tmp_path / "hub-store", tokens={TOKEN: USER}) as running:
+        point_client_at(monkeypatch, running.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv("EQUIZOO_REGISTRY", str(tmp_path / "registry.json"))
+        yield running

@@ -15,33 +15,10 @@ from zoo.artifact import save_model_dir
 from zoo.models import build_model
 from zoo.models.zoo_model import TargetInfo, ZooModel
 
+from hubtools import TOKEN, USER, point_client_at
+
 SMALL = dict(num_layers=1, irreps_sh="1x0e+1x1e", irreps_node_embedding="8x0e+4x1e", irreps_head="4x0e+2x1e", num_heads=2,
              irreps_mlp_mid="16x0e+8x1e", irreps_feature="16x0e", num_basis=8, radial_hidden=(8, 8))  # fmt: skip
-TOKEN = "hub-test-token"
-
-
-def _point_client_at(monkeypatch, url: str) -> None:
-    """HF_ENDPOINT for this test; clients < 1.0 also froze it at import into constants (commit and file URLs)."""
-    from huggingface_hub import constants, file_download
-
-    monkeypatch.setenv("HF_ENDPOINT", url)
-    monkeypatch.setattr(constants, "ENDPOINT", url)
-    for module in (constants, file_download):
-        if hasattr(module, "HUGGINGFACE_CO_URL_TEMPLATE"):
-            monkeypatch.setattr(module, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
-
-
-@pytest.fixture()
-def hub(tmp_path, monkeypatch):
-    from zoo.hub.server import serve_hub
-
-    with serve_hub(tmp_path / "store", tokens={TOKEN: "alice"}) as running:
-        _point_client_at(monkeypatch, running.url)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.setenv("EQUIZOO_REGISTRY", str(tmp_path / "registry.json"))
-        yield running
 
 
 @pytest.fixture()
@@ -61,7 +38,7 @@ def small_dir(tmp_path) -> Path:
 def test_repo_commit_tag_download_with_the_real_client(api, hub, tmp_path):
     from huggingface_hub import hf_hub_download, snapshot_download
 
-    assert api.whoami()["name"] == "alice"
+    assert api.whoami()["name"] == USER
     api.create_repo("org/demo")
     api.create_repo("org/demo", exist_ok=True)
     folder = tmp_path / "folder"
@@ -139,7 +116,7 @@ def test_keep_alive_connections_stay_in_step(api, hub):
     second.read()
     conn.request("GET", "/api/whoami-v2", headers={"Authorization": f"Bearer {TOKEN}"})
     third = conn.getresponse()
-    assert third.status == 200 and json.loads(third.read())["name"] == "alice"
+    assert third.status == 200 and json.loads(third.read())["name"] == USER
     hub.stop()  # a stopped server also ends the open connections
     with pytest.raises((http.client.HTTPException, OSError)):
         conn.request("GET", "/api/whoami-v2", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -177,7 +154,7 @@ def test_server_state_persists_across_restarts(tmp_path, monkeypatch):
     from zoo.hub.server import serve_hub
 
     with serve_hub(tmp_path / "store") as first:
-        _point_client_at(monkeypatch, first.url)
+        point_client_at(monkeypatch, first.url)
         api = HfApi(endpoint=first.url, token="anything")
         api.create_repo("org/kept")
         (tmp_path / "f").mkdir()

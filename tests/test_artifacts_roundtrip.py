@@ -31,7 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(num_layers=1, irreps_sh="1x0e+1x1e", irreps_node_embedding="16x0e+8x1e", irreps_head="8x0e+4x1e", num_heads=2,
              irreps_mlp_mid="32x0e+16x1e", irreps_feature="32x0e", num_basis=8, radial_hidden=(16, 16))  # fmt: skip
 NAME = "equiformer-test-tiny-md17"
-TOKEN = "test-token-123"
 
 
 def _cli(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -76,31 +75,6 @@ def model_dir(tmp_path_factory) -> Path:
     result = _cli("export", str(out), "--format", "torchscript,onnx,aoti", "--aoti-option", "cpp.simdlen=1")
     assert result.returncode == 0, result.stdout + result.stderr
     return out
-
-
-def _point_client_at(monkeypatch, url: str) -> None:
-    """HF_ENDPOINT for this test; clients < 1.0 also froze it at import into constants (commit and file URLs)."""
-    from huggingface_hub import constants, file_download
-
-    monkeypatch.setenv("HF_ENDPOINT", url)
-    monkeypatch.setattr(constants, "ENDPOINT", url)
-    for module in (constants, file_download):
-        if hasattr(module, "HUGGINGFACE_CO_URL_TEMPLATE"):
-            monkeypatch.setattr(module, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
-
-
-@pytest.fixture()
-def hub(tmp_path, monkeypatch):
-    """A local Hub (token required for writes), an empty HF cache, and a registry file for this test."""
-    from zoo.hub.server import serve_hub
-
-    with serve_hub(tmp_path / "hub-store", tokens={TOKEN: "tester"}) as running:
-        _point_client_at(monkeypatch, running.url)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.setenv("EQUIZOO_REGISTRY", str(tmp_path / "registry.json"))
-        yield running
 
 
 # ------------------------------------------------------------------------------------------ exports
