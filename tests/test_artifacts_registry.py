@@ -46,7 +46,9 @@ def test_catalogue_names_and_meanings(registry_file):
     names = [m.name for m in list_models()]
     expected = ["equiformer-qm9-l2", "equiformer-oc20-is2re-l1", "equiformer-oc20-is2re-aux18-l1"]
     expected += [f"equiformer-md17-{mol}-l{lmax}" for mol in MOLECULES for lmax in (2, 3)]
-    assert sorted(names) == sorted(expected)
+    cpu = [f"equiformer-qm9-{t}-small-cpu" for t in ("gap", "homo", "lumo")]
+    cpu += [f"equiformer-md17-{mol}-l2-small-cpu" for mol in ("aspirin", "ethanol", "naphthalene", "salicylic_acid")]
+    assert sorted(names) == sorted(expected + cpu)
     qm9 = get_model("equiformer-qm9-l2")
     assert [t for t, _ in qm9.targets] == ["mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "Cv"]
     assert qm9.unit("homo") == "eV" and qm9.status == NOT_PUBLISHED and not qm9.published
@@ -56,7 +58,10 @@ def test_catalogue_names_and_meanings(registry_file):
     assert [(m.target, m.value) for m in aspirin.paper] == [("energy", 5.3), ("forces", 6.6)]
     assert get_model("equiformer-oc20-is2re-aux18-l1").variant == "oc20-l1-aux18"
     assert [m.name for m in list_models("equiformer-md17-*-l3")] == [f"equiformer-md17-{mol}-l3" for mol in MOLECULES]
-    assert list_models(published_only=True) == []
+    # the paper's models need a GPU to train; what ships are the CPU-trained local releases
+    assert sorted(m.name for m in list_models(published_only=True)) == sorted(cpu)
+    small = get_model("equiformer-md17-aspirin-l2-small-cpu")
+    assert small.paper == get_model("equiformer-md17-aspirin-l2").paper and "2-core CPU" in small.description
 
 
 def test_adding_a_trained_model_is_data(registry_file):
@@ -67,7 +72,7 @@ def test_adding_a_trained_model_is_data(registry_file):
     assert entry.status == "published" and entry.hub_id == f"hf-hub:org/uracil@{REV}"
     got = get_model("equiformer-md17-uracil-l2")
     assert got.file_hashes() == {"config.json": SHA, "model.safetensors": SHA} and got.dataset == "MD17/uracil"
-    assert [m.name for m in list_models(published_only=True)] == ["equiformer-md17-uracil-l2"]
+    assert "equiformer-md17-uracil-l2" in [m.name for m in list_models(published_only=True)]
     doc = json.loads(registry_file.read_text())
     assert doc["format"] == "equizoo-registry/1" and doc["models"]["equiformer-md17-uracil-l2"]["revision"] == REV
     # a name outside the catalogue defines its meaning itself
@@ -100,7 +105,7 @@ def test_unusable_registry_files(tmp_path, monkeypatch):
     from zoo.registry import RegistryError, list_models
 
     monkeypatch.setenv("EQUIZOO_REGISTRY", str(tmp_path / "absent.json"))
-    assert len(list_models()) == 19  # not written yet: nothing registered there
+    assert len(list_models()) == 26  # not written yet: nothing registered there
     (tmp_path / "bad.json").write_text("{not json")
     monkeypatch.setenv("EQUIZOO_REGISTRY", str(tmp_path / "bad.json"))
     with pytest.raises(RegistryError, match="not valid JSON"):
@@ -169,7 +174,7 @@ def test_cli_list_and_info(registry_file):
     assert table.returncode == 0 and "equiformer-md17-uracil-l2" in table.stdout and "equiformer-qm9-l2" not in table.stdout
     assert "not published yet" in table.stdout and "energy [eV]" in table.stdout
     rows = json.loads(_cli("list", "--json").stdout)
-    assert len(rows) == 19 and {r["status"] for r in rows} == {"not published yet"}
+    assert len(rows) == 26 and {r["status"] for r in rows} == {"not published yet", "local release"}
     info = _cli("info", "equiformer-qm9-l2")
     assert info.returncode == 0 and "homo [eV]" in info.stdout and "not published yet" in info.stdout and "15 meV" in info.stdout
     assert json.loads(_cli("info", "equiformer-oc20-is2re-l1", "--json").stdout)["variant"] == "oc20-l1"

@@ -59,6 +59,9 @@ def atomic_write_dir(out_dir: Union[str, Path], write, overwrite: bool = False) 
         raise ArtifactError(f"{out_dir} already exists; choose another output directory or overwrite it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         write(tmp)
         if out_dir.exists():

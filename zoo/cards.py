@@ -105,7 +105,9 @@ def _training(metadata: dict) -> List[tuple]:
         rows.append(("weights", f"{metrics['final_weights']}" + (f" (epoch {epoch:g})" if isinstance(epoch, (int, float)) else "")))
     hw = metadata.get("hardware") or {}
     if isinstance(hw, dict) and hw:
-        text = f"{hw.get('processes', 1)} x {hw.get('device_name') or hw.get('device_type', '?')}"
+        text = f"{hw.get('processes', 1)} x {hw.get('cpu_model') if hw.get('device_type') == 'cpu' and hw.get('cpu_model') else hw.get('device_name') or hw.get('device_type', '?')}"
+        if hw.get("device_type") == "cpu":
+            text += f" (CPU only, {hw.get('cpu_count', '?')} cores, {hw.get('torch_threads', '?')} torch thread(s))"
         rows.append(("hardware", text))
     if isinstance(metadata.get("wall_time_s"), (int, float)):
         s = float(metadata["wall_time_s"])
@@ -113,6 +115,8 @@ def _training(metadata: dict) -> List[tuple]:
     env = metadata.get("environment") or {}
     if isinstance(env, dict) and env:
         rows.append(("software", ", ".join(f"{k} {env[k]}" for k in ("equizoo", "torch", "e3nn", "cuda") if env.get(k))))
+    if metadata.get("hardware_note"):
+        rows.append(("hardware note", str(metadata["hardware_note"])))
     if metadata.get("source"):
         rows.append(("source", str(metadata["source"]) + (f" ({metadata['checkpoint']})" if metadata.get("checkpoint") else "")))
     return rows
@@ -120,16 +124,18 @@ def _training(metadata: dict) -> List[tuple]:
 
 def _results(measured, paper) -> tuple:
     rows = []
+    from zoo.release import base_split
+
     paper_by = {(m.split, m.target): m for m in paper}
     seen = set()
     for m in measured:
-        p = paper_by.get((m.split, m.target))
+        p = paper_by.get((base_split(m.split), m.target))
         text = f"{_fmt(m.value)} {m.unit}"
         if p is not None:
             conv = _convert(m.value, m.unit, p.unit)
             if conv is not None and p.unit != m.unit:
                 text += f" ({_fmt(conv)} {p.unit})"
-            seen.add((m.split, m.target))
+            seen.add((p.split, p.target))
         rows.append({"split": m.split, "target": m.target, "metric": m.metric, "measured": text, "paper": f"{_fmt(p.value)} {p.unit}" if p else "—"})
     for p in paper:
         if (p.split, p.target) not in seen:
@@ -203,11 +209,15 @@ def card_context(model_dir: Union[str, Path], entry=None) -> tuple:
         if (model_dir / rec.get("path", "")).is_file():
             exports.append({**rec, "max_abs_error": f"{rec['max_abs_error']:.1e}", "tolerance": f"{rec['tolerance']:.0e}"})
     params = _param_count(model_dir)
+    evaluation = metadata.get("evaluation") if isinstance(metadata.get("evaluation"), dict) else {}
     lammps = "C H O" if {"C", "H", "O"} <= set(types) else " ".join(types[:3])
     load_spec = entry.name if entry is not None and entry.published else (entry.hub_id if entry is not None and entry.hub_id else str(model_dir))
     variables = {
         "title": name,
         "description": entry.description if entry is not None else str(first.get("description") or ""),
+        "note": str(metadata.get("note") or ""),
+        "reproduce": list(evaluation.get("commands") or []),
+        "eval_data": str(evaluation.get("data") or ""),
         "targets": _targets(config),
         "elements": _elements(types),
         "r_max": f"{first['r_max']:g}",

@@ -1,4 +1,4 @@
-"""Artifact commands of `equizoo`: list, info, export, card, publish, pull, and `hub serve`.
+"""Artifact commands of `equizoo`: list, info, export, card, release, verify, publish, pull, and `hub serve`.
 
 Each command parses, calls one function of zoo.registry / zoo.export / zoo.cards / zoo.hub, and prints;
 errors are one line on stderr and exit status 2.
@@ -37,7 +37,9 @@ def _errors() -> tuple:
 
 
 def _metric_text(entry) -> str:
-    rows = [m for m in entry.metrics if m.split == "test"] or list(entry.metrics)
+    from zoo.release import base_split
+
+    rows = [m for m in entry.metrics if base_split(m.split) == "test"] or list(entry.metrics)
     return ", ".join(f"{m.target} {m.value:.4g} {m.unit}" for m in rows[:3])
 
 
@@ -128,6 +130,7 @@ def export_command(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or float64 (default: the saved dtype)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]: the device the AOTInductor package is built for."),
     out: Optional[Path] = typer.Option(None, "--out", help="Copy the model here and export there (required for registry names / Hub ids)."),
+    onnx_optimize: bool = typer.Option(False, "--onnx-optimize", help="Run onnxscript's optimizer on the ONNX graph (minutes; a force field's file shrinks about 4x)."),
     aoti_option: List[str] = typer.Option([], "--aoti-option", help="Inductor config KEY=VALUE for the AOTInductor build (repeatable), e.g. cpp.simdlen=1."),
 ) -> None:
     """Export a model to TorchScript, ONNX and AOTInductor, each checked against eager on real structures."""
@@ -145,7 +148,7 @@ def export_command(
             except json.JSONDecodeError:
                 configs[key] = value
         model_dir = _model_dir_for(model, out)
-        results = export_model(model_dir, chosen, dtype=dtype, device=device, inductor_configs=configs or None)
+        results = export_model(model_dir, chosen, dtype=dtype, device=device, inductor_configs=configs or None, onnx_optimize=onnx_optimize)
     except _errors() as exc:
         _fail(str(exc))
     table = Table(title=f"exported {model_dir}")
@@ -171,8 +174,96 @@ def card_command(
     console.print(f"wrote {path}", highlight=False)
 
 
+def _use_errors() -> tuple:
+    from zoo.data import DataError
+    from zoo.release import ReleaseError
+    from zoo.predict import UseError
+
+    return _errors() + (DataError, ReleaseError, UseError)
+
+
+def release_command(
+    model: Path = typer.Argument(..., help="Model directory or training run directory (RUN/model)."),
+    name: str = typer.Option(..., "--name", help="Release and registry name, e.g. equiformer-md17-aspirin-l2."),
+    data: Optional[str] = typer.Option(None, "--data", help="`equizoo eval` dataset spec (default: the model's training dataset)."),
+    source: Optional[str] = typer.Option(None, "--source", help="Raw files of that dataset, if it is not prepared yet."),
+    splits: str = typer.Option("val,test", "--split", help="Comma-separated splits to evaluate and record."),
+    limit: List[str] = typer.Option([], "--limit", help="SPLIT=N: evaluate the first N structures of SPLIT (default: the training run's limits)."),
+    formats: str = typer.Option("torchscript,onnx", "--format", "-f", help="Exports to ship (torchscript, onnx, aoti), or 'none'."),
+    onnx_optimize: bool = typer.Option(True, "--onnx-optimize/--no-onnx-optimize", help="Shrink the ONNX graph with onnxscript's optimizer (minutes)."),
+    note: Optional[str] = typer.Option(None, "--note", help="A sentence the card shows in bold under the description."),
+    hardware_note: Optional[str] = typer.Option(None, "--hardware-note", help="What the hardware record cannot say (e.g. a shared machine)."),
+    releases: Optional[Path] = typer.Option(None, "--releases-dir", help="Where releases live (default: $EQUIZOO_RELEASES, else releases/)."),
+    registry_file: Optional[Path] = typer.Option(None, "--registry-file", help="Registry JSON to write (default: the last of $EQUIZOO_REGISTRY, else the packaged one)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing release of that name."),
+    default: bool = typer.Option(False, "--default", help="Also install it as the embedded default model of the package."),
+) -> None:
+    """Make a local release: evaluate, export, card and register a trained model in releases/NAME."""
+    from zoo.release import release_model
+
+    try:
+        limits = None
+        if limit:
+            limits = {}
+            for item in limit:
+                split, sep, value = item.partition("=")
+                if not sep or not value.isdigit():
+                    _fail(f"--limit {item!r} must be SPLIT=N with N a positive integer, e.g. --limit test=1000")
+                limits[split] = int(value)
+        chosen = [] if formats.strip().lower() == "none" else formats
+        rel = release_model(model, name, data=data, source=source, splits=[s for s in splits.split(",") if s], limits=limits, formats=chosen, onnx_optimize=onnx_optimize,
+                            note=note, hardware_note=hardware_note, releases=releases, registry_file=registry_file, overwrite=overwrite)  # fmt: skip
+        if default:
+            from zoo.pretrained import install_default_model
+
+            installed = install_default_model(rel.path)
+    except _use_errors() as exc:
+        _fail(str(exc))
+    table = Table(title=f"released {rel.entry.name} in {rel.path}")
+    for col in ("split", "output", "metric", "value", "paper"):
+        table.add_column(col)
+    from zoo.release import base_split
+
+    paper = {(m.split, m.target): m for m in rel.entry.paper}
+    for r in rel.evaluation["results"]:
+        p = paper.get((base_split(r["split"]), r["quantity"]))
+        table.add_row(r["split"], r["quantity"], r["metric"], f"{r['value']:.4g} {r['unit']}", f"{p.value:.4g} {p.unit}" if p else "—")
+    console.print(table)
+    for command in rel.evaluation["commands"]:
+        console.print(f"reproduce: {command}", highlight=False)
+    console.print(f"registered {rel.entry.name} ({len(rel.entry.files)} files with sha256) in {rel.entry.source}", highlight=False)
+    if default:
+        console.print(f"installed as the embedded default in {installed}", highlight=False)
+
+
+def verify_command(
+    name: str = typer.Argument(..., help="Registry name of a release (`equizoo list --published`)."),
+    data: Optional[str] = typer.Option(None, "--data", help="The recorded dataset found elsewhere (an `equizoo eval` dataset spec or path)."),
+    source: Optional[str] = typer.Option(None, "--source", help="Raw files of its dataset, if it is not prepared yet."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the recorded and re-measured numbers as JSON."),
+) -> None:
+    """Check a release: sha256 of its files, then re-run its recorded evaluation and compare with its card."""
+    from zoo.release import check_release
+
+    try:
+        pairs = check_release(name, data=data, source=source)
+    except _use_errors() as exc:
+        _fail(str(exc), code=1)
+    table = Table(title=f"{name}: card vs `equizoo eval` now")
+    for col in ("split/output", "card", "measured now"):
+        table.add_column(col)
+    for key, (recorded, measured) in pairs.items():
+        table.add_row(key, f"{recorded:.6g}", f"{measured:.6g}")
+    console.print(table)
+    if output is not None:
+        from zoo.predict import atomic_write
+
+        atomic_write(output, lambda tmp: Path(tmp).write_text(json.dumps({k: {"card": a, "measured": b} for k, (a, b) in pairs.items()}, indent=1) + "\n"))
+    console.print("every number on the card is reproduced", highlight=False)
+
+
 def publish_command(
-    run_dir: Path = typer.Argument(..., help="Model directory or training run directory (RUN/model)."),
+    run_dir: Path = typer.Argument(..., help="Model directory, training run directory (RUN/model) or the name of a local release."),
     repo: str = typer.Option(..., "--repo", help="Hub repository ORG/NAME (created if needed)."),
     tag: Optional[str] = typer.Option(None, "--tag", help="Tag for the commit (default: the next free vN)."),
     private: bool = typer.Option(False, "--private", help="Create the repository private."),
@@ -181,15 +272,23 @@ def publish_command(
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Hub endpoint (default: $HF_ENDPOINT, else huggingface.co)."),
     card: bool = typer.Option(True, "--card/--no-card", help="Render README.md from the metadata before uploading (--no-card keeps an existing one)."),
 ) -> None:
-    """Publish a model to a Hugging Face Hub: upload, tag, print the pinned revision and sha256 of every file."""
-    from zoo.hub import model_dir_of, publish
-    from zoo.registry import metrics_from_config, register as register_entry
+    """Publish a model to a Hugging Face Hub: upload, tag, print the pinned revision and sha256 of every file.
+
+    For a local release (`equizoo publish equiformer-md17-aspirin-l2-small-cpu --repo ORG/NAME`) the
+    verified release folder is uploaded as it is, card included, and the registry entry moves to the Hub."""
+    from zoo.hub import model_dir_of, publish, pull
+    from zoo.registry import get_model, is_registry_name, metrics_from_config, register as register_entry
 
     try:
-        src = model_dir_of(run_dir)
+        spec = str(run_dir)
+        if not run_dir.exists() and is_registry_name(spec) and get_model(spec).release:
+            src = pull(spec)
+            register = register or spec
+            card = False
+        else:
+            src = model_dir_of(run_dir)
         if card:
             from zoo.cards import write_card
-            from zoo.registry import is_registry_name
 
             write_card(src, register if register and is_registry_name(register) else None)
         pub = publish(src, repo, tag=tag, private=private, endpoint_url=endpoint)
@@ -263,6 +362,8 @@ def register(app: typer.Typer) -> None:
     app.command("info")(info_command)
     app.command("export")(export_command)
     app.command("card")(card_command)
+    app.command("release")(release_command)
+    app.command("verify")(verify_command)
     app.command("publish")(publish_command)
     app.command("pull")(pull_command)
     app.add_typer(hub_app, name="hub")

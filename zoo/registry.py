@@ -205,6 +205,44 @@ def _catalogue() -> Dict[str, PretrainedModel]:
         + tuple(Metric(s, "energy", v, "eV", source="paper, IS2RE + IS2RS auxiliary + Noisy Nodes (test energy MAE)") for s, v in zip(_OC20_TEST, aux)),
         tags=("oc20", "catalysis", "is2re", "periodic", "noisy-nodes"),
     )
+    out.update(_cpu_catalogue(out))
+    return out
+
+
+_CPU_MD17 = ("aspirin", "ethanol", "naphthalene", "salicylic_acid")
+_CPU_QM9 = ("gap", "homo", "lumo")
+
+
+def _cpu_catalogue(full: Mapping[str, PretrainedModel]) -> Dict[str, PretrainedModel]:
+    """Models trained on a 2-core CPU while no GPU was available: the reduced network of recipes/cpu/
+    (2 blocks, about a third of the channels) trained for minutes, not the paper's models."""
+    reduced = "reduced Equiformer (2 blocks, 48x0e+12x1e+6x2e, ~175k parameters) trained briefly on a 2-core CPU"
+    out: Dict[str, PretrainedModel] = {}
+    for target in _CPU_QM9:
+        name = f"equiformer-qm9-{target}-small-cpu"
+        out[name] = PretrainedModel(
+            name=name,
+            description=f"QM9 {target}: a {reduced} on 4,000 molecules; far less accurate than the paper's equiformer-qm9-l2",
+            dataset="QM9",
+            task="qm9",
+            variant="qm9-l2, reduced (recipes/cpu/base-small-network.yml)",
+            targets=((target, "eV"),),
+            paper=tuple(m for m in full["equiformer-qm9-l2"].paper if m.target == target),
+            tags=("qm9", "molecules", "property-prediction", "cpu-trained"),
+        )
+    for mol in _CPU_MD17:
+        name = f"equiformer-md17-{mol}-l2-small-cpu"
+        base = full[f"equiformer-md17-{mol}-l2"]
+        out[name] = PretrainedModel(
+            name=name,
+            description=f"MD17 {mol.replace('_', ' ')} force field: a {reduced}; far less accurate than the paper's {base.name}",
+            dataset=f"MD17/{mol}",
+            task="md17",
+            variant="md17-l2, reduced (recipes/cpu/base-small-network.yml)",
+            targets=base.targets,
+            paper=base.paper,
+            tags=base.tags + ("cpu-trained",),
+        )
     return out
 
 
@@ -377,11 +415,16 @@ def fields_from_config(config: Mapping) -> dict:
 
 
 def metrics_from_config(config: Mapping) -> List[Metric]:
-    """Measured metrics recorded by training in a model's config.json metadata (none if absent).
+    """Measured metrics recorded in a model's config.json metadata (none if absent).
 
-    Reads `metadata.metrics` = {"val": {...}, "test": {...}, "units": {...}} (one target) or
+    A release's `metadata.evaluation` (numbers `equizoo eval` reproduces) comes first; otherwise the
+    training record `metadata.metrics` = {"val": {...}, "test": {...}, "units": {...}} (one target) or
     {target: that} (bundles); metric names `mae`, `energy_mae`, `force_mae`."""
     metadata = config.get("metadata") or {}
+    evaluation = metadata.get("evaluation") or {}
+    if isinstance(evaluation, Mapping) and evaluation.get("results"):
+        return [Metric(str(r["split"]), str(r["quantity"]), float(r["value"]), str(r["unit"]), str(r.get("metric", "MAE")), "measured with `equizoo eval`")
+                for r in evaluation["results"]]  # fmt: skip
     metrics = metadata.get("metrics") or {}
     targets = [t["name"] for t in config.get("targets", [])]
     blocks = {targets[0]: metrics} if targets and ("val" in metrics or "test" in metrics) else {k: v for k, v in metrics.items() if k in targets}

@@ -85,11 +85,13 @@ def export_model(
     virial: Optional[bool] = None,
     inductor_configs: Optional[dict] = None,
     progress: bool = True,
+    onnx_optimize: bool = False,
 ) -> Dict[str, ExportResult]:
     """Export the model of `model_dir` into that directory in `formats` (default all), in `dtype` (default:
     the saved one), the AOTInductor package built for `device`. Every file is checked against the eager
     model on real structures; on any mismatch ExportMismatch is raised and nothing is written. `virial`
-    (default: periodic force fields) bakes the virial into the ONNX/AOTInductor graphs."""
+    (default: periodic force fields) bakes the virial into the ONNX/AOTInductor graphs. `onnx_optimize` runs
+    onnxscript's optimizer on the ONNX graph (minutes; a force field's file shrinks about 4x)."""
     from zoo.artifact import load_model_dir
     from zoo.export.trace import check_inputs, export_program, flat_inputs, input_names
 
@@ -130,7 +132,9 @@ def export_model(
                         from zoo.export.onnx import export_onnx
 
                         bar.update(task, description="onnx: exporting and checking in onnxruntime")
-                        results[fmt] = export_onnx(model, staged, check=check, program=program)
+                        if onnx_optimize:
+                            bar.update(task, description="onnx: exporting, optimizing (minutes) and checking in onnxruntime")
+                        results[fmt] = export_onnx(model, staged, check=check, program=program, optimize=onnx_optimize)
                     else:
                         from zoo.export.aoti import export_aoti
 

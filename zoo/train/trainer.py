@@ -183,6 +183,18 @@ def train(recipe: Mapping | None = None, out: str | Path | None = None, resume: 
         env.close()
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; else what platform knows), for the hardware record."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -518,7 +530,7 @@ class _Run:
                             "python": platform.python_version(), "cuda": torch.version.cuda, "platform": platform.platform(),
                             "device": str(env.device), "device_name": device_name},
             "hardware": {"processes": env.world, "device_type": env.device.type, "device_name": device_name,
-                         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+                         "cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "torch_threads": torch.get_num_threads()},
             "wall_time_s": round(self.wall0 + time.perf_counter() - self.session_start, 3),
             "run_dir": str(self.run_dir.resolve()),
         }

@@ -1,0 +1,238 @@
+"""Local releases: a trained model made into `releases/<name>/`, the form a maintainer then publishes.
+
+`release_model` copies a model directory (or training run), evaluates it with the code behind
+`equizoo eval` on the splits it was trained against, records those numbers and the command that
+reproduces them in `config.json` (`metadata.evaluation`), writes exports checked against eager
+(TorchScript, ONNX), registers the folder with the sha256 of every file, renders the model card from all
+of that, and writes `manifest.json`. The card therefore shows only numbers `equizoo eval` reproduces from
+the shipped files, next to the paper's. `equizoo publish NAME --repo ORG/NAME` puts a release on a Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Union
+
+from zoo.artifact import CONFIG, WEIGHTS, ArtifactError, atomic_write_dir, read_config
+
+EVALUATION = "evaluation"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_SLICE = re.compile(r"\[[^\]]*\]$")
+
+
+class ReleaseError(ArtifactError):
+    """A model cannot be released as asked (bad name, no data to evaluate on, a failed check)."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """What `release_model` wrote: the folder, its registry entry and the recorded evaluation."""
+
+    path: Path
+    entry: object  # zoo.registry.PretrainedModel
+    evaluation: dict
+    exports: dict
+
+
+def split_label(split: str, limit: Optional[int], total: int) -> str:
+    """`test` for a whole split, `test[:1000]` for its first 1,000 structures."""
+    return split if limit is None or limit >= total else f"{split}[:{limit}]"
+
+
+def base_split(label: str) -> str:
+    """The split a label names: `test[:1000]` -> `test`."""
+    return _SLICE.sub("", label)
+
+
+def default_data(config: Mapping) -> str:
+    """The `equizoo eval` dataset spec of a trained model's own dataset (qm9:TARGET, md17:MOLECULE, oc20-is2re)."""
+    metadata = config.get("metadata") or {}
+    task = str((metadata.get("recipe") or {}).get("task") or "")
+    dataset = metadata.get("dataset") or {}
+    name = str(dataset.get("name") or "")
+    if task == "qm9":
+        return f"qm9:{dataset.get('target')}"
+    if task == "md17" and "-" in name:
+        kind, molecule = name.split("-", 1)
+        return f"{kind}:{molecule}"
+    if task == "oc20":
+        return "oc20-is2re"
+    raise ReleaseError(f"cannot tell which dataset to evaluate {config.get('name')} on (no training record); pass --data")
+
+
+def _eval_command(name: str, data: str, source: Optional[str], split: str, limit: Optional[int]) -> str:
+    words = ["equizoo", "eval", data, "--model", name, "--split", split]
+    if limit is not None:
+        words += ["--limit", str(limit)]
+    if source is not None:
+        words += ["--source", source]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def evaluate_release(model_dir: Union[str, Path], name: str, data: str, *, source: Optional[str] = None, splits: Sequence[str] = ("val", "test"),
+                     limits: Optional[Mapping[str, Optional[int]]] = None, cache_dir=None, progress: bool = False) -> dict:  # fmt: skip
+    """Evaluate a model directory exactly as `equizoo eval` does (eager, CPU, the model's dtype) and return
+    the `metadata.evaluation` record: data spec, commands and one result per split and quantity."""
+    from zoo.evaluate import open_dataset, run_evaluation
+
+    limits = dict(limits or {})
+    opened = open_dataset(data, source=source, cache_dir=cache_dir)
+    results, commands = [], []
+    for split in splits:
+        if split not in opened.split_names:
+            raise ReleaseError(f"dataset {data} has no split {split!r} (it has {', '.join(opened.split_names)}); choose --split from those")
+        total = len(opened.split(split))
+        limit = limits.get(split)
+        ev = run_evaluation(opened, model_dir, split=split, limit=limit, device="cpu", backend="eager", progress=progress)
+        label = split_label(split, limit, total)
+        commands.append(_eval_command(name, data, source, split, limit if label != split else None))
+        for row in ev.metrics.to_dict(orient="records"):
+            results.append({"split": label, "quantity": row["quantity"], "metric": row["metric"], "unit": row["unit"], "value": float(row["value"]),
+                            "n": int(row["n"]), "split_size": total})  # fmt: skip
+    return {"data": data, "source": source, "backend": "eager", "device": "cpu", "dtype": ev.info["dtype"], "commands": commands, "results": results}
+
+
+def _meaning(name: str, config: Mapping) -> dict:
+    from zoo.registry import fields_from_config, in_catalogue
+
+    return {} if in_catalogue(name) else fields_from_config(config)
+
+
+def release_model(
+    model: Union[str, Path],
+    name: str,
+    *,
+    data: Optional[str] = None,
+    source: Optional[str] = None,
+    splits: Sequence[str] = ("val", "test"),
+    limits: Optional[Mapping[str, Optional[int]]] = None,
+    formats: Union[str, Sequence[str]] = ("torchscript", "onnx"),
+    onnx_optimize: bool = True,
+    note: Optional[str] = None,
+    hardware_note: Optional[str] = None,
+    releases: Union[str, Path, None] = None,
+    registry_file: Union[str, Path, None] = None,
+    cache_dir=None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Release:
+    """Make `releases/<name>/` from a model or training-run directory (see the module doc).
+
+    `data`/`source`: the `equizoo eval` dataset spec and raw files (default: the model's training dataset);
+    `limits`: {split: first N} (default: the limits it was trained with); `onnx_optimize`: shrink the ONNX
+    graph with onnxscript's optimizer (minutes, checked against eager like every export); `note` / `hardware_note`: text
+    for the card that the training record cannot carry. Nothing is left behind on error:
+    the folder appears in one rename after evaluation and export checks passed."""
+    from zoo.cards import write_card
+    from zoo.export import export_model
+    from zoo.hub import hash_files, model_dir_of
+    from zoo.hub.manifest import write_manifest
+    from zoo.registry import metrics_from_config, register, releases_dir
+
+    if not _NAME.match(name):
+        raise ReleaseError(f"release name {name!r} must be lowercase letters, digits, '.', '_' or '-' (e.g. equiformer-md17-aspirin-l2)")
+    src = model_dir_of(model)
+    config = read_config(src)
+    if not (src / WEIGHTS).is_file():
+        raise ReleaseError(f"{src} has no {WEIGHTS}; release a trained model directory or training run")
+    root = Path(releases) if releases is not None else releases_dir()
+    out = root / name
+    if out.exists() and not overwrite:
+        raise ReleaseError(f"{out} already exists; pass --overwrite to replace that release")
+    metadata = dict(config.get("metadata") or {})
+    data = data or default_data(config)
+    if limits is None:
+        recorded = (metadata.get("dataset") or {}).get("limits") or {}
+        limits = {s: recorded.get(s) for s in splits}
+    exports: dict = {}
+    evaluation: dict = {}
+
+    def write(tmp: Path) -> None:
+        nonlocal exports, evaluation
+        for file in (CONFIG, WEIGHTS):
+            shutil.copyfile(src / file, tmp / file)
+        evaluation = evaluate_release(tmp, name, data, source=source, splits=splits, limits=limits, cache_dir=cache_dir, progress=progress)
+        metadata[EVALUATION] = evaluation
+        metadata["registry_name"] = name
+        if note:
+            metadata["note"] = note
+        if hardware_note:
+            metadata["hardware_note"] = hardware_note
+        (tmp / CONFIG).write_text(json.dumps({**config, "name": name, "metadata": metadata}, indent=1, ensure_ascii=False) + "\n")
+        if formats:
+            done = export_model(tmp, formats, progress=progress, onnx_optimize=onnx_optimize)
+            exports = {k: v.to_dict() for k, v in done.items()}
+
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_dir(out, write, overwrite=overwrite)
+    final = read_config(out)
+    meaning = _meaning(name, final)
+    metrics = metrics_from_config(final)
+    entry = register(name, hash_files(out), release=name, metrics=metrics, registry_file=registry_file, **meaning)
+    write_card(out, entry)
+    entry = register(name, hash_files(out), release=name, metrics=metrics, registry_file=registry_file, **meaning)
+    write_manifest(out, name)
+    _readable(out)
+    return Release(out, entry, evaluation, exports)
+
+
+def _readable(folder: Path) -> None:
+    """Temp files are created private (0600/0700); a release is read by everyone who installs it."""
+    folder.chmod(0o755)
+    for p in folder.iterdir():
+        if p.is_file():
+            p.chmod(0o644)
+
+
+def check_release(name: str, *, data: Optional[str] = None, source: Optional[str] = None, cache_dir=None, rtol: float = 1e-5,
+                  atol: float = 1e-9) -> Dict[str, tuple]:  # fmt: skip
+    """Re-run the evaluation recorded in a release and compare it with its card and registry entry.
+
+    `data` / `source` replace the recorded dataset spec / raw files (the same data found elsewhere). Returns {"split/quantity": (recorded, measured)}; ReleaseError if any number differs beyond
+    rtol (relative) + atol, or if the card, registry and config disagree."""
+    from zoo.cards import CARD, card_metrics
+    from zoo.hub import pull
+    from zoo.registry import get_model
+
+    entry = get_model(name)
+    folder = pull(name)
+    config = read_config(folder)
+    record = (config.get("metadata") or {}).get(EVALUATION)
+    if not record:
+        raise ReleaseError(f"{name} has no recorded evaluation in its config.json; release it with `equizoo release`")
+    card = {(m["dataset_split"], m["metric_name"]): float(m["metric_value"]) for m in card_metrics(folder / CARD)}
+    registered = {(m.split, m.target): m.value for m in entry.metrics}
+    splits = [base_split(s) for s in dict.fromkeys(r["split"] for r in record["results"])]
+    limits = {base_split(r["split"]): (r["n"] if r["split"] != base_split(r["split"]) else None) for r in record["results"]}
+    fresh = evaluate_release(folder, name, data or record["data"], source=source if source is not None else record.get("source"),
+                             splits=splits, limits=limits, cache_dir=cache_dir)  # fmt: skip
+    measured = {(r["split"], r["quantity"]): r["value"] for r in fresh["results"]}
+    out = {}
+    for r in record["results"]:
+        key = (r["split"], r["quantity"])
+        value = measured.get(key)
+        if value is None or abs(value - r["value"]) > atol + rtol * abs(r["value"]):
+            raise ReleaseError(f"{name}: {r['split']} {r['quantity']} {r['metric']} recorded {r['value']:.6g} {r['unit']}, `equizoo eval` gives {value}")
+        if abs(registered.get(key, float("nan")) - r["value"]) > atol + rtol * abs(r["value"]):
+            raise ReleaseError(f"{name}: the registry's {key} metric {registered.get(key)} differs from config.json's {r['value']}")
+        label = f"{r['quantity']} {r['metric']} ({r['unit']})"
+        if abs(card.get((r["split"], label), float("nan")) - r["value"]) > atol + rtol * abs(r["value"]):
+            raise ReleaseError(f"{name}: the card's {r['split']} {label} {card.get((r['split'], label))} differs from config.json's {r['value']}")
+        out[f"{r['split']}/{r['quantity']}"] = (r["value"], value)
+    return out
+
+
+def local_releases() -> list:
+    """Registry entries whose files are a local release folder."""
+    from zoo.registry import list_models
+
+    return [m for m in list_models() if m.release and not m.repo_id]
+
+
+__all__ = ["EVALUATION", "Release", "ReleaseError", "base_split", "check_release", "default_data", "evaluate_release", "local_releases",
+           "release_model", "split_label"]  # fmt: skip
