@@ -217,7 +217,6 @@ def card_context(model_dir: Union[str, Path], entry=None) -> tuple:
         "description": entry.description if entry is not None else str(first.get("description") or ""),
         "note": str(metadata.get("note") or ""),
         "reproduce": list(evaluation.get("commands") or []),
-        "eval_data": str(evaluation.get("data") or ""),
         "targets": _targets(config),
         "elements": _elements(types),
         "r_max": f"{first['r_max']:g}",
