@@ -445,10 +445,16 @@ def _override_values(overrides: Mapping) -> dict:
 
 
 def model_config(recipe: Mapping):
-    """The EquiformerConfig a recipe trains: the variant with ``model.overrides`` applied."""
+    """The EquiformerConfig a recipe trains: the variant with ``model.overrides`` applied. An overridden
+    network is no longer the paper's, so it carries no paper parameter count (unless the overrides give one)."""
     from zoo.models.variants import get_variant
 
-    return get_variant(recipe["model"]["variant"]).replace(**_override_values(recipe["model"]["overrides"]))
+    base = get_variant(recipe["model"]["variant"])
+    overrides = _override_values(recipe["model"]["overrides"])
+    config = base.replace(**overrides)
+    if config != base and "paper_params" not in overrides:
+        config = config.replace(paper_params=None)
+    return config
 
 
 def build_network(recipe: Mapping):
