@@ -58,8 +58,11 @@ def test_repo_commit_tag_download_with_the_real_client(api, hub, tmp_path):
     assert [b.target_commit for b in refs.branches if b.name == "main"] == [second.oid]
     info = api.model_info("org/demo", revision="v1", files_metadata=True)
     assert info.sha == first.oid and info.card_data["library_name"] == "equizoo"
-    assert {s.rfilename: s.size for s in info.siblings} == {"README.md": len(readme), "sub/note.txt": 5, "weights.bin": 200_000}
-    assert sorted(api.list_repo_files("org/demo")) == ["README.md", "sub/note.txt", "weights.bin"]
+    from zoo.hub.server import GITATTRIBUTES
+
+    siblings = {s.rfilename: s.size for s in info.siblings}
+    assert siblings == {".gitattributes": len(GITATTRIBUTES), "README.md": len(readme), "sub/note.txt": 5, "weights.bin": 200_000}
+    assert sorted(api.list_repo_files("org/demo")) == [".gitattributes", "README.md", "sub/note.txt", "weights.bin"]
     assert [c.title for c in api.list_repo_commits("org/demo")] == ["second", "first", "initial commit"]
     assert [m.id for m in api.list_models(author="org")] == ["org/demo"]
 
@@ -153,14 +156,14 @@ def test_server_state_persists_across_restarts(tmp_path, monkeypatch):
 
     from zoo.hub.server import serve_hub
 
-    with serve_hub(tmp_path / "store") as first:
+    with serve_hub(tmp_path / "store", tokens={TOKEN: USER}) as first:
         point_client_at(monkeypatch, first.url)
-        api = HfApi(endpoint=first.url, token="anything")
+        api = HfApi(endpoint=first.url, token=TOKEN)
         api.create_repo("org/kept")
         (tmp_path / "f").mkdir()
         (tmp_path / "f" / "a.txt").write_text("a")
         sha = api.upload_folder(folder_path=str(tmp_path / "f"), repo_id="org/kept", commit_message="a").oid
-    with serve_hub(tmp_path / "store") as second:
+    with serve_hub(tmp_path / "store", tokens={"another-token": USER}) as second:
         assert HfApi(endpoint=second.url, token=False).model_info("org/kept").sha == sha
 
 

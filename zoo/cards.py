@@ -261,8 +261,15 @@ def write_card(model_dir: Union[str, Path], entry=None, template: Union[str, Pat
 
 
 def card_metrics(path: Union[str, Path]) -> List[dict]:
-    """The model-index metrics of a rendered card, parsed back with huggingface_hub."""
+    """The model-index metrics of a rendered card, parsed back with huggingface_hub (after the front
+    matter passed zoo.hub.frontmatter: no YAML anchors or aliases, bounded size)."""
     from huggingface_hub import ModelCard
 
+    from zoo.hub.frontmatter import FrontMatterError, load_front_matter
+
+    try:
+        load_front_matter(Path(path).read_text(encoding="utf-8", errors="replace"), str(path))
+    except FrontMatterError as exc:
+        raise CardError(str(exc)) from None
     card = ModelCard.load(str(path))
     return [json.loads(json.dumps(r.__dict__, default=str)) for r in (card.data.eval_results or [])]

@@ -336,19 +336,29 @@ def hub_serve(
     root: Path = typer.Argument(..., help="Folder the server stores repositories in (created if needed)."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
-    token: List[str] = typer.Option([], "--token", help="Accepted token, TOKEN or TOKEN=USER (repeatable; none: any token is accepted)."),
+    token: List[str] = typer.Option([], "--token", help="Accepted token, TOKEN or TOKEN=USER (repeatable; none: one is generated and printed). Writes need one."),
+    max_body_mb: float = typer.Option(1024.0, "--max-body-mb", help="Largest request body (one upload) in MiB."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds a connection may stay silent before it is closed."),
     verbose: bool = typer.Option(False, "--verbose", help="Log every request."),
 ) -> None:
-    """Serve a Hub-compatible API from ROOT (point HF_ENDPOINT at it); Ctrl-C stops it."""
+    """Serve a Hub-compatible API from ROOT (point HF_ENDPOINT at it, HF_TOKEN at a token); Ctrl-C stops it."""
     import time
 
     from zoo.hub.server import parse_tokens, start_hub
 
+    if max_body_mb <= 0 or timeout <= 0:
+        _fail("--max-body-mb and --timeout must be positive")
     try:
-        hub = start_hub(root, host=host, port=port, tokens=parse_tokens(token), verbose=verbose)
+        tokens = parse_tokens(token)
+    except ValueError as exc:
+        _fail(str(exc))
+    try:
+        hub = start_hub(root, host=host, port=port, tokens=tokens, verbose=verbose, max_body=int(max_body_mb * (1 << 20)), timeout=timeout)
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port} ({exc}); choose another --port")
     console.print(f"serving {root} at {hub.url}  (export HF_ENDPOINT={hub.url})", highlight=False)
+    if hub.generated:
+        console.print(f"write token (user equizoo): {hub.token}  (export HF_TOKEN={hub.token}; --token TOKEN=USER sets your own)", highlight=False)
     try:
         while True:
             time.sleep(3600)

@@ -11,14 +11,26 @@ contents travel base64-inline in the commit and Git-LFS/Xet are never touched), 
     POST .../commit/{branch}    POST|DELETE .../tag/{rev|tag}   POST|DELETE .../branch/{branch}
     HEAD|GET /[{type}s/]{ns}/{name}/resolve/{rev}/{path}  (X-Repo-Commit, ETag = sha256, Range)
 
+Like the Hub, a new repo's first commit ("initial commit") holds the Hub's default `.gitattributes`.
 Errors carry `X-Error-Code` (RepoNotFound, RevisionNotFound, EntryNotFound) so the client raises the right
-exception. Writes need `Authorization: Bearer TOKEN` (any token when the server was given none, else one
-of its tokens); private repos need it for reads too. The request body is always read, so HTTP/1.1
-keep-alive connections stay in step. Storage: `ROOT/blobs/{sha256}` (content-addressed) and
+exception.
+
+Untrusted input is checked before it is used: repo types, repo ids, revisions and file paths follow the
+Hub's rules (allowed characters and lengths, no `..`, no absolute paths, no backslash or control
+characters) and every path the store builds is resolved and must stay inside its folder. Writes need
+`Authorization: Bearer TOKEN` with one of the server's tokens (one is generated when none is given) and
+touch only repos the token's user created; private repos are visible to their owner only. Tokens are
+compared in constant time. The token is checked and the declared body size (`max_body`) and
+Content-Length are validated before a body is read; a body that is cut off, malformed or too slow
+(`timeout` seconds per read) is answered 400/408 and nothing is written; a commit is applied only from a
+complete body, and the branch moves by one atomic rename of `repo.json`. Card metadata with YAML anchors
+or aliases is refused (zoo.hub.frontmatter).
+
+Storage: `ROOT/blobs/{sha256}` (content-addressed) and
 `ROOT/repos/{type}s/{ns}/{name}/{repo.json, commits/{sha}.json}`; every write is temp + rename.
 
-    with serve_hub(tmp_path / "hub") as hub:       # http://127.0.0.1:PORT
-        HfApi(endpoint=hub.url, token="x").create_repo("org/name")
+    with serve_hub(tmp_path / "hub", tokens={"TOKEN": "alice"}) as hub:       # http://127.0.0.1:PORT
+        HfApi(endpoint=hub.url, token="TOKEN").create_repo("alice/name")
 """
 
 from __future__ import annotations
@@ -27,21 +39,44 @@ import base64
 import contextlib
 import fnmatch
 import hashlib
+import hmac
 import json
 import os
+import re
+import secrets
+import shutil
+import socket
 import tempfile
 import threading
 import time
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple, Union
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import yaml
+from zoo.hub.frontmatter import MAX_FRONT_MATTER, FrontMatterError, load_front_matter
 
 REPO_TYPES = ("model", "dataset", "space")
-_HEX40 = set("0123456789abcdef")
+MAX_BODY = 1 << 30  # bytes; commits carry files base64-inline, so this bounds one upload
+TIMEOUT = 60.0  # seconds a socket read may wait
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,94}[A-Za-z0-9_])?")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_REF_FORBIDDEN = set(" ~^:?*[\\\x7f")
+
+# What huggingface.co writes as `.gitattributes` in the first commit of a new repository.
+GITATTRIBUTES = "".join(
+    f"{pattern} filter=lfs diff=lfs merge=lfs -text\n"
+    for pattern in (
+        "*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", "*.h5", "*.joblib", "*.lfs.*",
+        "*.mlmodel", "*.model", "*.msgpack", "*.npy", "*.npz", "*.onnx", "*.ot", "*.parquet", "*.pb",
+        "*.pickle", "*.pkl", "*.pt", "*.pth", "*.rar", "*.safetensors", "saved_model/**/*", "*.tar.*",
+        "*.tar", "*.tflite", "*.tgz", "*.wasm", "*.xz", "*.zip", "*.zst", "*tfevents*",
+    )
+)  # fmt: skip
 
 
 class HubError(Exception):
@@ -53,6 +88,52 @@ class HubError(Exception):
         self.message = message
         self.code = code
         self.body = body
+
+
+# ---------------------------------------------------------------------- validation (the Hub's rules)
+def check_repo_type(repo_type: object) -> str:
+    """One of REPO_TYPES, else 400."""
+    if repo_type not in REPO_TYPES:
+        raise HubError(400, f"invalid repo type {repo_type!r}: expected one of {', '.join(REPO_TYPES)}")
+    return str(repo_type)
+
+
+def check_repo_id(repo_id: object) -> str:
+    """NAMESPACE/NAME, each 1-96 of A-Z a-z 0-9 _ . - (starting and ending with a letter, digit or _),
+    without `--` or `..` and not ending in `.git`, else 400."""
+    parts = repo_id.split("/") if isinstance(repo_id, str) else []
+    if len(parts) != 2 or not all(_NAME.fullmatch(p) and "--" not in p and ".." not in p and not p.endswith(".git") for p in parts):
+        raise HubError(400, f"invalid repo id {repo_id!r}: expected NAMESPACE/NAME, each 1-96 of A-Z a-z 0-9 _ . - "
+                            "(no '--' or '..', not ending in .git)")  # fmt: skip
+    return str(repo_id)
+
+
+def check_revision(rev: object) -> str:
+    """A branch, tag, refs/... name or commit sha by git's ref-name rules, else 400."""
+    ok = isinstance(rev, str) and 0 < len(rev) <= 255
+    if ok:
+        ok = not (rev.startswith(("/", "-", ".")) or rev.endswith(("/", ".", ".lock")) or ".." in rev or "//" in rev
+                  or "/." in rev or "@{" in rev or rev == "@" or any(c in _REF_FORBIDDEN or ord(c) < 0x20 for c in rev))  # fmt: skip
+    if not ok:
+        raise HubError(400, f"invalid revision {rev!r}: a branch, tag or commit sha (git ref-name rules: no '..', "
+                            "spaces, control characters or ~^:?*[\\)")  # fmt: skip
+    return str(rev)
+
+
+def check_path(path: object, allow_root: bool = False) -> str:
+    """A relative file path inside a repo: '/'-separated, no empty, '.' or '..' parts, no leading '/',
+    no backslash or control characters, not inside `.git`, at most 4096 bytes (255 per part), else 400."""
+    if allow_root and path == "":
+        return ""
+    ok = isinstance(path, str) and 0 < len(path.encode("utf-8", "surrogatepass")) <= 4096
+    if ok:
+        parts = path.split("/")
+        ok = not ("\\" in path or any(ord(c) < 0x20 or c == "\x7f" for c in path) or parts[0] == ".git"
+                  or any(p in ("", ".", "..") or len(p.encode("utf-8", "surrogatepass")) > 255 for p in parts))  # fmt: skip
+    if not ok:
+        raise HubError(400, f"invalid file path {path!r}: a relative path inside the repo ('/'-separated; no '..', "
+                            "leading '/', backslash or control characters; not in .git)")  # fmt: skip
+    return str(path)
 
 
 def _now() -> str:
@@ -76,31 +157,36 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _card_data(readme: bytes) -> Optional[dict]:
-    text = readme.decode("utf-8", errors="replace")
-    if not text.startswith("---"):
-        return None
-    end = text.find("\n---", 3)
-    if end < 0:
-        return None
+    """The metadata of a stored README, or None (none, or refused: listings never fail on a card)."""
     try:
-        data = yaml.safe_load(text[3:end])
-    except yaml.YAMLError:
+        return load_front_matter(readme.decode("utf-8", errors="replace")) or None
+    except FrontMatterError:
         return None
-    return data if isinstance(data, dict) else None
+
+
+def _owner(repo: dict) -> str:
+    return str(repo.get("owner") or repo.get("author"))
 
 
 class HubStore:
     """Repositories, commits, refs and blobs in a folder (thread-safe through one lock)."""
 
     def __init__(self, root: Union[str, Path]) -> None:
-        self.root = Path(root)
-        (self.root / "blobs").mkdir(parents=True, exist_ok=True)
+        (Path(root) / "blobs").mkdir(parents=True, exist_ok=True)
+        self.root = Path(root).resolve()
         self.lock = threading.RLock()
 
     # ------------------------------------------------------------------ storage
+    def _inside(self, path: Path) -> Path:
+        """`path` resolved (links followed); 400 unless it stays inside the data folder."""
+        resolved = path.resolve()
+        if resolved == self.root or not resolved.is_relative_to(self.root):
+            raise HubError(400, f"{path} is outside the server's data folder")
+        return resolved
+
     def _repo_dir(self, repo_type: str, repo_id: str) -> Path:
-        ns, name = repo_id.split("/")
-        return self.root / "repos" / f"{repo_type}s" / ns / name
+        ns, name = check_repo_id(repo_id).split("/")
+        return self._inside(self.root / "repos" / f"{check_repo_type(repo_type)}s" / ns / name)
 
     def repo(self, repo_type: str, repo_id: str) -> dict:
         path = self._repo_dir(repo_type, repo_id) / "repo.json"
@@ -112,13 +198,17 @@ class HubStore:
         _write_atomic(self._repo_dir(repo_type, repo_id) / "repo.json", json.dumps(repo, indent=1).encode())
 
     def commit(self, repo_type: str, repo_id: str, sha: str) -> dict:
+        if not _HEX40.fullmatch(sha):
+            raise HubError(404, f"Invalid rev id: {sha}", "RevisionNotFound")
         path = self._repo_dir(repo_type, repo_id) / "commits" / f"{sha}.json"
         if not path.is_file():
             raise HubError(404, f"Invalid rev id: {sha}", "RevisionNotFound")
         return json.loads(path.read_text())
 
-    def blob(self, sha256: str) -> Path:
-        return self.root / "blobs" / sha256
+    def blob(self, sha256: object) -> Path:
+        if not isinstance(sha256, str) or not _HEX64.fullmatch(sha256):
+            raise HubError(400, f"invalid object id {sha256!r}: expected 64 lowercase hex digits (a sha256)")
+        return self._inside(self.root / "blobs" / sha256)
 
     def put_blob(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
@@ -128,13 +218,19 @@ class HubStore:
         return digest
 
     def repos(self, repo_type: str) -> Iterator[Tuple[str, dict]]:
-        base = self.root / "repos" / f"{repo_type}s"
+        base = self.root / "repos" / f"{check_repo_type(repo_type)}s"
         for path in sorted(base.glob("*/*/repo.json")):
-            yield f"{path.parent.parent.name}/{path.parent.name}", json.loads(path.read_text())
+            repo_id = f"{path.parent.parent.name}/{path.parent.name}"
+            try:
+                self._repo_dir(repo_type, repo_id)
+            except HubError:
+                continue  # not a name this server writes, or a link out of the folder
+            yield repo_id, json.loads(path.read_text())
 
     # ------------------------------------------------------------------ refs
     def resolve(self, repo_type: str, repo_id: str, rev: str) -> str:
         """The commit sha a branch, tag, refs/... name or full sha points to."""
+        check_revision(rev)
         repo = self.repo(repo_type, repo_id)
         refs = repo["refs"]
         for prefix, table in (("refs/heads/", "branches"), ("refs/tags/", "tags")):
@@ -144,30 +240,31 @@ class HubStore:
             return refs["branches"][rev]
         if rev in refs["tags"]:
             return refs["tags"][rev]
-        if len(rev) == 40 and set(rev) <= _HEX40:
+        if _HEX40.fullmatch(rev):
             return self.commit(repo_type, repo_id, rev)["id"]
         raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
 
     # ------------------------------------------------------------------ writes
     def create_repo(self, repo_type: str, repo_id: str, private: bool, user: str) -> dict:
+        """A new repo owned by `user`, whose first commit holds the Hub's default `.gitattributes`."""
         with self.lock:
             path = self._repo_dir(repo_type, repo_id) / "repo.json"
             if path.is_file():
                 raise HubError(409, f"You already created this {repo_type} repo", body={"error": f"You already created this {repo_type} repo", "url": repo_id})
-            repo = {"id": repo_id, "type": repo_type, "private": bool(private), "created": _now(), "author": user,
+            repo = {"id": repo_id, "type": repo_type, "private": bool(private), "created": _now(), "author": user, "owner": user,
                     "refs": {"branches": {}, "tags": {}}}  # fmt: skip
-            self._save_repo(repo_type, repo_id, repo)
-            self._new_commit(repo_type, repo_id, repo, "main", None, {}, "initial commit", "", user)
+            data = GITATTRIBUTES.encode()
+            tree = {".gitattributes": {"sha256": self.put_blob(data), "oid": _git_blob_sha1(data), "size": len(data)}}
+            self._new_commit(repo_type, repo_id, repo, "main", None, tree, "initial commit", "", user)
             return repo
 
     def delete_repo(self, repo_type: str, repo_id: str) -> None:
-        import shutil
-
         with self.lock:
             self.repo(repo_type, repo_id)
             shutil.rmtree(self._repo_dir(repo_type, repo_id))
 
     def _new_commit(self, repo_type: str, repo_id: str, repo: dict, branch: str, parent: Optional[str], tree: dict, title: str, message: str, user: str) -> str:
+        """Write the commit object, then move `branch` with one atomic replace of repo.json."""
         body = {"parents": [parent] if parent else [], "tree": tree, "title": title, "message": message, "date": _now(), "author": user, "nonce": time.time_ns()}
         sha = hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()
         body["id"] = sha
@@ -178,42 +275,65 @@ class HubStore:
         return sha
 
     def apply_commit(self, repo_type: str, repo_id: str, branch: str, lines: list, user: str) -> str:
+        """Check every operation first (paths, contents, card metadata), then store blobs, then commit."""
         with self.lock:
             repo = self.repo(repo_type, repo_id)
+            check_revision(branch)
             if branch not in repo["refs"]["branches"]:
                 raise HubError(404, f"Invalid rev id: {branch} (commits go to an existing branch)", "RevisionNotFound")
             head = repo["refs"]["branches"][branch]
             tree = dict(self.commit(repo_type, repo_id, head)["tree"])
-            header = next((item["value"] for item in lines if item.get("key") == "header"), None)
-            if header is None:
+            header = next((item.get("value") for item in lines if isinstance(item, dict) and item.get("key") == "header"), None)
+            if not isinstance(header, dict):
                 raise HubError(400, "the commit payload has no header line")
             parent = header.get("parentCommit")
             if parent and parent != head:
                 raise HubError(412, f"parent commit {parent} is not the head of {branch} ({head})")
+            new: Dict[str, bytes] = {}
             for item in lines:
+                if not isinstance(item, dict) or not isinstance(item.get("value", {}), dict):
+                    raise HubError(400, "every commit line is a JSON object {key, value}")
                 key, value = item.get("key"), item.get("value", {})
+                if key == "header":
+                    continue
+                raw = value.get("path")
+                path = check_path(raw.rstrip("/") if key == "deletedFolder" and isinstance(raw, str) else raw)
                 if key == "file":
-                    data = base64.b64decode(value["content"]) if value.get("encoding") == "base64" else value["content"].encode()
-                    tree[value["path"]] = {"sha256": self.put_blob(data), "oid": _git_blob_sha1(data), "size": len(data)}
+                    content = value.get("content")
+                    if not isinstance(content, str):
+                        raise HubError(400, f"file {path}: content must be a string")
+                    data = base64.b64decode(content, validate=True) if value.get("encoding") == "base64" else content.encode()
+                    new[path] = data
+                    tree[path] = None
                 elif key == "lfsFile":
-                    if not self.blob(value["oid"]).is_file():
-                        raise HubError(422, f"LFS object {value['oid']} for {value['path']} was never uploaded (this server takes files inline)")
-                    data = self.blob(value["oid"]).read_bytes()
-                    tree[value["path"]] = {"sha256": value["oid"], "oid": _git_blob_sha1(data), "size": len(data)}
+                    blob = self.blob(value.get("oid"))
+                    if not blob.is_file():
+                        raise HubError(422, f"LFS object {value['oid']} for {path} was never uploaded (this server takes files inline)")
+                    new.pop(path, None)
+                    tree[path] = {"sha256": value["oid"], "oid": _git_blob_sha1(blob.read_bytes()), "size": blob.stat().st_size}
                 elif key == "deletedFile":
-                    if value["path"] not in tree:
-                        raise HubError(404, f"A file with this name doesn't exist: {value['path']}", "EntryNotFound")
-                    del tree[value["path"]]
+                    if path not in tree:
+                        raise HubError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
+                    new.pop(path, None)
+                    del tree[path]
                 elif key == "deletedFolder":
-                    prefix = value["path"].rstrip("/") + "/"
-                    for path in [p for p in tree if p.startswith(prefix)]:
-                        del tree[path]
-                elif key != "header":
+                    for p in [p for p in tree if p.startswith(path + "/")]:
+                        new.pop(p, None)
+                        del tree[p]
+                else:
                     raise HubError(400, f"unsupported commit operation {key!r}")
-            return self._new_commit(repo_type, repo_id, repo, branch, head, tree, header.get("summary", ""), header.get("description", ""), user)
+            if "README.md" in new:
+                try:
+                    load_front_matter(new["README.md"].decode("utf-8", errors="replace"), "README.md")
+                except FrontMatterError as exc:
+                    raise HubError(400, f"Invalid metadata in {exc}") from None
+            for path, data in new.items():
+                tree[path] = {"sha256": self.put_blob(data), "oid": _git_blob_sha1(data), "size": len(data)}
+            return self._new_commit(repo_type, repo_id, repo, branch, head, tree, str(header.get("summary", "")), str(header.get("description", "")), user)
 
     def set_ref(self, repo_type: str, repo_id: str, kind: str, name: str, sha: Optional[str]) -> None:
         """Create (sha given; 409 if it exists) or delete (sha None; 404 if missing) a branch or tag."""
+        check_revision(name)
         with self.lock:
             repo = self.repo(repo_type, repo_id)
             table = repo["refs"][kind]
@@ -229,30 +349,79 @@ class HubStore:
 
 
 class HubHandler(BaseHTTPRequestHandler):
-    """One request; the server object carries the store and the accepted tokens."""
+    """One request; the server object carries the store, the tokens and the limits."""
 
     protocol_version = "HTTP/1.1"
     server: "HubHTTPServer"
+
+    def setup(self) -> None:
+        self.timeout = self.server.timeout_s  # every socket read waits at most this long
+        super().setup()
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - signature of the base class
         if self.server.verbose:
             super().log_message(format, *args)
 
     # ------------------------------------------------------------------ plumbing
-    def _body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            return b"".join(chunks)
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+    def _body_length(self) -> Optional[int]:
+        """The declared body size (None: chunked), checked before any of it is read."""
+        encoding = self.headers.get_all("Transfer-Encoding") or []
+        lengths = [v.strip() for v in self.headers.get_all("Content-Length") or []]
+        if encoding:
+            if [e.strip().lower() for e in encoding] != ["chunked"]:
+                raise HubError(400, f"unsupported Transfer-Encoding {', '.join(encoding)!r}: send chunked or a Content-Length")
+            if lengths:
+                raise HubError(400, "a request has either Content-Length or Transfer-Encoding: chunked, not both")
+            return None
+        if not lengths:
+            return 0
+        if len(set(lengths)) != 1 or not _CONTENT_LENGTH.fullmatch(lengths[0]):
+            raise HubError(400, f"invalid Content-Length {', '.join(lengths)!r}: expected one non-negative integer")
+        length = int(lengths[0])
+        if length > self.server.max_body:
+            raise HubError(413, f"request body of {length} bytes is over this server's limit of {self.server.max_body} bytes (hub serve --max-body-mb)")
+        return length
+
+    def _read_body(self, length: Optional[int]) -> bytes:
+        """The whole body, or HubError (400 cut off or malformed, 413 too large, 408 too slow)."""
+        try:
+            if length is None:
+                return self._read_chunked()
+            data = self.rfile.read(length) if length else b""
+        except TimeoutError:
+            raise HubError(408, f"the request body did not arrive within {self.server.timeout_s:g} s; nothing was changed") from None
+        if len(data) < length:
+            raise HubError(400, f"the request body was cut off ({len(data)} of {length} bytes arrived); nothing was changed")
+        return data
+
+    def _read_chunked(self) -> bytes:
+        chunks: List[bytes] = []
+        total = 0
+        cut = HubError(400, "the chunked request body was cut off or malformed; nothing was changed")
+        while True:
+            line = self.rfile.readline(1024)
+            if not line.endswith(b"\n"):
+                raise cut
+            size_text = line.split(b";")[0].strip()
+            if not _CHUNK_SIZE.fullmatch(size_text):
+                raise HubError(400, f"malformed chunk size {size_text[:20]!r} in the chunked request body; nothing was changed")
+            size = int(size_text, 16)
+            if size == 0:
+                break
+            total += size
+            if total > self.server.max_body:
+                raise HubError(413, f"request body over this server's limit of {self.server.max_body} bytes (hub serve --max-body-mb)")
+            data = self.rfile.read(size)
+            if len(data) < size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise cut
+            chunks.append(data)
+        for _ in range(64):  # trailer lines, then the empty line that ends the body
+            line = self.rfile.readline(8192)
+            if line in (b"\r\n", b"\n"):
+                return b"".join(chunks)
+            if not line.endswith(b"\n"):
+                raise cut
+        raise HubError(400, "too many trailer lines after the chunked request body")
 
     def _send(self, status: int, body: bytes = b"", content_type: str = "application/json", headers: Optional[Mapping[str, str]] = None, head: bool = False) -> None:
         self.send_response(status)
@@ -267,43 +436,89 @@ class HubHandler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj, headers: Optional[Mapping[str, str]] = None) -> None:
         self._send(status, json.dumps(obj).encode(), headers=headers, head=self.command == "HEAD")
 
-    def _error(self, exc: HubError) -> None:
-        headers = {"X-Error-Message": exc.message.encode("ascii", "replace").decode()}
+    def _error(self, exc: HubError, in_step: bool) -> None:
+        """Answer an error; if the body was not (fully) read, close the connection after answering."""
+        message = "".join(c if " " <= c < "\x7f" else "?" for c in exc.message)
+        headers = {"X-Error-Message": message}
         if exc.code:
             headers["X-Error-Code"] = exc.code
         if exc.code == "EntryNotFound" and getattr(exc, "commit", None):
             headers["X-Repo-Commit"] = exc.commit  # type: ignore[attr-defined]
+        if not in_step:
+            headers["Connection"] = "close"
+            self.close_connection = True
         self._json(exc.status, exc.body or {"error": exc.message}, headers)
+        if not in_step:
+            self._discard_unread()
+
+    def _discard_unread(self) -> None:
+        """Lingering close: stop sending, then drop what the client still sends (at most 1 MiB, 2 s), so
+        closing with unread data does not reset the connection before the client has read the answer."""
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + 2.0
+            left = 1 << 20
+            while left > 0 and time.monotonic() < deadline:
+                self.connection.settimeout(max(deadline - time.monotonic(), 0.01))
+                chunk = self.connection.recv(min(left, 1 << 16))
+                if not chunk:
+                    break
+                left -= len(chunk)
 
     def _user(self, required: bool) -> Optional[str]:
         auth = self.headers.get("Authorization", "")
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-        tokens = self.server.tokens
-        if token and (tokens is None or token in tokens):
-            return self.server.default_user if tokens is None else tokens[token]
-        if required:
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        user = self.server.user_of(token) if token else None
+        if user is None and required:
             raise HubError(401, "Invalid credentials in Authorization header" if token else "You must be authenticated (Authorization: Bearer TOKEN) to do this")
-        return None
+        return user
 
     def _readable(self, repo_type: str, repo_id: str) -> dict:
+        """The repo if this request may read it: public, or private and the token's user owns it."""
         repo = self.server.store.repo(repo_type, repo_id)
-        if repo["private"] and self._user(False) is None:
-            raise HubError(401, f"Repository {repo_id} not found", "RepoNotFound")
+        if repo["private"]:
+            user = self._user(False)
+            if user is None:
+                raise HubError(401, f"Repository {repo_id} not found", "RepoNotFound")
+            if user != _owner(repo):
+                raise HubError(404, f"Repository {repo_id} not found", "RepoNotFound")
         return repo
 
+    def _writable(self, repo_type: str, repo_id: str) -> Tuple[dict, str]:
+        """(repo, user) if the token's user owns the repo: 401 without a valid token, 403 otherwise."""
+        user = self._user(True)
+        repo = self._readable(repo_type, repo_id)
+        if user != _owner(repo):
+            raise HubError(403, f"You don't have the rights to change {repo_type} repo {repo_id} (it belongs to {_owner(repo)})")
+        return repo, user
+
+    @staticmethod
+    def _is_write(method: str, parts: list) -> bool:
+        """Whether the route changes something (and so needs a token before its body is read)."""
+        if method not in ("POST", "PUT", "DELETE") or parts[:1] != ["api"]:
+            return False
+        if parts[1:3] in (["repos", "create"], ["repos", "delete"]):
+            return True
+        return len(parts) >= 6 and parts[1] in ("models", "datasets", "spaces") and parts[4] in ("preupload", "commit", "tag", "branch")
+
     def _dispatch(self) -> None:
-        body = self._body()  # always read, even for errors: keep-alive needs it
+        in_step = False  # the request body has been read in full: the connection can carry another request
         try:
             url = urlsplit(self.path)
             query = parse_qs(url.query)
             parts = [unquote(p) for p in url.path.split("/") if p]
+            if self._is_write(self.command, parts):
+                self._user(True)
+            length = self._body_length()
+            body = self._read_body(length)
+            in_step = True
             self._route(parts, query, body)
         except HubError as exc:
-            self._error(exc)
-        except (KeyError, ValueError, TypeError) as exc:
-            self._error(HubError(400, f"bad request: {type(exc).__name__}: {exc}"))
+            self._error(exc, in_step)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            self._error(HubError(400, f"bad request: {type(exc).__name__}: {exc}"), in_step)
         except Exception as exc:  # noqa: BLE001 - answer instead of dropping the connection
-            self._error(HubError(500, f"server error: {type(exc).__name__}: {exc}"))
+            self._error(HubError(500, f"server error: {type(exc).__name__}: {exc}"), in_step)
 
     do_GET = do_POST = do_DELETE = do_HEAD = do_PUT = _dispatch
 
@@ -324,14 +539,14 @@ class HubHandler(BaseHTTPRequestHandler):
             if len(rest) == 1 and rest[0] in ("models", "datasets", "spaces") and m == "GET":
                 return self._list(rest[0][:-1], query)
             if len(rest) >= 3 and rest[0] in ("models", "datasets", "spaces"):
-                return self._repo_api(rest[0][:-1], f"{rest[1]}/{rest[2]}", rest[3:], query, body)
+                return self._repo_api(rest[0][:-1], check_repo_id(f"{rest[1]}/{rest[2]}"), rest[3:], query, body)
         else:
             repo_type = "model"
             if parts and parts[0] in ("datasets", "spaces"):
                 repo_type, parts = parts[0][:-1], parts[1:]
             if len(parts) >= 5 and parts[2] == "resolve" and m in ("GET", "HEAD"):
-                return self._resolve(repo_type, f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]))
-        raise HubError(404, f"no route for {m} {self.path}")
+                return self._resolve(repo_type, check_repo_id(f"{parts[0]}/{parts[1]}"), check_revision(parts[3]), check_path("/".join(parts[4:])))
+        raise HubError(404, f"no route for {m} {urlsplit(self.path).path}")
 
     def _repo_api(self, repo_type: str, repo_id: str, rest: list, query: dict, body: bytes) -> None:
         store, m = self.server.store, self.command
@@ -340,7 +555,7 @@ class HubHandler(BaseHTTPRequestHandler):
         if len(rest) == 2 and rest[0] == "revision" and m == "GET":
             return self._info(repo_type, repo_id, rest[1], query)
         if len(rest) >= 2 and rest[0] == "tree" and m == "GET":
-            return self._tree(repo_type, repo_id, rest[1], "/".join(rest[2:]), query)
+            return self._tree(repo_type, repo_id, rest[1], check_path("/".join(rest[2:]), allow_root=True), query)
         if len(rest) == 2 and rest[0] == "paths-info" and m == "POST":
             return self._paths_info(repo_type, repo_id, rest[1], body)
         if rest == ["refs"] and m == "GET":
@@ -354,14 +569,14 @@ class HubHandler(BaseHTTPRequestHandler):
         if len(rest) == 2 and rest[0] == "preupload" and m == "POST":
             return self._preupload(repo_type, repo_id, rest[1], json.loads(body or b"{}"))
         if len(rest) == 2 and rest[0] == "commit" and m == "POST":
-            user = self._user(True)
+            _, user = self._writable(repo_type, repo_id)
             if "create_pr" in query:
                 raise HubError(400, "pull requests are not supported by this server")
             lines = [json.loads(line) for line in body.splitlines() if line.strip()]
             sha = store.apply_commit(repo_type, repo_id, rest[1], lines, user)
             return self._json(200, {"success": True, "commitOid": sha, "commitUrl": f"{self._base()}/{self._prefix(repo_type)}{repo_id}/commit/{sha}", "pullRequestUrl": None})
         if len(rest) == 2 and rest[0] == "tag" and m in ("POST", "DELETE"):
-            self._user(True)
+            self._writable(repo_type, repo_id)
             if m == "POST":
                 payload = json.loads(body or b"{}")
                 store.set_ref(repo_type, repo_id, "tags", payload["tag"], store.resolve(repo_type, repo_id, rest[1]))
@@ -369,14 +584,14 @@ class HubHandler(BaseHTTPRequestHandler):
                 store.set_ref(repo_type, repo_id, "tags", rest[1], None)
             return self._json(200, {})
         if len(rest) == 2 and rest[0] == "branch" and m in ("POST", "DELETE"):
-            self._user(True)
+            self._writable(repo_type, repo_id)
             if m == "POST":
                 start = json.loads(body or b"{}").get("startingPoint") or "main"
                 store.set_ref(repo_type, repo_id, "branches", rest[1], store.resolve(repo_type, repo_id, start))
             else:
                 store.set_ref(repo_type, repo_id, "branches", rest[1], None)
             return self._json(200, {})
-        raise HubError(404, f"no route for {m} {self.path}")
+        raise HubError(404, f"no route for {m} {urlsplit(self.path).path}")
 
     # ------------------------------------------------------------------ handlers
     def _base(self) -> str:
@@ -389,13 +604,8 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def _create(self, payload: dict) -> None:
         user = self._user(True)
-        repo_type = payload.get("type") or "model"
-        if repo_type not in REPO_TYPES:
-            raise HubError(400, f"unknown repo type {repo_type!r}")
-        name, ns = payload["name"], payload.get("organization") or user
-        if "/" in name or not name:
-            raise HubError(400, f"invalid repo name {name!r}")
-        repo_id = f"{ns}/{name}"
+        repo_type = check_repo_type(payload.get("type") or "model")
+        repo_id = check_repo_id(f"{payload.get('organization') or user}/{payload.get('name')}")
         private = bool(payload.get("private")) or payload.get("visibility") == "private"
         url = f"{self._base()}/{self._prefix(repo_type)}{repo_id}"
         try:
@@ -408,20 +618,22 @@ class HubHandler(BaseHTTPRequestHandler):
 
     def _delete(self, payload: dict) -> None:
         user = self._user(True)
-        repo_type = payload.get("type") or "model"
-        self.server.store.delete_repo(repo_type, f"{payload.get('organization') or user}/{payload['name']}")
+        repo_type = check_repo_type(payload.get("type") or "model")
+        repo_id = check_repo_id(f"{payload.get('organization') or user}/{payload.get('name')}")
+        self._writable(repo_type, repo_id)
+        self.server.store.delete_repo(repo_type, repo_id)
         self._json(200, {})
 
     def _validate_yaml(self, payload: dict) -> None:
         content = payload.get("content", "")
-        if content.startswith("---"):
-            end = content.find("\n---", 3)
-            try:
-                data = yaml.safe_load(content[3:end]) if end > 0 else None
-            except yaml.YAMLError as exc:
-                return self._json(400, {"errors": [{"message": f"invalid YAML: {exc}"}], "warnings": []})
-            if end < 0 or (data is not None and not isinstance(data, dict)):
-                return self._json(400, {"errors": [{"message": "the metadata block must be a YAML mapping between --- lines"}], "warnings": []})
+        if not isinstance(content, str):
+            raise HubError(400, "validate-yaml takes {content: the README text}")
+        try:
+            load_front_matter(content, "README.md")
+        except FrontMatterError as exc:
+            return self._json(400, {"errors": [{"message": str(exc)}], "warnings": []})
+        if content.startswith("---") and content.find("\n---", 3) < 0:
+            return self._json(400, {"errors": [{"message": "the metadata block must be a YAML mapping between --- lines"}], "warnings": []})
         self._json(200, {"errors": [], "warnings": []})
 
     def _summary(self, repo_type: str, repo_id: str, repo: dict, sha: str, blobs: bool) -> dict:
@@ -436,7 +648,8 @@ class HubHandler(BaseHTTPRequestHandler):
             siblings.append(entry)
         card = None
         if "README.md" in tree:
-            card = _card_data(self.server.store.blob(tree["README.md"]["sha256"]).read_bytes())
+            with open(self.server.store.blob(tree["README.md"]["sha256"]), "rb") as f:
+                card = _card_data(f.read(MAX_FRONT_MATTER + 16))
         info = {"_id": repo_id, "id": repo_id, "author": repo_id.split("/")[0], "sha": sha, "private": repo["private"], "gated": False,
                 "disabled": False, "lastModified": commit["date"], "createdAt": repo["created"], "tags": list((card or {}).get("tags") or []),
                 "siblings": siblings, "downloads": 0, "likes": 0}  # fmt: skip
@@ -455,15 +668,17 @@ class HubHandler(BaseHTTPRequestHandler):
     def _list(self, repo_type: str, query: dict) -> None:
         author = query.get("author", [None])[0]
         search = (query.get("search", [""])[0] or "").lower()
-        authenticated = self._user(False) is not None
+        user = self._user(False)
         out = []
         for repo_id, repo in self.server.store.repos(repo_type):
-            if (author and repo_id.split("/")[0] != author) or (search and search not in repo_id.lower()) or (repo["private"] and not authenticated):
+            if (author and repo_id.split("/")[0] != author) or (search and search not in repo_id.lower()) or (repo["private"] and user != _owner(repo)):
                 continue
             head = repo["refs"]["branches"].get("main") or next(iter(repo["refs"]["branches"].values()), None)
             if head is not None:
                 out.append(self._summary(repo_type, repo_id, repo, head, False))
         limit = query.get("limit", [None])[0]
+        if limit is not None and (not limit.isdigit() or not limit.isascii()):
+            raise HubError(400, f"invalid limit {limit!r}: a non-negative integer")
         self._json(200, out[: int(limit)] if limit else out)
 
     def _entries(self, tree: dict, base: str, recursive: bool) -> list:
@@ -513,7 +728,7 @@ class HubHandler(BaseHTTPRequestHandler):
             paths = parse_qs(body.decode()).get("paths", [])
         out = []
         for p in paths if isinstance(paths, list) else [paths]:
-            p = p.strip("/")
+            p = check_path(p.strip("/") if isinstance(p, str) else p)
             if p in tree:
                 out.extend(e for e in self._entries(tree, "", True) if e["path"] == p)
             elif any(k.startswith(p + "/") for k in tree):
@@ -532,9 +747,8 @@ class HubHandler(BaseHTTPRequestHandler):
         self._json(200, out)
 
     def _preupload(self, repo_type: str, repo_id: str, rev: str, payload: dict) -> None:
-        self._user(True)
+        self._writable(repo_type, repo_id)
         store = self.server.store
-        store.repo(repo_type, repo_id)
         try:
             tree = store.commit(repo_type, repo_id, store.resolve(repo_type, repo_id, rev))["tree"]
         except HubError:
@@ -542,8 +756,9 @@ class HubHandler(BaseHTTPRequestHandler):
         patterns = [line.strip() for line in (payload.get("gitIgnore") or "").splitlines() if line.strip() and not line.startswith("#")]
         files = []
         for f in payload.get("files", []):
-            ignored = any(fnmatch.fnmatch(f["path"], p) for p in patterns)
-            files.append({"path": f["path"], "uploadMode": "regular", "shouldIgnore": ignored, "oid": tree.get(f["path"], {}).get("oid")})
+            path = check_path(f["path"])
+            ignored = any(fnmatch.fnmatch(path, p) for p in patterns)
+            files.append({"path": path, "uploadMode": "regular", "shouldIgnore": ignored, "oid": tree.get(path, {}).get("oid")})
         self._json(200, {"files": files, "commitOid": None})
 
     def _resolve(self, repo_type: str, repo_id: str, rev: str, path: str) -> None:
@@ -597,14 +812,27 @@ class HubHandler(BaseHTTPRequestHandler):
 class HubHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, store: HubStore, tokens: Optional[Mapping[str, str]], default_user: str, verbose: bool) -> None:
+    def __init__(self, address, store: HubStore, tokens: Mapping[str, str], verbose: bool, max_body: int = MAX_BODY, timeout: float = TIMEOUT) -> None:
+        if not tokens or not all(isinstance(t, str) and t for t in tokens):
+            raise ValueError("the Hub server needs at least one non-empty token")
         super().__init__(address, HubHandler)
         self.store = store
-        self.tokens = dict(tokens) if tokens is not None else None
-        self.default_user = default_user
+        self.tokens = dict(tokens)
+        self._token_bytes = [(t.encode("utf-8"), u) for t, u in self.tokens.items()]
         self.verbose = verbose
+        self.max_body = int(max_body)
+        self.timeout_s = float(timeout)
         self._connections: set = set()
         self._connections_lock = threading.Lock()
+
+    def user_of(self, token: str) -> Optional[str]:
+        """The user a token belongs to, or None; every known token is compared, each in constant time."""
+        given = token.encode("utf-8", "surrogateescape")
+        found = None
+        for known, user in self._token_bytes:
+            if hmac.compare_digest(known, given):
+                found = user
+        return found
 
     def process_request(self, request, client_address) -> None:
         with self._connections_lock:
@@ -626,8 +854,6 @@ class HubHTTPServer(ThreadingHTTPServer):
 
     def close_connections(self) -> None:
         """End open keep-alive connections (a stopped server must not keep answering on them)."""
-        import socket
-
         with self._connections_lock:
             connections = list(self._connections)
         for conn in connections:
@@ -636,15 +862,18 @@ class HubHTTPServer(ThreadingHTTPServer):
 
 
 class RunningHub:
-    """A server running in a background thread; `url` is its endpoint (give it to HF_ENDPOINT)."""
+    """A server running in a background thread; `url` is its endpoint (give it to HF_ENDPOINT) and
+    `token` a token it accepts (the generated one when none was given; `generated` says which)."""
 
-    def __init__(self, server: HubHTTPServer) -> None:
+    def __init__(self, server: HubHTTPServer, generated: bool) -> None:
         self.server = server
         self.thread = threading.Thread(target=server.serve_forever, name="equizoo-hub", daemon=True)
         self.thread.start()
         host, port = server.server_address[:2]
         self.url = f"http://{host}:{port}"
         self.root = server.store.root
+        self.token = next(iter(server.tokens))
+        self.generated = generated
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -660,10 +889,15 @@ def start_hub(
     tokens: Optional[Mapping[str, str]] = None,
     user: str = "equizoo",
     verbose: bool = False,
+    max_body: int = MAX_BODY,
+    timeout: float = TIMEOUT,
 ) -> RunningHub:
     """Start a Hub server on host:port (0: a free port) storing into `root`. `tokens` maps accepted
-    tokens to user names; None accepts any bearer token as `user`."""
-    return RunningHub(HubHTTPServer((host, port), HubStore(root), tokens, user, verbose))
+    tokens to user names; None generates one random token for `user` (read it from `.token`).
+    `max_body` bounds a request body in bytes, `timeout` each socket read in seconds."""
+    generated = not tokens
+    table = dict(tokens) if tokens else {secrets.token_urlsafe(32): user}
+    return RunningHub(HubHTTPServer((host, port), HubStore(root), table, verbose, max_body, timeout), generated)
 
 
 @contextlib.contextmanager
@@ -677,11 +911,16 @@ def serve_hub(root: Union[str, Path], **kwargs) -> Iterator[RunningHub]:
 
 
 def parse_tokens(items: Optional[list]) -> Optional[Dict[str, str]]:
-    """TOKEN or TOKEN=USER strings as a token table (None if no items)."""
+    """TOKEN or TOKEN=USER strings as a token table (None if no items); users follow the repo-name rules."""
     if not items:
         return None
     out = {}
     for item in items:
         token, _, user = item.partition("=")
-        out[token] = user or "equizoo"
+        user = user or "equizoo"
+        if not token or any(c.isspace() for c in token):
+            raise ValueError(f"invalid --token {item!r}: give TOKEN or TOKEN=USER with a non-empty token without spaces")
+        if not _NAME.fullmatch(user) or "--" in user or ".." in user:
+            raise ValueError(f"invalid user in --token {item!r}: 1-96 of A-Z a-z 0-9 _ . -")
+        out[token] = user
     return out
