@@ -38,6 +38,7 @@ from zoo import keys
 from zoo.data import DataError, Structure
 from zoo.models.zoo_model import TargetInfo, ZooModel
 from zoo.predict import EXPORT_FILES, ModelInfo, Runner, UseError, atomic_write, check_structure, load_runner, model_inputs, parse_dtype, pick_device
+from zoo.registry import checkout_root
 
 BENCH_FIELDS = (
     "model", "variant", "backend", "task", "status", "error", "device", "device_name", "dtype", "batch_size",
@@ -58,13 +59,14 @@ SUITES = {
         ("oc20-l1", "train_step", 16),
     )
 }
-REPO = Path(__file__).resolve().parents[1]
+REPO = checkout_root()  # examples/ and ../shared/data of a source checkout; None in an ordinary install
 
 
 # ---------------------------------------------------------------------------------------------- workloads
 def _shared_data() -> Optional[Path]:
-    root = Path(os.environ.get("EQUIZOO_SHARED_DATA", REPO.parent / "shared" / "data"))
-    return root if root.is_dir() else None
+    env = os.environ.get("EQUIZOO_SHARED_DATA")
+    root = Path(env) if env else (REPO.parent / "shared" / "data" if REPO is not None else None)
+    return root if root is not None and root.is_dir() else None
 
 
 def _kind(info: ModelInfo) -> str:

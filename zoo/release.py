@@ -141,6 +141,8 @@ def release_model(
     if not (src / WEIGHTS).is_file():
         raise ReleaseError(f"{src} has no {WEIGHTS}; release a trained model directory or training run")
     root = Path(releases) if releases is not None else releases_dir()
+    if root is None:
+        raise ReleaseError("no releases folder: pass --releases-dir DIR or set EQUIZOO_RELEASES (only a source checkout has releases/ of its own)")
     out = root / name
     if out.exists() and not overwrite:
         raise ReleaseError(f"{out} already exists; pass --overwrite to replace that release")
