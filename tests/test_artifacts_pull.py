@@ -151,10 +151,10 @@ def test_sources_are_tried_in_order_with_one_error_naming_each(small_dir, hub, t
     assert pull(name) == package / name
     monkeypatch.setenv("EQUIZOO_RELEASES", str(tmp_path / "releases"))
     shutil.copytree(small_dir, tmp_path / "releases" / name)
+    # a changed file stops the search: it is reported, not papered over by the good copy further down
     (package / name / "model.safetensors").write_bytes(b"tampered")
-    with pytest.warns(UserWarning, match="sha256"):
-        assert pull(name) == tmp_path / "releases" / name
-    (tmp_path / "releases" / name / "config.json").write_text("{}")
-    with pytest.raises(IntegrityError, match="sha256 mismatch") as exc:
+    with pytest.raises(IntegrityError, match="sha256 mismatch for model.safetensors") as exc:
         pull(name)
-    assert "model.safetensors" in str(exc.value) and "config.json" in str(exc.value)
+    assert "equizoo-models" in str(exc.value) and "Hub org/absent" in str(exc.value)
+    shutil.rmtree(package / name)
+    assert pull(name) == tmp_path / "releases" / name

@@ -39,10 +39,11 @@ def _one_thread():
 
 
 def _data_for(name: str, shared_data) -> str | None:
-    """The recorded dataset of a release, found through EQUIZOO_SHARED_DATA where it is a shared-data path."""
+    """The local copy a release's evaluation record stands in for (`--source PATH_TO_MDBENCHGNN_ETHANOL`),
+    found through EQUIZOO_SHARED_DATA."""
     record = read_config(pull(name))["metadata"]["evaluation"]
-    if "mdbenchgnn" in record["data"]:
-        return str(shared_data / "md17" / "mdbenchgnn" / os.path.basename(record["data"].rstrip("/")))
+    if str(record.get("source_placeholder", "")).startswith("PATH_TO_MDBENCHGNN_"):
+        return str(shared_data / "md17" / "mdbenchgnn" / record["data"].split(":", 1)[1])
     return None
 
 
@@ -160,12 +161,14 @@ def test_release_pipeline_evaluates_exports_cards_and_registers(release_env, sha
     assert sorted(p.name for p in rel.path.iterdir()) == ["README.md", "config.json", "exports.json", "manifest.json", "model.safetensors", "model.torchscript.pt"]
     assert oct(rel.path.stat().st_mode & 0o777) == "0o755"
     assert [r["split"] for r in rel.evaluation["results"]] == ["val[:5]", "val[:5]", "test[:12]", "test[:12]"]
-    assert rel.evaluation["commands"][1] == f"equizoo eval {ethanol} --model test-md17-release --split test --limit 12"
+    # a public record: the local data folder becomes a placeholder (this model has no training record naming its dataset)
+    assert rel.evaluation["commands"][1] == "equizoo eval PATH_TO_MDBENCHGNN_ETHANOL --model test-md17-release --split test --limit 12"
+    assert ethanol not in (rel.path / "config.json").read_text()
     entry = get_model("test-md17-release")
     assert entry.status == "local release" and str(registry) == entry.source
     card = (rel.path / "README.md").read_text()
     assert "**A test release.**" in card and "a test machine" in card and "test[:12]" in card
-    pairs = check_release("test-md17-release")
+    pairs = check_release("test-md17-release", data=ethanol)
     assert set(pairs) == {"val[:5]/energy", "val[:5]/forces", "test[:12]/energy", "test[:12]/forces"}
     with pytest.raises(ReleaseError, match="already exists"):
         release_model(model_dir("md17"), "test-md17-release", data=ethanol, formats="torchscript", progress=False)
@@ -189,7 +192,7 @@ def test_cli_release_and_verify(tmp_path, shared_data):
     proc = run_cli("release", model_dir("md17"), "--name", "cli-release", "--data", ethanol, "--split", "test", "--limit", "test=8", "--format", "none", env=env)
     assert proc.returncode == 0, proc.stderr
     assert "reproduce: equizoo eval" in proc.stdout and (tmp_path / "releases" / "cli-release" / "README.md").is_file()
-    proc = run_cli("verify", "cli-release", env=env)
+    proc = run_cli("verify", "cli-release", "--data", ethanol, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "every number on the card is reproduced" in proc.stdout
     proc = run_cli("release", model_dir("md17"), "--name", "cli-release-2", "--limit", "test", env=env)

@@ -193,7 +193,7 @@ def release_command(
     onnx_optimize: bool = typer.Option(True, "--onnx-optimize/--no-onnx-optimize", help="Shrink the ONNX graph with onnxscript's optimizer (minutes)."),
     note: Optional[str] = typer.Option(None, "--note", help="A sentence the card shows in bold under the description."),
     hardware_note: Optional[str] = typer.Option(None, "--hardware-note", help="What the hardware record cannot say (e.g. a shared machine)."),
-    releases: Optional[Path] = typer.Option(None, "--releases-dir", help="Where releases live (default: $EQUIZOO_RELEASES, else releases/)."),
+    releases: Optional[Path] = typer.Option(None, "--releases-dir", help="Where releases live (default: $EQUIZOO_RELEASES, else the checkout's releases/)."),
     registry_file: Optional[Path] = typer.Option(None, "--registry-file", help="Registry JSON to write (default: the last of $EQUIZOO_REGISTRY, else the packaged one)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing release of that name."),
     default: bool = typer.Option(False, "--default", help="Also install it as the embedded default model of the package."),
@@ -234,6 +234,25 @@ def release_command(
     console.print(f"registered {rel.entry.name} ({len(rel.entry.files)} files with sha256) in {rel.entry.source}", highlight=False)
     if default:
         console.print(f"installed as the embedded default in {installed}", highlight=False)
+
+
+def restate_command(
+    name: str = typer.Argument(..., help="Registry name of a local release."),
+    source: Optional[str] = typer.Option(None, "--source", help="Raw files of its training dataset, if it is not prepared yet (to record its elements)."),
+    hardware_model: Optional[str] = typer.Option(None, "--hardware-model", help="The CPU or GPU model it was trained on, if the record lacks it."),
+    hardware_note: Optional[str] = typer.Option(None, "--hardware-note", help="Replace the hardware note."),
+    releases: Optional[Path] = typer.Option(None, "--releases-dir", help="Where releases live (default: $EQUIZOO_RELEASES, else the checkout's releases/)."),
+    registry_file: Optional[Path] = typer.Option(None, "--registry-file", help="Registry JSON to write (default: the last of $EQUIZOO_REGISTRY, else the packaged one)."),
+) -> None:
+    """Rewrite a release's public record (elements, no machine paths, hardware), card, hashes and manifest;
+    weights, exports and measured numbers stay."""
+    from zoo.release import restate_release
+
+    try:
+        rel = restate_release(name, source=source, hardware_model=hardware_model, hardware_note=hardware_note, releases=releases, registry_file=registry_file)
+    except _use_errors() as exc:
+        _fail(str(exc))
+    console.print(f"restated {rel.entry.name} in {rel.path} ({len(rel.entry.files)} files with sha256 in {rel.entry.source})", highlight=False)
 
 
 def verify_command(
@@ -363,6 +382,7 @@ def register(app: typer.Typer) -> None:
     app.command("export")(export_command)
     app.command("card")(card_command)
     app.command("release")(release_command)
+    app.command("restate")(restate_command)
     app.command("verify")(verify_command)
     app.command("publish")(publish_command)
     app.command("pull")(pull_command)

@@ -11,14 +11,17 @@ the shipped files, next to the paper's. `equizoo publish NAME --repo ORG/NAME` p
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Union
 
 from zoo.artifact import CONFIG, WEIGHTS, ArtifactError, atomic_write_dir, read_config
+from zoo.cards import is_local_path
 
 EVALUATION = "evaluation"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -72,6 +75,67 @@ def _eval_command(name: str, data: str, source: Optional[str], split: str, limit
     if source is not None:
         words += ["--source", source]
     return " ".join(shlex.quote(w) for w in words)
+
+
+def source_placeholder(path: Union[str, Path]) -> str:
+    """A public stand-in for a local data folder: `.../mdbenchgnn/ethanol` -> `PATH_TO_MDBENCHGNN_ETHANOL`."""
+    parts = [p for p in Path(str(path).rstrip("/")).parts[-2:] if p not in ("", ".", "..", "/")]
+    return "PATH_TO_" + "_".join(re.sub(r"[^A-Za-z0-9]+", "_", p).strip("_").upper() for p in parts)
+
+
+def public_evaluation(record: Mapping, name: str, config: Mapping) -> dict:
+    """The evaluation record with a local data folder replaced by the public dataset spec and a placeholder."""
+    record = dict(record)
+    local = record.get("source") if is_local_path(record.get("source")) else (record.get("data") if is_local_path(record.get("data")) else None)
+    if local is None:
+        return record
+    placeholder = source_placeholder(local)
+    try:
+        spec = default_data(config) if is_local_path(record.get("data")) else str(record["data"])
+    except ReleaseError:  # no training record says which dataset: the placeholder is the dataset path
+        spec, placeholder = placeholder, None
+    labels = list(dict.fromkeys(r["split"] for r in record.get("results", [])))
+    commands = [_eval_command(name, spec, placeholder, base_split(lb), next((r["n"] for r in record["results"] if r["split"] == lb), None) if lb != base_split(lb) else None)
+                for lb in labels]  # fmt: skip
+    record.update(data=spec, source=None, source_placeholder=placeholder, commands=commands)
+    return record
+
+
+def public_metadata(metadata: Mapping, name: str, config: Mapping) -> dict:
+    """`metadata` without paths of the machine that trained or released the model (see the module doc)."""
+    from zoo.cards import dataset_facts
+
+    out = {k: v for k, v in metadata.items() if k != "run_dir"}
+    if isinstance(out.get("dataset"), Mapping):
+        ds = {k: v for k, v in out["dataset"].items() if k != "path"}
+        if is_local_path(ds.get("source")):
+            facts = dataset_facts({"dataset": ds})
+            ds["source"] = facts.source if facts is not None else source_placeholder(ds["source"])
+        out["dataset"] = ds
+    if isinstance(out.get(EVALUATION), Mapping):
+        out[EVALUATION] = public_evaluation(out[EVALUATION], name, {**config, "metadata": out})
+    return out
+
+
+def training_elements(config: Mapping, source: Optional[str] = None, cache_dir=None) -> list:
+    """Sorted atomic numbers of a model's training data (the split and limit its training record names),
+    read from the prepared dataset (prepared from `source` if needed)."""
+    import numpy as np
+
+    from zoo.data import DataError, load_dataset
+
+    ds = (config.get("metadata") or {}).get("dataset") or {}
+    if not ds.get("name"):
+        raise ReleaseError(f"{config.get('name')}: its config.json records no training dataset, so its elements cannot be computed")
+    try:
+        dataset = load_dataset(str(ds["name"]), cache_dir=cache_dir, prepare=True, **({"source": str(source)} if source else {}))
+    except DataError as exc:
+        raise ReleaseError(f"dataset {ds['name']} (to record the elements of the training data): {exc}; pass --source PATH") from None
+    train = dataset.split(str((ds.get("splits") or {}).get("train") or "train"))
+    limit = (ds.get("limits") or {}).get("train")
+    if limit is not None:
+        train = train.subset(np.arange(min(int(limit), len(train))))
+    return train.elements()
 
 
 def evaluate_release(model_dir: Union[str, Path], name: str, data: str, *, source: Optional[str] = None, splits: Sequence[str] = ("val", "test"),
@@ -128,11 +192,9 @@ def release_model(
     graph with onnxscript's optimizer (minutes, checked against eager like every export); `note` / `hardware_note`: text
     for the card that the training record cannot carry. Nothing is left behind on error:
     the folder appears in one rename after evaluation and export checks passed."""
-    from zoo.cards import write_card
     from zoo.export import export_model
-    from zoo.hub import hash_files, model_dir_of
-    from zoo.hub.manifest import write_manifest
-    from zoo.registry import metrics_from_config, register, releases_dir
+    from zoo.hub import model_dir_of
+    from zoo.registry import releases_dir
 
     if not _NAME.match(name):
         raise ReleaseError(f"release name {name!r} must be lowercase letters, digits, '.', '_' or '-' (e.g. equiformer-md17-aspirin-l2)")
@@ -161,17 +223,33 @@ def release_model(
         evaluation = evaluate_release(tmp, name, data, source=source, splits=splits, limits=limits, cache_dir=cache_dir, progress=progress)
         metadata[EVALUATION] = evaluation
         metadata["registry_name"] = name
+        if "elements" not in metadata and (metadata.get("dataset") or {}).get("name"):
+            metadata["elements"] = training_elements(config, source or (data if is_local_path(data) else None), cache_dir)
         if note:
             metadata["note"] = note
         if hardware_note:
             metadata["hardware_note"] = hardware_note
-        (tmp / CONFIG).write_text(json.dumps({**config, "name": name, "metadata": metadata}, indent=1, ensure_ascii=False) + "\n")
+        public = public_metadata(metadata, name, config)
+        evaluation = public[EVALUATION]
+        (tmp / CONFIG).write_text(json.dumps({**config, "name": name, "metadata": public}, indent=1, ensure_ascii=False) + "\n")
         if formats:
             done = export_model(tmp, formats, progress=progress, onnx_optimize=onnx_optimize)
             exports = {k: v.to_dict() for k, v in done.items()}
 
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_dir(out, write, overwrite=overwrite)
+    entry = _register_and_card(out, name, registry_file)
+    return Release(out, entry, evaluation, exports)
+
+
+def _register_and_card(out: Path, name: str, registry_file) -> object:
+    """Register the folder's files, render the card from config + registry, register again (the card
+    changed) and write the manifest: the one sequence every release record goes through."""
+    from zoo.cards import write_card
+    from zoo.hub import hash_files
+    from zoo.hub.manifest import write_manifest
+    from zoo.registry import metrics_from_config, register
+
     final = read_config(out)
     meaning = _meaning(name, final)
     metrics = metrics_from_config(final)
@@ -180,7 +258,46 @@ def release_model(
     entry = register(name, hash_files(out), release=name, metrics=metrics, registry_file=registry_file, **meaning)
     write_manifest(out, name)
     _readable(out)
-    return Release(out, entry, evaluation, exports)
+    return entry
+
+
+def restate_release(
+    name: str,
+    *,
+    source: Optional[str] = None,
+    hardware_model: Optional[str] = None,
+    hardware_note: Optional[str] = None,
+    releases: Union[str, Path, None] = None,
+    registry_file: Union[str, Path, None] = None,
+    cache_dir=None,
+) -> Release:
+    """Rewrite the public record of an existing release in place: `metadata.elements` from its training
+    data (prepared from `source` if needed), no machine paths (`public_metadata`), the CPU model and a
+    hardware note if given; then the card, registry hashes and manifest. Weights, exports and measured
+    numbers stay as they are (the files are verified first)."""
+    from zoo.hub import pull
+    from zoo.registry import releases_dir
+
+    root = Path(releases) if releases is not None else releases_dir()
+    if root is None or not (root / name).is_dir():
+        raise ReleaseError(f"no release folder {name} in {root}; pass --releases-dir DIR or set EQUIZOO_RELEASES")
+    out = root / name
+    pull(name)  # verifies every file against the registry before anything is rewritten
+    config = read_config(out)
+    metadata = dict(config.get("metadata") or {})
+    metadata["elements"] = training_elements(config, source, cache_dir)
+    if hardware_model:
+        metadata["hardware"] = {**(metadata.get("hardware") or {}), "cpu_model": hardware_model}
+    if hardware_note:
+        metadata["hardware_note"] = hardware_note
+    text = json.dumps({**config, "metadata": public_metadata(metadata, name, config)}, indent=1, ensure_ascii=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{CONFIG}.", dir=out)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, out / CONFIG)
+    entry = _register_and_card(out, name, registry_file)
+    record = read_config(out)["metadata"].get(EVALUATION) or {}
+    return Release(out, entry, record, {})
 
 
 def _readable(folder: Path) -> None:
@@ -237,4 +354,4 @@ def local_releases() -> list:
 
 
 __all__ = ["EVALUATION", "Release", "ReleaseError", "base_split", "check_release", "default_data", "evaluate_release", "local_releases",
-           "release_model", "split_label"]  # fmt: skip
+           "public_metadata", "release_model", "restate_release", "source_placeholder", "split_label", "training_elements"]  # fmt: skip

@@ -374,6 +374,15 @@ class PreparedDataset:
         """Atoms per structure of this view."""
         return np.diff(self._offsets)[self.global_indices]
 
+    def elements(self) -> list[int]:
+        """Sorted atomic numbers present in this view's structures."""
+        species = np.asarray(self._arrays["species"])
+        if self._indices is None:
+            return sorted(int(z) for z in np.unique(species))
+        starts, counts = self._offsets[self._indices], np.diff(self._offsets)[self._indices]
+        atoms = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+        return sorted(int(z) for z in np.unique(species[atoms]))
+
     def target(self, name: str) -> np.ndarray:
         """One per-structure target for this view, [len] or [len, k] (NaN where missing)."""
         info = self.manifest["targets"].get(name)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Union
@@ -204,41 +203,44 @@ def _pull_hub_id(text: str, endpoint_url, token, cache_dir, force) -> Path:
 
 
 def _pull_registry(entry, endpoint_url, token, cache_dir, force) -> Path:
-    """The first source of a registry entry whose files verify: Hub, model distribution, $EQUIZOO_RELEASES,
-    source checkout. One error naming every source tried when none does."""
+    """The first source of a registry entry that has its files: Hub, model distribution, $EQUIZOO_RELEASES,
+    source checkout; one error naming every source tried when none has them. A source whose files fail
+    their sha256 check stops the search (a changed file is reported, never papered over by another copy)."""
     from zoo.registry import release_sources
 
     expected = entry.file_hashes()
     tried: list = []
-    bad = False
+
+    def refuse(exc: IntegrityError, label: str) -> IntegrityError:
+        before = f" (tried before: {'; '.join(tried)})" if tried else ""
+        return IntegrityError(f"{exc}{before}; refusing model {entry.name} from {label} rather than falling back to another copy")
+
     if entry.repo_id and entry.revision:
         label = f"Hub {entry.repo_id}@{entry.revision} at {endpoint(endpoint_url)}"
         try:
             snapshot = _download(entry.repo_id, entry.revision, f"pulling {entry.name}", endpoint_url, token, cache_dir, force, list(expected))
-            return verified_dir(snapshot, expected, f"model {entry.name} ({label})", _views())
-        except (HubError, IntegrityError) as exc:
-            bad = bad or isinstance(exc, IntegrityError)
+        except HubError as exc:
             tried.append(f"{label}: {exc}")
+        else:
+            try:
+                return verified_dir(snapshot, expected, f"model {entry.name} ({label})", _views())
+            except IntegrityError as exc:
+                raise refuse(exc, label) from None
     for label, folder in release_sources(entry):
         if folder is None:
             tried.append(label)
-            continue
-        if not folder.is_dir():
+        elif not folder.is_dir():
             tried.append(f"{label}: no folder {folder}")
-            continue
-        try:
-            found = verified_dir(folder, expected, f"model {entry.name} ({label})", _views())
-        except IntegrityError as exc:
-            bad = True
-            tried.append(f"{label}: {exc}")
-            continue
-        if bad:
-            warnings.warn(f"model {entry.name}: an earlier source failed its sha256 check; using {label} ({'; '.join(tried)})", stacklevel=3)
-        return found
-    message = (f"model {entry.name} could not be loaded from any source; tried, in order: " + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
-               + f". Install the model distribution (pip install {_distribution()}), set EQUIZOO_RELEASES to a folder holding {entry.release or entry.name}/, "
-               "or register a Hub revision (EQUIZOO_REGISTRY)")  # fmt: skip
-    raise (IntegrityError if bad else HubError)(message)
+        else:
+            try:
+                return verified_dir(folder, expected, f"model {entry.name} ({label})", _views())
+            except IntegrityError as exc:
+                raise refuse(exc, label) from None
+    raise HubError(
+        f"model {entry.name} could not be loaded from any source; tried, in order: " + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
+        + f". Install the model distribution (pip install {_distribution()}), set EQUIZOO_RELEASES to a folder holding {entry.release or entry.name}/, "
+        "or register a Hub revision (EQUIZOO_REGISTRY)"
+    )  # fmt: skip
 
 
 def _distribution() -> str:

@@ -99,12 +99,13 @@ def verify_files(model_dir: Union[str, Path], expected: Mapping[str, str], what:
 def verified_dir(src: Union[str, Path], expected: Mapping[str, str], what: str, views: Union[str, Path]) -> Path:
     """A directory holding exactly the files of `expected`, each with its sha256 checked.
 
-    `src` itself when it holds nothing else; otherwise a copy of just those files under `views`
+    `src` itself when it holds nothing else (but its manifest.json, a list of hashes that no backend
+    loads); otherwise a copy of just those files under `views`
     (keyed by the file table, re-verified on every call), so that no backend can pick up a file that no
     hash covers (an export the Hub, a cache or a user put beside the verified ones)."""
     src = Path(src)
     names = {check_file_name(n, what) for n in expected}
-    if src.is_dir() and {p.name for p in src.iterdir()} == names:
+    if src.is_dir() and {p.name for p in src.iterdir()} - {MANIFEST} == names - {MANIFEST}:  # a manifest is read, never loaded
         verify_files(src, expected, what)
         return src
     missing = sorted(n for n in names if not (src / n).is_file())
