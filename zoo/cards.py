@@ -422,7 +422,7 @@ def render_card(model_dir: Union[str, Path], entry=None, template: Union[str, Pa
 
     template = Path(template) if template is not None else TEMPLATE
     if not template.is_file():
-        raise CardError(f"model card template {template} is missing; it ships in the repository's cards/ folder")
+        raise CardError(f"model card template {template} is missing; it ships inside the zoo package (zoo/templates/); reinstall equizoo")
     card_data, variables = card_context(model_dir, entry)
     return ModelCard.from_template(card_data, template_path=str(template), **variables)
 
