@@ -136,6 +136,7 @@ def test_restate_keeps_weights_exports_and_numbers(tmp_path, monkeypatch, shared
     assert {k for k in before if before[k] != after[k]} == {"config.json", "README.md", "manifest.json"}
     old, new = read_config(pull(name)), read_config(folder)
     assert new["metadata"]["evaluation"]["results"] == old["metadata"]["evaluation"]["results"]
+    assert new["metadata"]["elements"] == [1, 6, 8]  # recomputed from the prepared training split
     assert new["metadata"]["hardware_note"] == "a new note" and "a new note" in (folder / "README.md").read_text()
     entry = json.loads((tmp_path / "registry.json").read_text())["models"][name]
     assert {k: v["sha256"] for k, v in entry["files"].items()} == read_manifest(folder) == {k: v for k, v in after.items() if k != "manifest.json"}

@@ -206,7 +206,7 @@ def _pull_registry(entry, endpoint_url, token, cache_dir, force) -> Path:
     """The first source of a registry entry that has its files: Hub, model distribution, $EQUIZOO_RELEASES,
     source checkout; one error naming every source tried when none has them. A source whose files fail
     their sha256 check stops the search (a changed file is reported, never papered over by another copy)."""
-    from zoo.registry import release_sources
+    from zoo.registry import MODELS_DISTRIBUTION, release_sources
 
     expected = entry.file_hashes()
     tried: list = []
@@ -238,15 +238,9 @@ def _pull_registry(entry, endpoint_url, token, cache_dir, force) -> Path:
                 raise refuse(exc, label) from None
     raise HubError(
         f"model {entry.name} could not be loaded from any source; tried, in order: " + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
-        + f". Install the model distribution (pip install {_distribution()}), set EQUIZOO_RELEASES to a folder holding {entry.release or entry.name}/, "
+        + f". Install the model distribution (pip install {MODELS_DISTRIBUTION}), set EQUIZOO_RELEASES to a folder holding {entry.release or entry.name}/, "
         "or register a Hub revision (EQUIZOO_REGISTRY)"
     )  # fmt: skip
-
-
-def _distribution() -> str:
-    from zoo.registry import MODELS_DISTRIBUTION
-
-    return MODELS_DISTRIBUTION
 
 
 def pull(
