@@ -286,7 +286,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     def _load_newobj(self):
         args = self.stack.pop()
         cls = self.stack.pop()
-        if cls not in _CLASSES or args != ():
+        if not any(cls is allowed for allowed in _CLASSES) or args != ():
             raise UnsafePickleError(f"creating a {getattr(cls, '__name__', type(cls).__name__)} is not allowed")
         self.append(cls.__new__(cls))
 
