@@ -627,7 +627,7 @@ def failure_reason(exc: BaseException, structure: Structure) -> str:
     if isinstance(exc, MemoryError) or "can't allocate memory" in message or "out of memory" in message.lower():
         return (
             f"out of memory on this structure of {structure.n_atoms} atoms ({type(exc).__name__} {message}); "
-            "run it on a machine with more memory, or with --dtype float32"
+            "run it on a machine with more memory"
         )
     return f"the model failed on this structure: {type(exc).__name__}: {message}"
 
