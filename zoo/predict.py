@@ -40,7 +40,7 @@ import torch
 from zoo import __version__, keys
 from zoo.artifact import as_zoo_model, load_model_dir, read_config
 from zoo.data import DataError, Structure, collate, read_structures, structure_from_atoms
-from zoo.graph import attach_graph
+from zoo.graph import attach_graph, periodic_cell_problem, periodic_graph, radius_graph
 from zoo.models.zoo_model import TargetInfo, ZooModel
 
 BACKENDS = ("eager", "torchscript", "aoti", "onnx")
@@ -49,6 +49,7 @@ OUTPUT_FORMATS = {".csv": "csv", ".json": "json", ".extxyz": "extxyz", ".xyz": "
 VOIGT = ("xx", "yy", "zz", "yz", "xz", "xy")
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_ATOMS = 8192
+MIN_DISTANCE = 0.1  # Å: atoms closer than this are a broken structure (forces would be meaningless)
 
 
 class UseError(ValueError):
@@ -471,7 +472,40 @@ def check_structure(structure: Structure, info: ModelInfo) -> tuple[Optional[Str
             return None, reason
         if tags is not structure.tags:
             structure = dataclasses.replace(structure, tags=tags)
+    problem = geometry_problem(structure, info.r_max)
+    if problem:
+        return None, problem
     return structure, ""
+
+
+def geometry_problem(structure: Structure, r_max: float) -> str:
+    """Why the geometry cannot be predicted ("" if it can): a periodic cell that is absurd for the cutoff
+    (see zoo.graph.periodic_cell_problem), or two atoms (or an atom and a periodic image) closer than
+    MIN_DISTANCE. Found with an O(N) neighbour list at MIN_DISTANCE, before any model runs."""
+    if structure.pbc.any():
+        problem = periodic_cell_problem(structure.cell, structure.pbc, structure.n_atoms, r_max)
+        if problem:
+            return problem
+    pos = torch.from_numpy(structure.positions)
+    batch = torch.zeros(structure.n_atoms, dtype=torch.long)
+    try:
+        if structure.pbc.any():
+            edges, _, shift = periodic_graph(pos, torch.from_numpy(structure.cell)[None], torch.from_numpy(structure.pbc)[None], batch, MIN_DISTANCE)
+        else:
+            edges, shift = radius_graph(pos, batch, MIN_DISTANCE), torch.zeros(0, 3, dtype=pos.dtype)
+    except ValueError as exc:
+        return str(exc)
+    if edges.shape[1] == 0:
+        return ""
+    vec = pos[edges[0]] - pos[edges[1]] + (shift if shift.shape[0] else 0)
+    k = int(torch.argmin(vec.norm(dim=1)))
+    src, dst = int(edges[0, k]), int(edges[1, k])
+    imaged = shift.shape[0] > 0 and bool(shift[k].any())
+    pair = f"atom {dst} and a periodic image of atom {src} are" if imaged else f"atoms {min(src, dst)} and {max(src, dst)} are"
+    return (
+        f"{pair} {float(vec[k].norm()):.3g} Å apart, closer than {MIN_DISTANCE} Å; "
+        "fix the coordinates (duplicated atom? wrong units?)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -587,18 +621,29 @@ def run_items(
             bar.stop()
 
 
+def failure_reason(exc: BaseException, structure: Structure) -> str:
+    """The error row of a structure the model failed on (out of memory said as such)."""
+    message = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, MemoryError) or "can't allocate memory" in message or "out of memory" in message.lower():
+        return (
+            f"out of memory on this structure of {structure.n_atoms} atoms ({type(exc).__name__} {message}); "
+            "run it on a machine with more memory"
+        )
+    return f"the model failed on this structure: {type(exc).__name__}: {message}"
+
+
 def _run_chunk(runner: Runner, chunk: list[tuple[Item, Structure]]) -> None:
     structures = [s for _, s in chunk]
     virial = runner.supports_virial and any(_is_3d_periodic(s) for s in structures)
     try:
         inputs, n = model_inputs(structures, runner.info, runner.device, runner.dtype)
         rows = outputs_per_structure(runner(inputs, n, virial=virial), structures, runner.info)
-    except (RuntimeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure (MemoryError too) costs this structure only
         if len(chunk) > 1:
             for pair in chunk:
                 _run_chunk(runner, [pair])
             return
-        chunk[0][0].error = f"the model failed on this structure: {str(exc).splitlines()[0]}"
+        chunk[0][0].error = failure_reason(exc, chunk[0][1])
         return
     for (item, _), (values, per_atom, stress) in zip(chunk, rows):
         bad = [k for k, v in values.items() if not math.isfinite(v)]
