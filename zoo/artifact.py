@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 import torch
 
 from zoo import __version__
+from zoo.io import make_temp_dir
 from zoo.models.config import EquiformerConfig
 from zoo.models.equiformer import Equiformer
 from zoo.models.zoo_model import TargetInfo, ZooModel, wrap
@@ -58,10 +59,7 @@ def atomic_write_dir(out_dir: Union[str, Path], write, overwrite: bool = False) 
     if out_dir.exists() and not overwrite:
         raise ArtifactError(f"{out_dir} already exists; choose another output directory or overwrite it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
+    tmp = make_temp_dir(out_dir.parent, f".{out_dir.name}.")
     try:
         write(tmp)
         if out_dir.exists():

@@ -8,7 +8,6 @@ real structures before any is moved in) and records what each export measured in
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Union
@@ -19,6 +18,7 @@ from zoo.export.metadata import model_metadata
 from zoo.export.report import EXPORTS, ExportResult, read_exports, write_exports
 from zoo.export.torchscript import ExportMismatch, check_outputs, export_torchscript, load_torchscript
 from zoo.export.trace import ExportError, quiet
+from zoo.io import make_temp_dir
 
 FORMATS = ("torchscript", "onnx", "aoti")
 FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "aoti": "model.pt2"}
@@ -110,7 +110,7 @@ def export_model(
         virial = bool(model.periodic and model.energy_target)
     model.compute_virial = bool(virial)
     check = check_inputs(model, dtype, torch.device("cpu"))
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
+    staging = make_temp_dir(model_dir, ".export-")
     results: Dict[str, ExportResult] = {}
     try:
         with _progress() if progress else _Quiet() as bar:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Mapping, Union
 
@@ -42,10 +40,9 @@ def write_manifest(model_dir: Union[str, Path], name: str) -> Dict[str, dict]:
     model_dir = Path(model_dir)
     files = hash_files(model_dir)
     doc = {"format": MANIFEST_FORMAT, "name": name, "files": files}
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=model_dir)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, model_dir / MANIFEST)
+    from zoo.io import atomic_write_text
+
+    atomic_write_text(model_dir / MANIFEST, json.dumps(doc, indent=2) + "\n")
     return files
 
 
