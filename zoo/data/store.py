@@ -374,6 +374,18 @@ class PreparedDataset:
         """Atoms per structure of this view."""
         return np.diff(self._offsets)[self.global_indices]
 
+    def elements(self) -> list[int]:
+        """Sorted atomic numbers of every element in the structures of this view."""
+        counts = np.diff(self._offsets)
+        if self._indices is None:
+            species = self._arrays["species"]
+        else:
+            owner = np.repeat(np.arange(len(counts)), counts)
+            keep = np.zeros(len(counts), dtype=bool)
+            keep[self._indices] = True
+            species = np.asarray(self._arrays["species"])[keep[owner]]
+        return sorted(int(z) for z in np.unique(np.asarray(species)))
+
     def target(self, name: str) -> np.ndarray:
         """One per-structure target for this view, [len] or [len, k] (NaN where missing)."""
         info = self.manifest["targets"].get(name)

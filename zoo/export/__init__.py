@@ -53,6 +53,17 @@ def parse_formats(formats: Union[str, Iterable[str], None]) -> list[str]:
     return [f for f in FORMATS if f in items]
 
 
+def check_formats_available(formats: Iterable[str]) -> None:
+    """ExportError naming what to install when a format's packages are missing (before any work)."""
+    from zoo.extras import MissingExtra, require
+
+    if "onnx" in formats:
+        try:
+            require("onnx", "onnxscript", "onnxruntime", what="export --format onnx")
+        except MissingExtra as exc:
+            raise ExportError(str(exc)) from None
+
+
 def _progress():
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -97,6 +108,7 @@ def export_model(
 
     model_dir = Path(model_dir)
     chosen = parse_formats(formats)
+    check_formats_available(chosen)
     if isinstance(dtype, str):
         if dtype not in ("float32", "float64"):
             raise ExportError(f"dtype must be float32 or float64, got {dtype!r}")

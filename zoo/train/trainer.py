@@ -526,6 +526,7 @@ class _Run:
             "metrics": self._metrics(weights_step, val, test),
             "recipe": self.r,
             "dataset": self.data.describe(self.r),
+            "elements": self.data.train.elements(),
             "environment": {"equizoo": __version__, "torch": torch.__version__, "e3nn": e3nn.__version__, "numpy": np.__version__,
                             "python": platform.python_version(), "cuda": torch.version.cuda, "platform": platform.platform(),
                             "device": str(env.device), "device_name": device_name},
