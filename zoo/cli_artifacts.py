@@ -104,6 +104,12 @@ def info_command(
         console.print(f"published: {m.repo_id} @ {m.revision}  (load with zoo.load({m.name!r}) or `equizoo pull {m.name}`)", highlight=False)
     elif m.status == "local release":
         console.print(f"local release: {m.release_dir()}", highlight=False)
+        from zoo.artifact import read_config
+        from zoo.predict import element_names
+
+        elements = (read_config(m.release_dir()).get("metadata") or {}).get("elements")
+        seen = " ".join(element_names(elements)) if elements else "unknown (config.json has no metadata.elements; other elements are not refused)"
+        console.print(escape(f"elements of its training data: {seen}"), highlight=False)
     else:
         console.print("status: not published yet (no trained weights released for this name)", highlight=False)
     if m.files:
