@@ -111,7 +111,7 @@ def test_bad_options_and_mismatches_are_refused_before_any_work(ran):
 def test_missing_optional_packages_are_one_line_each(ran_without_extras):
     results, tmp = ran_without_extras
     for key, extra in (("onnx-backend", "export"), ("verify", "hub"), ("oc20", "data"), ("export", "export")):
-        code, out, err = results[key]
+        code, _, err = results[key]
         assert code == 2, (key, err)
         assert f"pip install 'equizoo[{extra}]'" in err and "Traceback" not in err, (key, err)
         assert len(err.strip().splitlines()) == 1, (key, err)
