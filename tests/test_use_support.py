@@ -82,7 +82,7 @@ def exported_model_dir(kind: str, fmt: str) -> Path:
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """`python -m zoo.cli ARGS` in a subprocess (one torch thread: the CI machines have two cores)."""
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200", **(env or {}))
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", **(env or {})}
     return subprocess.run([sys.executable, "-m", "zoo.cli", *map(str, args)], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
 
 
@@ -112,7 +112,7 @@ def run_cli_many(commands, env: dict | None = None, missing: tuple = (), timeout
     that behave as not installed there. Umask 022, 80 columns, one torch thread."""
     import json
 
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="80", **(env or {}))
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "80", **(env or {})}
     argvs = json.dumps([[str(a) for a in argv] for argv in commands])
     proc = subprocess.run([sys.executable, "-c", _MANY, json.dumps(list(missing)), argvs], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=REPO)  # fmt: skip

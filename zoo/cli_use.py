@@ -238,7 +238,8 @@ def bench_command(
     columns = ["model", "backend", "task", "batch", "atoms", "median ms", "iqr ms", "structures/s", "atoms/s", "peak MB", "vs eager", "status"]
     if not wide:
         columns = (["model"] if len(models) > 1 else []) + ["backend", "task", "batch", "median ms", "structures/s", "vs eager", "status"]
-    table = Table(title=escape(title), box=box.SIMPLE_HEAD, pad_edge=False)
+    console.print(escape(title), soft_wrap=False, highlight=False)  # wrapped at the terminal width, unlike a table title
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for name in columns:
         table.add_column(name, justify="left" if name in ("model", "backend", "task", "status") else "right", overflow="fold")
     errors = []
@@ -261,8 +262,8 @@ def bench_command(
     for n, error in enumerate(errors, 1):
         err_console.print(escape(f"error {n}: {error}"), highlight=False)
     if not wide:
-        console.print("--wide: atoms, spread, atoms/s, peak memory; --output FILE.json|csv: every field", highlight=False)
-    console.print(escape(f"workload: {first['workload']}; {first['warmup']} warm-up and {first['repeats']} timed calls per row"))
+        console.print("--wide: atoms, spread, atoms/s, peak memory; --output FILE.json|csv: every field", highlight=False, soft_wrap=False)
+    console.print(escape(f"workload: {first['workload']}; {first['warmup']} warm-up and {first['repeats']} timed calls per row"), soft_wrap=False)
     if output is not None:
         console.print(escape(f"wrote {output}"))
 
