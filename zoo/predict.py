@@ -623,9 +623,13 @@ def progress_bar(total: int, description: str):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    console = Console(stderr=True)
+    room = max(12, console.width - 50)  # the bar (20), counts and times take the rest: the line fits the terminal
+    if len(description) > room:
+        description = description[: room - 1] + "…"
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=False,
+        TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=False,
     )  # fmt: skip
     task = bar.add_task(description, total=total)
     return bar, task
