@@ -22,9 +22,12 @@ def _one_thread():
 
 def test_cli_bench_compare_writes_the_documented_fields(tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", "--model", model_dir("md17"), "--batch-size", "2", "--warmup", "1", "--repeats", "2", "--compare", "--train", "-o", out)
+    proc = run_cli("bench", "--model", model_dir("md17"), "--batch-size", "2", "--warmup", "1", "--repeats", "2", "--compare", "--train", "-o", out,
+                   env={"COLUMNS": "80"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "torchscript" in proc.stdout and "vs eager" in proc.stdout
+    table = proc.stdout.split("workload:")[0].splitlines()  # title, table and hints (the file path after them may be long)
+    assert max(len(line) for line in table) <= 80 and "…" not in proc.stdout  # the default columns fit a terminal
     payload = json.loads(out.read_text())
     assert payload["fields"] == list(BENCH_FIELDS) and payload["machine"]["torch"] == torch.__version__
     rows = pd.DataFrame(payload["rows"])

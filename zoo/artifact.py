@@ -12,15 +12,13 @@ config.json:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 
 from zoo import __version__
+from zoo.io import replace_dir
 from zoo.models.config import EquiformerConfig
 from zoo.models.equiformer import Equiformer
 from zoo.models.zoo_model import TargetInfo, ZooModel, wrap
@@ -54,27 +52,9 @@ def model_config(model: ZooModel, name: Optional[str] = None, metadata: Optional
 
 def atomic_write_dir(out_dir: Union[str, Path], write, overwrite: bool = False) -> Path:
     """Run `write(tmp_dir)` and move the result to `out_dir` in one rename (replacing it if allowed)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
+    if Path(out_dir).exists() and not overwrite:
         raise ArtifactError(f"{out_dir} already exists; choose another output directory or overwrite it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
-    try:
-        write(tmp)
-        if out_dir.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, backup / "old")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(backup)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out_dir
+    return replace_dir(out_dir, write)
 
 
 def save_model_dir(

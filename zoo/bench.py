@@ -37,7 +37,8 @@ import torch
 from zoo import keys
 from zoo.data import DataError, Structure
 from zoo.models.zoo_model import TargetInfo, ZooModel
-from zoo.predict import EXPORT_FILES, ModelInfo, Runner, UseError, atomic_write, check_structure, load_runner, model_inputs, parse_dtype, pick_device
+from zoo.io import atomic_write
+from zoo.predict import EXPORT_FILES, ModelInfo, Runner, UseError, check_structure, load_runner, model_inputs, parse_dtype, pick_device
 from zoo.registry import checkout_root
 
 BENCH_FIELDS = (

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Union
@@ -431,10 +430,9 @@ def write_card(model_dir: Union[str, Path], entry=None, template: Union[str, Pat
     """Render the card into `model_dir/README.md` atomically."""
     model_dir = Path(model_dir)
     text = str(render_card(model_dir, entry, template))
-    fd, tmp = tempfile.mkstemp(prefix=f".{CARD}.", dir=model_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text if text.endswith("\n") else text + "\n")
-    os.replace(tmp, model_dir / CARD)
+    from zoo.io import atomic_write_text
+
+    atomic_write_text(model_dir / CARD, text if text.endswith("\n") else text + "\n")
     return model_dir / CARD
 
 

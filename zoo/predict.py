@@ -28,7 +28,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import types
 import warnings
 from pathlib import Path
@@ -41,6 +40,7 @@ from zoo import __version__, keys
 from zoo.artifact import as_zoo_model, load_model_dir, read_config
 from zoo.data import DataError, Structure, collate, read_structures, structure_from_atoms
 from zoo.graph import attach_graph, periodic_cell_problem, periodic_graph, radius_graph
+from zoo.io import atomic_write
 from zoo.models.zoo_model import TargetInfo, ZooModel
 
 BACKENDS = ("eager", "torchscript", "aoti", "onnx")
@@ -81,6 +81,21 @@ def parse_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
     return table[str(dtype)]
 
 
+def check_output(path: Union[str, os.PathLike], formats: dict, what: str = "output") -> str:
+    """The format of an output file from its suffix (`formats`: suffix -> format), checked with the
+    writability of its location before any work; UseError naming the file otherwise."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in formats:
+        known = ", ".join(sorted(formats))
+        raise UseError(f"{what} {path}: unknown file type {suffix or '(no suffix)'!r}; use a file name ending in {known}")
+    from zoo.io import unwritable_reason
+
+    reason = unwritable_reason(path)
+    if reason:
+        raise UseError(f"{what} {path}: {reason}")
+    return formats[suffix]
+
+
 # ---------------------------------------------------------------------------------------------- the model
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
@@ -97,6 +112,7 @@ class ModelInfo:
     needs_tags: bool
     variants: tuple[str, ...]
     dtype: torch.dtype
+    elements: Optional[tuple[int, ...]] = None  # atomic numbers of the training data (config metadata.elements); None: unknown
 
     @classmethod
     def from_config(cls, config: dict, source: str) -> ModelInfo:
@@ -104,6 +120,7 @@ class ModelInfo:
         networks = config["networks"]
         first = next(iter(networks.values()))
         energy = [name for name, c in networks.items() if c.get("forces")]
+        elements = (config.get("metadata") or {}).get("elements")
         return cls(
             name=str(config.get("name") or "model"),
             source=str(source),
@@ -116,6 +133,7 @@ class ModelInfo:
             needs_tags=int(first.get("num_tags", 0)) > 0,
             variants=tuple(str(c["name"]) for c in networks.values()),
             dtype=getattr(torch, str(config.get("dtype", "float32"))),
+            elements=tuple(sorted(int(z) for z in elements)) if elements else None,
         )
 
     @classmethod
@@ -132,9 +150,41 @@ class ModelInfo:
 
     @property
     def type_names(self) -> list[str]:
-        from ase.data import chemical_symbols
+        return element_names(self.type_numbers)
 
-        return [chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z{z}" for z in self.type_numbers]
+    def unseen_elements(self, species: Iterable[int]) -> list[int]:
+        """Atomic numbers in `species` that the model's training data did not contain ([] when unknown)."""
+        if self.elements is None:
+            return []
+        return sorted(set(int(z) for z in species) - set(self.elements))
+
+
+def element_names(numbers: Iterable[int]) -> list[str]:
+    """Chemical symbols of atomic numbers (`Z0` for a number without one)."""
+    from ase.data import chemical_symbols
+
+    return [chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z{z}" for z in numbers]
+
+
+CAVEAT_PHRASE = "less accurate than the paper"  # what the card of a briefly trained model says (zoo.registry descriptions)
+
+
+def model_caveat(info: ModelInfo) -> str:
+    """One line for under a prediction table when the model's card says it is far less accurate than the
+    paper: its recorded test error ("" for other models or without a card)."""
+    folder = Path(info.source)
+    folder = folder.parent if folder.is_file() else folder
+    card = folder / "README.md"
+    if not card.is_file() or CAVEAT_PHRASE not in card.read_text(encoding="utf-8", errors="replace"):
+        return ""
+    try:
+        results = ((read_config(folder).get("metadata") or {}).get("evaluation") or {}).get("results") or []
+    except ValueError:
+        results = []
+    test = [r for r in results if str(r.get("split", "")).startswith("test")]
+    measured = ", ".join(f"{r['quantity']} {r['metric']} {r['value']:.3g} {r['unit']}" for r in test[:2])
+    error = f" (its card: {test[0]['split']} {measured})" if test else ""
+    return f"{info.name} is a small model trained briefly on a CPU, far less accurate than the paper{error}; for trying the tools, not for science"
 
 
 class Runner:
@@ -143,6 +193,8 @@ class Runner:
     `inputs` holds the forward arguments of ZooModel (pos, species, edge_index, batch, edge_shift, tags) on
     `device` in `dtype`. `virial` asks eager/TorchScript modules for the virial as well.
     """
+
+    allow_unseen_elements = False  # predict for elements outside the training data (set by load_runner)
 
     def __init__(self, module: Callable, info: ModelInfo, backend: str, device: torch.device, dtype: torch.dtype, grad: bool, virial_attr: bool):
         self.module = module
@@ -236,21 +288,40 @@ def _torchscript_runner(path: Path, device: torch.device, dtype: Optional[torch.
     return Runner(module, info, "torchscript", device, dtype or saved, grad=True, virial_attr=True)
 
 
+def check_backend(backend: str) -> None:
+    """A known backend whose runtime is installed (checked before anything is loaded or computed)."""
+    if backend not in BACKENDS:
+        raise UseError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "onnx":
+        from zoo.extras import MissingExtra, require
+
+        try:
+            require("onnxruntime", what="--backend onnx")
+        except MissingExtra as exc:
+            raise UseError(str(exc)) from None
+
+
 def load_runner(
     model: Union[str, Path, ZooModel, Runner, None] = None,
     backend: str = "eager",
     device: Union[str, torch.device, None] = "auto",
     dtype: Union[str, torch.dtype, None] = None,
+    allow_unseen_elements: bool = False,
 ) -> Runner:
     """Load `model` (a model directory, registry name, `hf-hub:` id, TorchScript file, ZooModel, or None for
     the embedded default) behind `backend` on `device`; dtype None keeps the model's own. A ZooModel is
-    moved to the device and dtype in place."""
+    moved to the device and dtype in place. `allow_unseen_elements` lets structures with elements outside
+    the model's training data (config `metadata.elements`) through; by default each gets an error."""
     if isinstance(model, Runner):
-        return model
-    if backend not in BACKENDS:
-        raise UseError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    dev = pick_device(device)
-    dt = parse_dtype(dtype)
+        runner = model
+    else:
+        check_backend(backend)
+        runner = _load_runner(model, backend, pick_device(device), parse_dtype(dtype))
+    runner.allow_unseen_elements = bool(allow_unseen_elements) or runner.allow_unseen_elements
+    return runner
+
+
+def _load_runner(model, backend: str, dev: torch.device, dt: Optional[torch.dtype]) -> Runner:
     if isinstance(model, torch.nn.Module):
         zm = as_zoo_model(model)
         info = ModelInfo.from_model(zm)
@@ -447,8 +518,12 @@ def oc20_tags(structure: Structure) -> tuple[Optional[np.ndarray], str]:
     return None, f"tags {sorted(values)} are not OC20 tags; {hint}"
 
 
-def check_structure(structure: Structure, info: ModelInfo) -> tuple[Optional[Structure], str]:
-    """The structure ready for the model (tags resolved), or (None, why the model cannot handle it)."""
+def check_structure(structure: Structure, info: ModelInfo, allow_unseen_elements: bool = False) -> tuple[Optional[Structure], str]:
+    """The structure ready for the model (tags resolved), or (None, why the model cannot handle it).
+
+    The one place that refuses elements outside the model's training data (predict, eval, bench and the
+    ASE calculator all come through here): the network embeds them, but what it predicts for them is
+    meaningless. `allow_unseen_elements` lets them through."""
     try:
         structure.check(structure.label)
     except DataError as exc:
@@ -462,6 +537,13 @@ def check_structure(structure: Structure, info: ModelInfo) -> tuple[Optional[Str
         names = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown)
         allowed = " ".join(info.type_names) if len(info.type_numbers) <= 12 else f"Z in {min(info.type_numbers)}..{max(info.type_numbers)}"
         return None, f"element(s) {names} not among the model's types ({allowed}); use a model trained on them"
+    unseen = info.unseen_elements(structure.species.tolist())
+    if unseen and not allow_unseen_elements:
+        return None, (
+            f"element(s) {', '.join(element_names(unseen))} not in the training data of {info.name} (it saw only "
+            f"{' '.join(element_names(info.elements))}), so its prediction would be meaningless; use a model trained on them, "
+            "or pass --allow-unseen-elements (Python: allow_unseen_elements=True) to predict anyway"
+        )
     if info.periodic and not structure.pbc.any():
         return None, "the model is periodic (trained on cells/slabs) but this structure is an isolated molecule without a periodic cell; give a cell and pbc"
     if structure.pbc.any() and abs(np.linalg.det(structure.cell)) < 1e-9:
@@ -575,9 +657,13 @@ def progress_bar(total: int, description: str):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    console = Console(stderr=True)
+    room = max(12, console.width - 50)  # the bar (20), counts and times take the rest: the line fits the terminal
+    if len(description) > room:
+        description = description[: room - 1] + "…"
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=False,
+        TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=False,
     )  # fmt: skip
     task = bar.add_task(description, total=total)
     return bar, task
@@ -601,7 +687,7 @@ def run_items(
         if item.error or item.structure is None:
             item.error = item.error or "structure could not be read"
             continue
-        structure, reason = check_structure(item.structure, info)
+        structure, reason = check_structure(item.structure, info, runner.allow_unseen_elements)
         if structure is None:
             item.error = reason
         else:
@@ -779,9 +865,9 @@ class PredictionSet:
         """Write `csv` (one row per structure, per-atom arrays left out), `json` (everything) or `extxyz`
         (structures with results); the format follows the suffix unless given. Atomic (temp + rename)."""
         path = Path(path)
-        fmt = fmt or OUTPUT_FORMATS.get(path.suffix.lower())
+        fmt = fmt or check_output(path, OUTPUT_FORMATS)
         if fmt not in ("csv", "json", "extxyz"):
-            raise UseError(f"{path}: unknown output format; use a .csv, .json or .extxyz file name")
+            raise UseError(f"{path}: unknown output format {fmt!r}; use csv, json or extxyz")
         if fmt == "csv":
             return atomic_write(path, lambda tmp: self.frame(per_atom=False).to_csv(tmp, index=False))
         if fmt == "json":
@@ -809,27 +895,12 @@ def _jsonable(value):
     return value
 
 
-def atomic_write(path: Union[str, os.PathLike], write: Callable[[str], Any]) -> Path:
-    """Call `write(tmp_path)` on a temporary sibling of `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 # ---------------------------------------------------------------------------------------------- the API
 class Predictor:
     """A loaded model ready to predict many inputs (loads once; `run` as often as needed)."""
 
-    def __init__(self, model=None, backend: str = "eager", device="auto", dtype=None):
-        self.runner = load_runner(model, backend=backend, device=device, dtype=dtype)
+    def __init__(self, model=None, backend: str = "eager", device="auto", dtype=None, allow_unseen_elements: bool = False):
+        self.runner = load_runner(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements)
 
     @property
     def info(self) -> ModelInfo:
@@ -853,15 +924,19 @@ def predict(
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_atoms: int = DEFAULT_MAX_ATOMS,
     progress: bool = False,
+    allow_unseen_elements: bool = False,
 ):
     """Predict every structure of `inputs` (paths, globs, ase.Atoms, Structures) with `model` (directory,
     registry name, `hf-hub:` id, TorchScript file, ZooModel; None: the embedded default).
 
     Returns a pandas DataFrame, one row per structure (`status`/`error` say which failed and why), outputs
     in columns named with their units, per-atom arrays (forces, atomic energies) as array-valued columns.
-    `output` also writes it (.csv, .json or .extxyz).
+    `output` also writes it (.csv, .json or .extxyz). Structures with elements outside the model's training
+    data get an error unless `allow_unseen_elements`.
     """
-    result = Predictor(model, backend=backend, device=device, dtype=dtype).run(inputs, batch_size=batch_size, max_atoms=max_atoms, progress=progress)
+    if output is not None:
+        check_output(output, OUTPUT_FORMATS)
+    result = Predictor(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements).run(inputs, batch_size=batch_size, max_atoms=max_atoms, progress=progress)
     if output is not None:
         result.write(output)
     return result.frame()

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -440,11 +439,9 @@ def register(
     models = _read_registry(path) if path.is_file() else {}
     models[name] = data
     doc = {"format": REGISTRY_FORMAT, "models": dict(sorted(models.items()))}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
+    from zoo.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
     return entry
 
 

@@ -24,6 +24,8 @@ from zoo.artifact import CONFIG, WEIGHTS, ArtifactError, atomic_write_dir, read_
 from zoo.cards import is_local_path
 
 EVALUATION = "evaluation"
+EPS = {"float32": 2.0**-23, "float64": 2.0**-52}  # unit round-off of the dtype a release is evaluated in
+NETWORK_ULPS = 100  # round-off of the network's own arithmetic, in units of EPS relative to the metric
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _SLICE = re.compile(r"\[[^\]]*\]$")
 
@@ -66,6 +68,33 @@ def default_data(config: Mapping) -> str:
     if task == "oc20":
         return "oc20-is2re"
     raise ReleaseError(f"cannot tell which dataset to evaluate {config.get('name')} on (no training record); pass --data")
+
+
+def roundoff_tolerance(metric: str, value: float, ref, pred, dtype: str) -> float:
+    """How far a metric recomputed on other hardware may differ from the recorded one by round-off alone.
+
+    Different CPUs (SIMD kernels, summation order) change each prediction by about one unit in its last
+    place, EPS * |prediction|: a float32 energy near -17,600 eV is only stored to ~2 meV. Propagated to
+    the metric: MAE moves by at most mean(EPS * |pred|), MSE by 2 * mean(|error| * EPS * |pred|), EwT by
+    the share of structures whose error lies within EPS * |pred| of the threshold. On top, NETWORK_ULPS
+    * EPS relative to the metric covers the round-off accumulated inside the network."""
+    import numpy as np
+
+    eps = EPS.get(str(dtype), EPS["float32"])
+    ref, pred = np.asarray(ref, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    ulp = eps * np.abs(pred)
+    err = np.abs(pred - ref)
+    if metric == "MAE":
+        bound = float(ulp.mean())
+    elif metric == "MSE":
+        bound = float(2.0 * np.mean(err * ulp + ulp**2))
+    elif metric.startswith("EwT"):
+        from zoo.evaluate import EWT_THRESHOLD
+
+        bound = 100.0 * float(np.mean(np.abs(err - EWT_THRESHOLD) <= ulp))
+    else:
+        bound = 0.0
+    return bound + NETWORK_ULPS * eps * abs(float(value))
 
 
 def _eval_command(name: str, data: str, source: Optional[str], split: str, limit: Optional[int]) -> str:
@@ -156,9 +185,29 @@ def evaluate_release(model_dir: Union[str, Path], name: str, data: str, *, sourc
         label = split_label(split, limit, total)
         commands.append(_eval_command(name, data, source, split, limit if label != split else None))
         for row in ev.metrics.to_dict(orient="records"):
+            ref, pred, _ = ev.pairs.get(row["quantity"]) or next(iter(ev.pairs.values()))
+            tolerance = roundoff_tolerance(row["metric"], row["value"], ref, pred, ev.info["dtype"])
             results.append({"split": label, "quantity": row["quantity"], "metric": row["metric"], "unit": row["unit"], "value": float(row["value"]),
-                            "n": int(row["n"]), "split_size": total})  # fmt: skip
+                            "n": int(row["n"]), "split_size": total, "roundoff": tolerance})  # fmt: skip
     return {"data": data, "source": source, "backend": "eager", "device": "cpu", "dtype": ev.info["dtype"], "commands": commands, "results": results}
+
+
+def data_elements(data: str, *, source: Optional[str] = None, cache_dir=None) -> list:
+    """Sorted atomic numbers of the training structures of a dataset spec (every split if it has no
+    `train` split): what a model trained on it has seen, recorded as config `metadata.elements`."""
+    from zoo.evaluate import open_dataset
+
+    opened = open_dataset(data, source=source, cache_dir=cache_dir)
+    splits = ["train"] if "train" in opened.split_names else list(opened.split_names)
+    found: set = set()
+    for split in splits:
+        structures = opened.split(split)
+        if hasattr(structures, "elements"):
+            found.update(structures.elements())
+        else:
+            for s in structures:
+                found.update(int(z) for z in s.species)
+    return sorted(found)
 
 
 def _meaning(name: str, config: Mapping) -> dict:
@@ -210,6 +259,11 @@ def release_model(
         raise ReleaseError(f"{out} already exists; pass --overwrite to replace that release")
     metadata = dict(config.get("metadata") or {})
     data = data or default_data(config)
+    if not metadata.get("elements"):
+        if (metadata.get("dataset") or {}).get("name"):
+            metadata["elements"] = training_elements(config, source or (data if is_local_path(data) else None), cache_dir)
+        else:
+            metadata["elements"] = data_elements(data, source=source, cache_dir=cache_dir)
     if limits is None:
         recorded = (metadata.get("dataset") or {}).get("limits") or {}
         limits = {s: recorded.get(s) for s in splits}
@@ -223,8 +277,6 @@ def release_model(
         evaluation = evaluate_release(tmp, name, data, source=source, splits=splits, limits=limits, cache_dir=cache_dir, progress=progress)
         metadata[EVALUATION] = evaluation
         metadata["registry_name"] = name
-        if "elements" not in metadata and (metadata.get("dataset") or {}).get("name"):
-            metadata["elements"] = training_elements(config, source or (data if is_local_path(data) else None), cache_dir)
         if note:
             metadata["note"] = note
         if hardware_note:
@@ -308,12 +360,14 @@ def _readable(folder: Path) -> None:
             p.chmod(0o644)
 
 
-def check_release(name: str, *, data: Optional[str] = None, source: Optional[str] = None, cache_dir=None, rtol: float = 1e-5,
-                  atol: float = 1e-9) -> Dict[str, tuple]:  # fmt: skip
+def check_release(name: str, *, data: Optional[str] = None, source: Optional[str] = None, cache_dir=None, rtol: float = 1e-9,
+                  progress: bool = False) -> Dict[str, tuple]:  # fmt: skip
     """Re-run the evaluation recorded in a release and compare it with its card and registry entry.
 
-    `data` / `source` replace the recorded dataset spec / raw files (the same data found elsewhere). Returns {"split/quantity": (recorded, measured)}; ReleaseError if any number differs beyond
-    rtol (relative) + atol, or if the card, registry and config disagree."""
+    `data` / `source` replace the recorded dataset spec / raw files (the same data found elsewhere).
+    Returns {"split/quantity": (recorded, measured, tolerance)}. ReleaseError if a re-measured number
+    differs from the recorded one by more than the round-off of its dtype allows (`roundoff_tolerance`:
+    the same on any CPU), or if the card, registry and config (copies of one number) differ beyond rtol."""
     from zoo.cards import CARD, card_metrics
     from zoo.hub import pull
     from zoo.registry import get_model
@@ -328,21 +382,34 @@ def check_release(name: str, *, data: Optional[str] = None, source: Optional[str
     registered = {(m.split, m.target): m.value for m in entry.metrics}
     splits = [base_split(s) for s in dict.fromkeys(r["split"] for r in record["results"])]
     limits = {base_split(r["split"]): (r["n"] if r["split"] != base_split(r["split"]) else None) for r in record["results"]}
+    if data is None and source is not None and record["data"].partition(":")[0] not in ("qm9", "md17", "rmd17", "oc20", "oc20-is2re"):
+        data, source = source, None  # the recorded dataset is a local folder: `source` is that folder found elsewhere
     fresh = evaluate_release(folder, name, data or record["data"], source=source if source is not None else record.get("source"),
-                             splits=splits, limits=limits, cache_dir=cache_dir)  # fmt: skip
+                             splits=splits, limits=limits, cache_dir=cache_dir, progress=progress)  # fmt: skip
     measured = {(r["split"], r["quantity"]): r["value"] for r in fresh["results"]}
+    tolerances = {(r["split"], r["quantity"]): r["roundoff"] for r in fresh["results"]}
+    dtype = fresh["dtype"]
+    atol = 1e-12
     out = {}
     for r in record["results"]:
         key = (r["split"], r["quantity"])
         value = measured.get(key)
-        if value is None or abs(value - r["value"]) > atol + rtol * abs(r["value"]):
-            raise ReleaseError(f"{name}: {r['split']} {r['quantity']} {r['metric']} recorded {r['value']:.6g} {r['unit']}, `equizoo eval` gives {value}")
+        if value is None:
+            raise ReleaseError(f"{name}: {r['split']} {r['quantity']} {r['metric']} is recorded but `equizoo eval` measures no such number")
+        tolerance = tolerances[key]
+        if abs(value - r["value"]) > tolerance:
+            raise ReleaseError(
+                f"{name}: {r['split']} {r['quantity']} {r['metric']} recorded {r['value']:.6g} {r['unit']}, `equizoo eval` gives {value:.6g}: "
+                f"they differ by {abs(value - r['value']):.3g}, more than the {dtype} round-off bound {tolerance:.3g} {r['unit']} "
+                f"(one unit in the last place of every prediction, averaged into the metric, plus {NETWORK_ULPS} units relative to it); "
+                "the data evaluated now is not the recorded data, or the code computes differently"
+            )
         if abs(registered.get(key, float("nan")) - r["value"]) > atol + rtol * abs(r["value"]):
             raise ReleaseError(f"{name}: the registry's {key} metric {registered.get(key)} differs from config.json's {r['value']}")
         label = f"{r['quantity']} {r['metric']} ({r['unit']})"
         if abs(card.get((r["split"], label), float("nan")) - r["value"]) > atol + rtol * abs(r["value"]):
             raise ReleaseError(f"{name}: the card's {r['split']} {label} {card.get((r['split'], label))} differs from config.json's {r['value']}")
-        out[f"{r['split']}/{r['quantity']}"] = (r["value"], value)
+        out[f"{r['split']}/{r['quantity']}"] = (r["value"], value, tolerance)
     return out
 
 
@@ -353,5 +420,5 @@ def local_releases() -> list:
     return [m for m in list_models() if m.release and not m.repo_id]
 
 
-__all__ = ["EVALUATION", "Release", "ReleaseError", "base_split", "check_release", "default_data", "evaluate_release", "local_releases",
-           "public_metadata", "release_model", "restate_release", "source_placeholder", "split_label", "training_elements"]  # fmt: skip
+__all__ = ["EVALUATION", "Release", "ReleaseError", "base_split", "check_release", "data_elements", "default_data", "evaluate_release", "local_releases",
+           "public_metadata", "release_model", "restate_release", "roundoff_tolerance", "source_placeholder", "split_label", "training_elements"]  # fmt: skip

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, Mapping, Union
 
+from zoo.io import replace_dir
 from zoo.registry import FILE_NAME
 
 MANIFEST = "manifest.json"
@@ -46,10 +45,9 @@ def write_manifest(model_dir: Union[str, Path], name: str) -> Dict[str, dict]:
     model_dir = Path(model_dir)
     files = hash_files(model_dir)
     doc = {"format": MANIFEST_FORMAT, "name": name, "files": files}
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=model_dir)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, model_dir / MANIFEST)
+    from zoo.io import atomic_write_text
+
+    atomic_write_text(model_dir / MANIFEST, json.dumps(doc, indent=2) + "\n")
     return files
 
 
@@ -116,17 +114,11 @@ def verified_dir(src: Union[str, Path], expected: Mapping[str, str], what: str, 
     if view.is_dir() and {p.name for p in view.iterdir()} == names:
         verify_files(view, expected, f"{what} (verified copy in {view})")
         return view
-    view.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=view.parent))
-    try:
+
+    def copy_verified(tmp: Path) -> None:
         for name in names:
             shutil.copyfile(src / name, tmp / name)  # follows the Hub cache's symlinks into its blobs
         verify_files(tmp, expected, what)  # the copies themselves, not the files they came from
-        tmp.chmod(0o755)
-        if view.exists():
-            shutil.rmtree(view)
-        os.replace(tmp, view)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+
+    replace_dir(view, copy_verified)
     return view
