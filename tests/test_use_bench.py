@@ -50,7 +50,7 @@ def test_variant_bench_and_errors_per_row():
     assert onnx["status"] == "error" and "exported file" in onnx["error"] and np.isnan(onnx["median_ms"])
     with pytest.raises(UseError, match="unknown suite"):
         bench(suite="issue9")
-    assert {task for _, task, _ in SUITES["issue8"]} == {"inference", "train_step", "latency"}
+    assert {task for _, task, _ in SUITES["speed"]} == {"inference", "train_step", "latency"}
 
 
 def test_workloads_are_real_geometries(shared_data):

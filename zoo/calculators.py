@@ -3,6 +3,7 @@
     from zoo.calculators import EquiformerCalculator
     atoms.calc = EquiformerCalculator("path/to/model_dir", dtype="float64")      # or a ZooModel, a registry name
     atoms.calc = EquiformerCalculator.from_torchscript("model.torchscript.pt")   # an exported file
+    atoms.calc = EquiformerCalculator(model_dir, device="cuda", backend="compile", cuda_graphs=True)  # fast MD
 
 Forces are -dE/dx and stress is -virial / volume (virial = -dE/dstrain), both from autograd inside the
 model, so they are consistent with the energy; usable in ASE MD and relaxations (also with cell filters).
@@ -44,7 +45,8 @@ def _fixed_mask(atoms) -> Optional[np.ndarray]:
 class EquiformerCalculator(Calculator):
     """ASE calculator around an equizoo model (any spec zoo.predict.load_runner accepts).
 
-    `dtype="float64"` is recommended for MD and tight relaxations. `target` picks the energy output of a
+    `dtype="float64"` is recommended for MD and tight relaxations. `backend="compile"` runs torch.compile,
+    `cuda_graphs=True` replays CUDA graphs on padded inputs (small systems on a GPU; see zoo.accel). `target` picks the energy output of a
     model without forces (e.g. an OC20 model); energies are converted to eV when the model uses another
     energy unit.
     """
@@ -58,6 +60,7 @@ class EquiformerCalculator(Calculator):
         device="auto",
         dtype=None,
         backend: str = "eager",
+        cuda_graphs: bool = False,
         skin: float = 0.0,
         target: Optional[str] = None,
         **kwargs,
@@ -65,7 +68,7 @@ class EquiformerCalculator(Calculator):
         super().__init__(**kwargs)
         if skin < 0:
             raise UseError(f"skin must be >= 0 Å, got {skin}")
-        self.runner: Runner = load_runner(model, backend=backend, device=device, dtype=dtype)
+        self.runner: Runner = load_runner(model, backend=backend, device=device, dtype=dtype, cuda_graphs=cuda_graphs)
         info = self.runner.info
         if target is None:
             energy_like = [t.name for t in info.targets if t.unit in ("eV", "meV", "kcal/mol", "kJ/mol", "Hartree", "Ha")]

@@ -43,7 +43,7 @@ from zoo.data import DataError, Structure, collate, read_structures, structure_f
 from zoo.graph import attach_graph
 from zoo.models.zoo_model import TargetInfo, ZooModel
 
-BACKENDS = ("eager", "torchscript", "aoti", "onnx")
+BACKENDS = ("eager", "torchscript", "compile", "aoti", "onnx")
 EXPORT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "aoti": "model.pt2"}  # zoo.export.FILES
 OUTPUT_FORMATS = {".csv": "csv", ".json": "json", ".extxyz": "extxyz", ".xyz": "extxyz"}
 VOIGT = ("xx", "yy", "zz", "yz", "xz", "xy")
@@ -240,16 +240,27 @@ def load_runner(
     backend: str = "eager",
     device: Union[str, torch.device, None] = "auto",
     dtype: Union[str, torch.dtype, None] = None,
+    cuda_graphs: bool = False,
 ) -> Runner:
     """Load `model` (a model directory, registry name, `hf-hub:` id, TorchScript file, ZooModel, or None for
     the embedded default) behind `backend` on `device`; dtype None keeps the model's own. A ZooModel is
-    moved to the device and dtype in place."""
+    moved to the device and dtype in place.
+
+    `compile` is torch.compile of the eager model (dynamic shapes); `cuda_graphs` replays the eager or
+    compiled model as CUDA graphs on capacity-padded inputs (zoo.accel). Both are checked against eager
+    on real structures here, before any input is run."""
     if isinstance(model, Runner):
         return model
     if backend not in BACKENDS:
         raise UseError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     dev = pick_device(device)
     dt = parse_dtype(dtype)
+    if cuda_graphs and backend not in ("eager", "compile"):
+        raise UseError(f"--cuda-graphs replays the eager or compiled model; backend {backend} cannot be combined with it (use --backend eager or compile)")
+    if cuda_graphs and dev.type != "cuda":
+        raise UseError(f"--cuda-graphs needs a CUDA device, but the device is {dev}" + ("" if torch.cuda.is_available() else " (torch sees no CUDA GPU here)") + "; drop --cuda-graphs or use --device cuda")
+    if backend == "compile" or cuda_graphs:
+        return accelerated_runner(load_runner(model, "eager", dev, dt), compile=backend == "compile", cuda_graphs=cuda_graphs)
     if isinstance(model, torch.nn.Module):
         zm = as_zoo_model(model)
         info = ModelInfo.from_model(zm)
@@ -294,6 +305,56 @@ def load_runner(
     if dt is not None and dt != exported:
         raise UseError(f"{file} runs in the dtype it was exported in ({exported}); drop --dtype or export again with --dtype {str(dt).replace('torch.', '')}")
     return Runner(fn, info, backend, dev, exported, grad=False, virial_attr=False)
+
+
+def accelerated_runner(eager: Runner, compile: bool, cuda_graphs: bool) -> Runner:
+    """The eager runner's model compiled and/or replayed as CUDA graphs, checked against eager."""
+    from zoo import accel
+
+    model, info = eager.module, eager.info
+    module = accel.compile_model(model) if compile else model
+    name = "compile" if compile else "eager"
+    if cuda_graphs:
+        module = accel.CudaGraphModel(module, model, pad_species=info.type_numbers[0], pad_length=0.5 * info.r_max, grad=eager.needs_grad)
+        name += "+cuda-graphs"
+    runner = Runner(module, info, name, eager.device, eager.dtype, grad=True, virial_attr=True)
+    check_against_eager(runner, eager)
+    return runner
+
+
+def check_against_eager(runner: Runner, eager: Runner) -> float:
+    """Run `runner` and `eager` on the real check structures (one, then two per batch; zoo.export) and
+    raise UseError naming the output if they differ by more than ACCELERATED_RTOL relative to the output's
+    largest value. Returns the largest relative difference."""
+    from zoo.accel import CaptureError, relative_difference
+    from zoo.export.trace import ExportError, check_inputs
+
+    rtol = ACCELERATED_RTOL[eager.dtype]
+    try:
+        checks = check_inputs(eager.module, eager.dtype, eager.device)
+    except ExportError as exc:
+        raise UseError(f"backend {runner.backend}: cannot check it against eager: {exc}") from None
+    worst = 0.0
+    for kwargs in checks:
+        n = kwargs.pop("num_graphs")
+        try:
+            got = runner(kwargs, n)
+        except CaptureError as exc:
+            raise UseError(str(exc)) from None
+        except RuntimeError as exc:  # torch.compile's errors (Dynamo, Inductor) derive from RuntimeError
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise UseError(f"backend {runner.backend} failed on the check structures ({type(exc).__name__}: {first}); use --backend eager") from exc
+        for name, diff in relative_difference(eager(kwargs, n), got).items():
+            if not diff <= rtol:
+                raise UseError(
+                    f"backend {runner.backend} differs from eager on output {name!r} by {diff:.3g} relative (allowed {rtol:g}, "
+                    f"{str(eager.dtype).replace('torch.', '')}, {n} check structure(s)); use --backend eager and report this"
+                )  # fmt: skip
+            worst = max(worst, diff)
+    return worst
+
+
+ACCELERATED_RTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -783,8 +844,8 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[str], Any]) -> 
 class Predictor:
     """A loaded model ready to predict many inputs (loads once; `run` as often as needed)."""
 
-    def __init__(self, model=None, backend: str = "eager", device="auto", dtype=None):
-        self.runner = load_runner(model, backend=backend, device=device, dtype=dtype)
+    def __init__(self, model=None, backend: str = "eager", device="auto", dtype=None, cuda_graphs: bool = False):
+        self.runner = load_runner(model, backend=backend, device=device, dtype=dtype, cuda_graphs=cuda_graphs)
 
     @property
     def info(self) -> ModelInfo:
@@ -808,15 +869,16 @@ def predict(
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_atoms: int = DEFAULT_MAX_ATOMS,
     progress: bool = False,
+    cuda_graphs: bool = False,
 ):
     """Predict every structure of `inputs` (paths, globs, ase.Atoms, Structures) with `model` (directory,
     registry name, `hf-hub:` id, TorchScript file, ZooModel; None: the embedded default).
 
     Returns a pandas DataFrame, one row per structure (`status`/`error` say which failed and why), outputs
     in columns named with their units, per-atom arrays (forces, atomic energies) as array-valued columns.
-    `output` also writes it (.csv, .json or .extxyz).
+    `output` also writes it (.csv, .json or .extxyz). `backend="compile"` and `cuda_graphs` as in load_runner.
     """
-    result = Predictor(model, backend=backend, device=device, dtype=dtype).run(inputs, batch_size=batch_size, max_atoms=max_atoms, progress=progress)
+    result = Predictor(model, backend=backend, device=device, dtype=dtype, cuda_graphs=cuda_graphs).run(inputs, batch_size=batch_size, max_atoms=max_atoms, progress=progress)
     if output is not None:
         result.write(output)
     return result.frame()
