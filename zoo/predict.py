@@ -337,6 +337,9 @@ def check_against_eager(runner: Runner, eager: Runner) -> float:
     worst = 0.0
     for kwargs in checks:
         n = kwargs.pop("num_graphs")
+        pos = kwargs["pos"]  # the argument form model_inputs gives, so the check compiles what runs later
+        kwargs.setdefault("edge_shift", pos.new_zeros(kwargs["edge_index"].shape[1], 3))
+        kwargs.setdefault("tags", torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device))
         try:
             got = runner(kwargs, n)
         except CaptureError as exc:
