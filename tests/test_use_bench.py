@@ -53,7 +53,7 @@ def test_variant_bench_and_errors_per_row():
     assert onnx["status"] == "error" and "exported file" in onnx["error"] and np.isnan(onnx["median_ms"])
     with pytest.raises(UseError, match="unknown suite"):
         bench(suite="issue9")
-    assert {task for _, task, _ in SUITES["issue8"]} == {"inference", "train_step", "latency"}
+    assert {task for _, task, _ in SUITES["speed"]} == {"inference", "train_step", "latency"}
 
 
 def test_workloads_are_real_geometries(shared_data):
@@ -63,3 +63,17 @@ def test_workloads_are_real_geometries(shared_data):
     oc20 = load_runner(model_dir("oc20")).info
     slabs, label = workload(oc20)
     assert slabs[0].n_atoms == 68 and sorted(set(slabs[0].tags.tolist())) == [0, 1, 2] and "oc20_adslab" in label
+
+
+def test_profile_counts_operators_and_cuda_only_backends_say_why():
+    frame = bench(model_dir("md17"), tasks=("latency",), backends=("eager", "cuda-graphs"), device="cpu", warmup=0, repeats=1, profile=True)
+    eager, graphs = frame.iloc[0], frame.iloc[1]
+    assert eager["status"] == "ok" and eager["aten_calls"] > 100 and np.isnan(eager["gpu_kernels"])  # no CUDA counters on the CPU
+    assert graphs["status"] == "error" and "needs a CUDA device" in graphs["error"]
+
+
+def test_speed_suite_has_the_speed_table_cases():
+    assert set(SUITES["speed"]) == {
+        ("qm9-l2", "inference", 128), ("qm9-l2", "train_step", 128), ("md17-l2", "latency", 1), ("md17-l3", "latency", 1),
+        ("md17-l2", "train_step", 8), ("oc20-l1", "inference", 16), ("oc20-l1", "train_step", 16),
+    }  # fmt: skip

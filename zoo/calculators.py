@@ -3,6 +3,7 @@
     from zoo.calculators import EquiformerCalculator
     atoms.calc = EquiformerCalculator("path/to/model_dir", dtype="float64")      # or a ZooModel, a registry name
     atoms.calc = EquiformerCalculator.from_torchscript("model.torchscript.pt")   # an exported file
+    atoms.calc = EquiformerCalculator(model_dir, device="cuda", backend="compile", cuda_graphs=True)  # fast MD
 
 Forces are -dE/dx and stress is -virial / volume (virial = -dE/dstrain), both from autograd inside the
 model, so they are consistent with the energy; usable in ASE MD and relaxations (also with cell filters).
@@ -49,6 +50,8 @@ class EquiformerCalculator(Calculator):
     report as ASE's energy explicitly (e.g. an OC20 model's adsorption energy), since a QM9 gap in eV is
     not a potential energy. Energies are converted to eV when the model uses another energy unit.
     Structures with elements outside the model's training data raise unless `allow_unseen_elements`.
+    `backend="compile"` runs torch.compile, `cuda_graphs=True` replays CUDA graphs on padded inputs (small
+    systems on a GPU; see zoo.accel).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -60,6 +63,7 @@ class EquiformerCalculator(Calculator):
         device="auto",
         dtype=None,
         backend: str = "eager",
+        cuda_graphs: bool = False,
         skin: float = 0.0,
         target: Optional[str] = None,
         allow_unseen_elements: bool = False,
@@ -68,7 +72,7 @@ class EquiformerCalculator(Calculator):
         super().__init__(**kwargs)
         if skin < 0:
             raise UseError(f"skin must be >= 0 Å, got {skin}")
-        self.runner: Runner = load_runner(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements)
+        self.runner: Runner = load_runner(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements, cuda_graphs=cuda_graphs)
         info = self.runner.info
         target = target or info.energy_target
         if not target:

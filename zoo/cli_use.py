@@ -30,7 +30,8 @@ ModelOption = typer.Option(None, "--model", "-m", help="Model directory, registr
 DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda.")
 DtypeOption = typer.Option(None, "--dtype", help="float32 or float64 (default: the model's own).")
 AllowUnseenOption = typer.Option(False, "--allow-unseen-elements", help="Predict also for elements the model's training data did not contain (normally an error per structure).")
-BackendOption = typer.Option("eager", "--backend", help="eager, torchscript, aoti or onnx (aoti/onnx need `equizoo export MODEL_DIR --format aoti|onnx` first).")
+BackendOption = typer.Option("eager", "--backend", help="eager, torchscript, compile (torch.compile, checked against eager), aoti or onnx (aoti/onnx need `equizoo export MODEL_DIR --format aoti|onnx` first).")
+CudaGraphsOption = typer.Option(False, "--cuda-graphs", help="Replay the eager/compiled model as CUDA graphs on inputs padded to size buckets (needs a CUDA device; fastest for small systems).")
 
 
 def _fail(exc: Exception) -> None:
@@ -85,6 +86,7 @@ def predict_command(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results: .csv (per structure), .json (all, with per-atom arrays) or .extxyz (structures with energy/forces)."),
     rows: int = typer.Option(20, "--rows", help="Rows of the printed table (0: none)."),
     allow_unseen_elements: bool = AllowUnseenOption,
+    cuda_graphs: bool = CudaGraphsOption,
 ) -> None:
     """Predict the properties of every structure in FILES (energies, forces, QM9 targets, adsorption energies)."""
     from zoo.predict import OUTPUT_FORMATS, Predictor, check_output, column, model_caveat
@@ -93,7 +95,7 @@ def predict_command(
     try:
         if output is not None:
             check_output(output, OUTPUT_FORMATS, "--output")
-        predictor = Predictor(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements)
+        predictor = Predictor(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements, cuda_graphs=cuda_graphs)
         result = predictor.run(files, batch_size=batch_size, max_atoms=max_atoms, progress=True)
         if output is not None and (len(result.items) > result.n_failed or output.suffix.lower() in (".csv", ".json")):
             written = bool(result.write(output))
@@ -188,7 +190,7 @@ def bench_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory, registry name, or a variant name (benches a randomly initialised network)."),
     device: str = DeviceOption,
     batch_size: int = typer.Option(32, "--batch-size", help="Structures per batch for throughput and training steps."),
-    backend: List[str] = typer.Option(["eager"], "--backend", help="eager, torchscript, compile, aoti, onnx; repeat for several."),
+    backend: List[str] = typer.Option(["eager"], "--backend", help="eager, torchscript, compile, cuda-graphs, compile+cuda-graphs, aoti, onnx; repeat for several."),
     compile: bool = typer.Option(False, "--compile", help="Also run torch.compile (cold compiles take minutes)."),
     compare: bool = typer.Option(False, "--compare", help="Run eager, TorchScript (+ compile, + exports present) in this process and report speedups."),
     task: List[str] = typer.Option(["inference", "latency"], "--task", help="inference, latency, train_step; repeat for several."),
@@ -197,10 +199,11 @@ def bench_command(
     warmup: int = typer.Option(3, "--warmup", help="Untimed calls before timing."),
     repeats: int = typer.Option(10, "--repeats", help="Timed calls (median and spread are reported)."),
     structures: Optional[List[Path]] = typer.Option(None, "--structures", help="Bench on these structure files instead of the built-in workload."),
-    suite: Optional[str] = typer.Option(None, "--suite", help="A named set of cases; 'issue8' gives the rows of the speed table."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="A named set of cases; 'speed' gives the rows of the speed table."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write all fields as .json or .csv."),
     wide: bool = typer.Option(False, "--wide", help="All columns (needs a wide terminal); --output has every field."),
     as_json: bool = typer.Option(False, "--json", help="Print every field of every row as JSON instead of a table."),
+    profile: bool = typer.Option(False, "--profile", help="Also count per call: aten operators (torch.profiler) and, on CUDA, kernels, launches and GPU-busy time."),
 ) -> None:
     """Throughput, latency at batch 1 and peak memory of a model under several backends."""
     from zoo.bench import bench, write_bench
@@ -221,7 +224,7 @@ def bench_command(
         frame = bench(
             model, backends=backend, compare=compare, compile=compile, tasks=tasks, batch_size=batch_size, device=device,
             dtype=dtype, warmup=warmup, repeats=repeats, structures=[str(p) for p in structures] if structures else None,
-            suite=suite, progress=True,
+            suite=suite, progress=True, profile=profile,
         )  # fmt: skip
         if output is not None:
             write_bench(frame, output)
@@ -259,6 +262,8 @@ def bench_command(
         }  # fmt: skip
         table.add_row(*(cells[c] for c in columns))
     console.print(table)
+    if profile:
+        _print_profile(frame)
     for n, error in enumerate(errors, 1):
         err_console.print(escape(f"error {n}: {error}"), highlight=False)
     if not wide:
@@ -266,6 +271,19 @@ def bench_command(
     console.print(escape(f"workload: {first['workload']}; {first['warmup']} warm-up and {first['repeats']} timed calls per row"), soft_wrap=False)
     if output is not None:
         console.print(escape(f"wrote {output}"))
+
+
+def _print_profile(frame) -> None:
+    """Per-call operation counts of `bench --profile` (one profiled call per row)."""
+    cuda = frame["gpu_kernels"].notna().any()
+    table = Table(title="per call (torch.profiler)")
+    names = ["model", "backend", "task", "batch", "aten calls"] + (["kernels", "launches", "GPU busy ms"] if cuda else [])
+    for name in names:
+        table.add_column(name, justify="left" if name in ("model", "backend", "task") else "right")
+    for _, r in frame.iterrows():
+        counts = [_fmt(r["aten_calls"])] + ([_fmt(r["gpu_kernels"]), _fmt(r["kernel_launches"]), _fmt(r["gpu_busy_ms"], 4)] if cuda else [])
+        table.add_row(escape(str(r["model"])), r["backend"], r["task"], str(r["batch_size"]), *counts)
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:

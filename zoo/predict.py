@@ -43,7 +43,7 @@ from zoo.graph import attach_graph, periodic_cell_problem, periodic_graph, radiu
 from zoo.io import atomic_write
 from zoo.models.zoo_model import TargetInfo, ZooModel
 
-BACKENDS = ("eager", "torchscript", "aoti", "onnx")
+BACKENDS = ("eager", "torchscript", "compile", "aoti", "onnx")
 EXPORT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "aoti": "model.pt2"}  # zoo.export.FILES
 OUTPUT_FORMATS = {".csv": "csv", ".json": "json", ".extxyz": "extxyz", ".xyz": "extxyz"}
 VOIGT = ("xx", "yy", "zz", "yz", "xz", "xy")
@@ -307,16 +307,29 @@ def load_runner(
     device: Union[str, torch.device, None] = "auto",
     dtype: Union[str, torch.dtype, None] = None,
     allow_unseen_elements: bool = False,
+    cuda_graphs: bool = False,
 ) -> Runner:
     """Load `model` (a model directory, registry name, `hf-hub:` id, TorchScript file, ZooModel, or None for
     the embedded default) behind `backend` on `device`; dtype None keeps the model's own. A ZooModel is
     moved to the device and dtype in place. `allow_unseen_elements` lets structures with elements outside
-    the model's training data (config `metadata.elements`) through; by default each gets an error."""
+    the model's training data (config `metadata.elements`) through; by default each gets an error.
+
+    `compile` is torch.compile of the eager model (dynamic shapes); `cuda_graphs` replays the eager or
+    compiled model as CUDA graphs on capacity-padded inputs (zoo.accel). Both are checked against eager
+    on real structures here, before any input is run."""
     if isinstance(model, Runner):
         runner = model
     else:
         check_backend(backend)
-        runner = _load_runner(model, backend, pick_device(device), parse_dtype(dtype))
+        dev, dt = pick_device(device), parse_dtype(dtype)
+        if cuda_graphs and backend not in ("eager", "compile"):
+            raise UseError(f"--cuda-graphs replays the eager or compiled model; backend {backend} cannot be combined with it (use --backend eager or compile)")
+        if cuda_graphs and dev.type != "cuda":
+            raise UseError(f"--cuda-graphs needs a CUDA device, but the device is {dev}" + ("" if torch.cuda.is_available() else " (torch sees no CUDA GPU here)") + "; drop --cuda-graphs or use --device cuda")
+        if backend == "compile" or cuda_graphs:
+            runner = accelerated_runner(_load_runner(model, "eager", dev, dt), compile=backend == "compile", cuda_graphs=cuda_graphs)
+        else:
+            runner = _load_runner(model, backend, dev, dt)
     runner.allow_unseen_elements = bool(allow_unseen_elements) or runner.allow_unseen_elements
     return runner
 
@@ -366,6 +379,59 @@ def _load_runner(model, backend: str, dev: torch.device, dt: Optional[torch.dtyp
     if dt is not None and dt != exported:
         raise UseError(f"{file} runs in the dtype it was exported in ({exported}); drop --dtype or export again with --dtype {str(dt).replace('torch.', '')}")
     return Runner(fn, info, backend, dev, exported, grad=False, virial_attr=False)
+
+
+def accelerated_runner(eager: Runner, compile: bool, cuda_graphs: bool) -> Runner:
+    """The eager runner's model compiled and/or replayed as CUDA graphs, checked against eager."""
+    from zoo import accel
+
+    model, info = eager.module, eager.info
+    module = accel.compile_model(model) if compile else model
+    name = "compile" if compile else "eager"
+    if cuda_graphs:
+        module = accel.CudaGraphModel(module, model, pad_species=info.type_numbers[0], pad_length=0.5 * info.r_max, grad=eager.needs_grad)
+        name += "+cuda-graphs"
+    runner = Runner(module, info, name, eager.device, eager.dtype, grad=True, virial_attr=True)
+    check_against_eager(runner, eager)
+    return runner
+
+
+def check_against_eager(runner: Runner, eager: Runner) -> float:
+    """Run `runner` and `eager` on the real check structures (one, then two per batch; zoo.export) and
+    raise UseError naming the output if they differ by more than ACCELERATED_RTOL relative to the output's
+    largest value. Returns the largest relative difference."""
+    from zoo.accel import CaptureError, relative_difference
+    from zoo.export.trace import ExportError, check_inputs
+
+    rtol = ACCELERATED_RTOL[eager.dtype]
+    try:
+        checks = check_inputs(eager.module, eager.dtype, eager.device)
+    except ExportError as exc:
+        raise UseError(f"backend {runner.backend}: cannot check it against eager: {exc}") from None
+    worst = 0.0
+    for kwargs in checks:
+        n = kwargs.pop("num_graphs")
+        pos = kwargs["pos"]  # the argument form model_inputs gives, so the check compiles what runs later
+        kwargs.setdefault("edge_shift", pos.new_zeros(kwargs["edge_index"].shape[1], 3))
+        kwargs.setdefault("tags", torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device))
+        try:
+            got = runner(kwargs, n)
+        except CaptureError as exc:
+            raise UseError(str(exc)) from None
+        except RuntimeError as exc:  # torch.compile's errors (Dynamo, Inductor) derive from RuntimeError
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise UseError(f"backend {runner.backend} failed on the check structures ({type(exc).__name__}: {first}); use --backend eager") from exc
+        for name, diff in relative_difference(eager(kwargs, n), got).items():
+            if not diff <= rtol:
+                raise UseError(
+                    f"backend {runner.backend} differs from eager on output {name!r} by {diff:.3g} relative (allowed {rtol:g}, "
+                    f"{str(eager.dtype).replace('torch.', '')}, {n} check structure(s)); use --backend eager and report this"
+                )  # fmt: skip
+            worst = max(worst, diff)
+    return worst
+
+
+ACCELERATED_RTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -899,8 +965,8 @@ def _jsonable(value):
 class Predictor:
     """A loaded model ready to predict many inputs (loads once; `run` as often as needed)."""
 
-    def __init__(self, model=None, backend: str = "eager", device="auto", dtype=None, allow_unseen_elements: bool = False):
-        self.runner = load_runner(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements)
+    def __init__(self, model=None, backend: str = "eager", device="auto", dtype=None, allow_unseen_elements: bool = False, cuda_graphs: bool = False):
+        self.runner = load_runner(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements, cuda_graphs=cuda_graphs)
 
     @property
     def info(self) -> ModelInfo:
@@ -925,6 +991,7 @@ def predict(
     max_atoms: int = DEFAULT_MAX_ATOMS,
     progress: bool = False,
     allow_unseen_elements: bool = False,
+    cuda_graphs: bool = False,
 ):
     """Predict every structure of `inputs` (paths, globs, ase.Atoms, Structures) with `model` (directory,
     registry name, `hf-hub:` id, TorchScript file, ZooModel; None: the embedded default).
@@ -932,11 +999,12 @@ def predict(
     Returns a pandas DataFrame, one row per structure (`status`/`error` say which failed and why), outputs
     in columns named with their units, per-atom arrays (forces, atomic energies) as array-valued columns.
     `output` also writes it (.csv, .json or .extxyz). Structures with elements outside the model's training
-    data get an error unless `allow_unseen_elements`.
+    data get an error unless `allow_unseen_elements`. `backend="compile"`
+    and `cuda_graphs` as in load_runner.
     """
     if output is not None:
         check_output(output, OUTPUT_FORMATS)
-    result = Predictor(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements).run(inputs, batch_size=batch_size, max_atoms=max_atoms, progress=progress)
+    result = Predictor(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements, cuda_graphs=cuda_graphs).run(inputs, batch_size=batch_size, max_atoms=max_atoms, progress=progress)
     if output is not None:
         result.write(output)
     return result.frame()
