@@ -170,7 +170,7 @@ def test_metrics_from_training_metadata(trained_dir):
 
 
 def test_cli_list_and_info(registry_file):
-    table = _cli("list", "equiformer-md17-*-l2")
+    table = _cli("list", "equiformer-md17-*-l2", "--wide")  # the default columns fit 80; --wide has outputs and status
     assert table.returncode == 0 and "equiformer-md17-uracil-l2" in table.stdout and "equiformer-qm9-l2" not in table.stdout
     assert "not published yet" in table.stdout and "energy [eV]" in table.stdout
     rows = json.loads(_cli("list", "--json").stdout)

@@ -152,3 +152,18 @@ def test_wrong_npz_layout(tmp_path):
     path = tmp_path / "other.npz"
     np.savez(path, a=np.zeros(3))
     _raises(lambda: read_md_npz(path), path, "unknown npz layout")
+
+
+def test_negative_atom_count_qm9(tmp_path):
+    path = tmp_path / "dsgdb9nsd_000002.xyz"
+    path.write_text("-4\n" + "\n".join(QM9_SAMPLE.read_text().splitlines()[1:]) + "\n")
+    _raises(lambda: read_qm9_xyz(path), f"{path}:1", "number of atoms is -4")
+    _raises(lambda: read_structures(path), f"{path}:1", "number of atoms is -4")
+
+
+def test_binary_garbage_qm9(tmp_path):
+    path = tmp_path / "dsgdb9nsd_000002.xyz"
+    lines = QM9_SAMPLE.read_bytes().split(b"\n")
+    path.write_bytes(b"\n".join(lines[:3]) + b"\n\xff\xfe\x00\x9c binary\x80\n" + bytes(range(256)))
+    _raises(lambda: read_qm9_xyz(path), f"{path}:4", "not text", "re-extract")
+    _raises(lambda: read_structures(path), f"{path}:4", "not text")

@@ -1,5 +1,6 @@
 """OC20: OCP LMDBs read without torch_geometric, safely; PyG 1 and 2 layouts; fairchem ASE-DB."""
 
+import collections
 import json
 import os
 import pickle
@@ -390,3 +391,101 @@ def test_not_an_lmdb(tmp_path):
     path.write_bytes(b"this is not an lmdb file" * 10)
     with pytest.raises(DataError, match="broken.lmdb"):
         read_oc20_lmdb(path)
+
+
+# --- crafted records and damaged files: read in a subprocess, so a crash fails the test --------------
+
+
+class _Reduce:
+    """Pickles as `func(*args)` followed by BUILD(state) when a state is given, as numpy objects do."""
+
+    def __init__(self, func, args, state=None):
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self):
+        return (self.func, self.args) if self.state is None else (self.func, self.args, self.state)
+
+
+def _reconstruct():
+    core = getattr(np, "_core", None) or np.core
+    return core.multiarray._reconstruct
+
+
+def _read_in_subprocess(paths: list[Path]) -> list[str]:
+    """One line per file, from a fresh process reading it: `READ ...` or `<ErrorType>: message`. A
+    crash (SIGSEGV, SIGBUS) fails the test with the signal instead of taking pytest down."""
+    script = (
+        "import sys\n"
+        "from zoo.data import DataError, read_oc20_lmdb\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        print('READ', [x.positions.tolist() for x in read_oc20_lmdb(path)], flush=True)\n"
+        "    except DataError as exc:\n"
+        "        print(type(exc).__name__ + ':', str(exc).replace(chr(10), ' '), flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, paths)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"the reader crashed (exit {proc.returncode}) after {proc.stdout!r}: {proc.stderr[-2000:]}"
+    return proc.stdout.splitlines()
+
+
+def _crafted_records():
+    """(name, value of the record's `pos` field, words the refusal must contain)."""
+    evil = []
+    for offset in (8, 1 << 40):  # just past the 8-byte item: reads the heap; far past it: SIGSEGV
+        field = {"x": (np.dtype("<f8"), offset)}
+        dtype = _Reduce(np.dtype, ("V8", False, True), (3, "|", None, ("x",), field, 8, 1, 16))
+        array = _Reduce(_reconstruct(), (np.ndarray, (0,), b"b"), (1, (6,), dtype, False, bytes(48)))
+        evil.append((f"dtype_field_offset_{offset}", array, "numpy dtype"))
+    evil.append(("object_array", _Reduce(np.ndarray, ((6,), "O")), "numpy.ndarray"))
+    evil.append(("build_on_ordered_dict", _Reduce(collections.OrderedDict, (), {"__class__": "x"}), "BUILD on a OrderedDict"))
+    storage = torch.zeros(6, dtype=torch.float64).storage()
+    view = _Reduce(torch._utils._rebuild_tensor_v2, (storage, 0, (1000, 3), (3, 1), False, collections.OrderedDict()))
+    evil.append(("tensor_view_beyond_storage", view, "beyond its storage"))
+    return evil
+
+
+def test_crafted_numpy_and_tensor_records_are_refused(tmp_path, monkeypatch):
+    """dtype BUILD with a field outside the item, object arrays, BUILD on other objects, tensor views
+    past their storage: each gets one UnsafePickleError naming the file, and nothing crashes."""
+    cases = _crafted_records()
+    paths = []
+    for name, value, _ in cases:
+        with monkeypatch.context() as m:
+            data_mod, _ = _fake_pyg(m)
+            record = pickle.dumps(_pyg1(data_mod, {"pos": value, "atomic_numbers": torch.ones(2)}), protocol=-1)
+        paths.append(tmp_path / f"{name}.lmdb")
+        _write_lmdb(paths[-1], [record])
+    lines = _read_in_subprocess(paths)
+    assert len(lines) == len(cases), lines
+    for (name, _, words), path, line in zip(cases, paths, lines):
+        assert line.startswith("UnsafePickleError:") and str(path) in line and words in line, (name, line)
+
+
+def test_plain_numpy_arrays_and_scalars_still_load(tmp_path, monkeypatch):
+    pos = np.arange(6, dtype=">f4").reshape(2, 3)  # big-endian on purpose: BUILD sets the byte order
+    with monkeypatch.context() as m:
+        data_mod, _ = _fake_pyg(m)
+        fields = {"pos": pos, "atomic_numbers": np.array([1, 8]), "y_relaxed": np.float64(-1.25), "natoms": np.int64(2)}
+        value = pickle.dumps(_pyg1(data_mod, fields), protocol=-1)
+    _write_lmdb(tmp_path / "numpy.lmdb", [value])
+    (s,) = read_oc20_lmdb(tmp_path / "numpy.lmdb")
+    np.testing.assert_array_equal(s.positions, pos.astype(np.float64))
+    assert s.species.tolist() == [1, 8] and s.targets[keys.Y_RELAXED] == -1.25
+
+
+def test_truncated_lmdb_is_one_clear_error_not_sigbus(tmp_path, monkeypatch, emt_systems):
+    with monkeypatch.context() as m:
+        data_mod, _ = _fake_pyg(m)
+        values = [pickle.dumps(_pyg1(data_mod, f), protocol=-1) for f in emt_systems] * 4
+    full = tmp_path / "full.lmdb"
+    _write_lmdb(full, values)
+    data = full.read_bytes()
+    cuts = []
+    for keep in (len(data) // 2, len(data) - 4096, 8192, 100):
+        cuts.append(tmp_path / f"cut_{keep}.lmdb")
+        cuts[-1].write_bytes(data[:keep])
+    *cut_lines, full_line = _read_in_subprocess([*cuts, full])
+    for path, line in zip(cuts, cut_lines):
+        assert line.startswith("DataError:") and str(path) in line, line
+        assert "truncated" in line or "too short" in line, line
+    assert full_line.startswith("READ")

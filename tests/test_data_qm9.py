@@ -112,7 +112,7 @@ def qm9pack_dataset(tmp_path_factory):
 
 @needs_qm9pack
 def test_qm9pack_has_all_characterized_molecules(qm9pack_dataset):
-    dataset, seconds = qm9pack_dataset
+    dataset, _ = qm9pack_dataset
     assert len(dataset) == QM9_N_MOLECULES == dataset.manifest["n_structures"]
     index = np.asarray(dataset._arrays["index"])
     assert np.all(np.diff(index) > 0)
@@ -132,7 +132,6 @@ def test_qm9pack_has_all_characterized_molecules(qm9pack_dataset):
         "G": "eV",
         "Cv": "cal/mol/K",
     }
-    assert seconds < 60
 
 
 @needs_qm9pack

@@ -139,6 +139,9 @@ def test_overrides_and_short_keys():
         (["noequals"], "expected KEY=VALUE"),
         (["device=gpu"], "device must be auto, cpu, cuda or cuda:N"),
         (["optim.betas=[0.9]"], "optim.betas must be two numbers"),
+        (["optim.amp=true", "model.dtype=float64"], "optim.amp (bf16 autocast) needs model.dtype float32"),
+        (["optim.tf32=true", "model.dtype=float64"], "optim.tf32 (TF32 matrix products on CUDA) needs model.dtype float32"),
+        (["optim.tf32=2"], "optim.tf32 must be true or false"),
     ],
 )
 def test_bad_overrides_name_the_key(sets, message):
@@ -184,3 +187,13 @@ def test_cli_dry_run_and_errors():
     assert broken.exit_code == 2 and "cannot be built" in broken.output
     listed = runner.invoke(app, ["recipes"])
     assert listed.exit_code == 0 and "md17/l3/uracil" in listed.output
+
+
+def test_precision_switches_are_explicit_and_recorded():
+    from zoo.train import dump_recipe
+
+    plain = load_recipe("md17/l2/aspirin")
+    assert plain["optim"]["amp"] is False and plain["optim"]["tf32"] is False
+    fast = load_recipe("md17/l2/aspirin", ["optim.amp=true", "tf32=true"])
+    assert fast["optim"]["amp"] is True and fast["optim"]["tf32"] is True
+    assert "tf32: true" in dump_recipe(fast) and "amp: true" in dump_recipe(fast)

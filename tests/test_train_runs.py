@@ -105,6 +105,8 @@ def test_qm9_small_model_fits_64_real_molecules(qm9_cache, tmp_path):
     config = read_config(run / "model")
     meta = config["metadata"]
     assert meta["recipe"] == recipe and meta["dataset"]["sizes"] == {"train": 64, "val": 16, "test": 16}
+    train_split = PreparedDataset(qm9_cache / "prepared" / "qm9").split("train").subset(np.arange(64))
+    assert meta["elements"] == sorted({int(z) for s in train_split for z in s.species})  # the elements the model saw
     assert meta["environment"]["torch"] == torch.__version__ and meta["hardware"]["processes"] == 1 and meta["wall_time_s"] > 0
     (target,) = config["targets"]
     assert (target["name"], target["unit"]) == ("gap", "eV")

@@ -22,9 +22,12 @@ def _one_thread():
 
 def test_cli_bench_compare_writes_the_documented_fields(tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", "--model", model_dir("md17"), "--batch-size", "2", "--warmup", "1", "--repeats", "2", "--compare", "--train", "-o", out)
+    proc = run_cli("bench", "--model", model_dir("md17"), "--batch-size", "2", "--warmup", "1", "--repeats", "2", "--compare", "--train", "-o", out,
+                   env={"COLUMNS": "80"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "torchscript" in proc.stdout and "vs eager" in proc.stdout
+    table = proc.stdout.split("workload:")[0].splitlines()  # title, table and hints (the file path after them may be long)
+    assert max(len(line) for line in table) <= 80 and "…" not in proc.stdout  # the default columns fit a terminal
     payload = json.loads(out.read_text())
     assert payload["fields"] == list(BENCH_FIELDS) and payload["machine"]["torch"] == torch.__version__
     rows = pd.DataFrame(payload["rows"])
@@ -50,7 +53,7 @@ def test_variant_bench_and_errors_per_row():
     assert onnx["status"] == "error" and "exported file" in onnx["error"] and np.isnan(onnx["median_ms"])
     with pytest.raises(UseError, match="unknown suite"):
         bench(suite="issue9")
-    assert {task for _, task, _ in SUITES["issue8"]} == {"inference", "train_step", "latency"}
+    assert {task for _, task, _ in SUITES["speed"]} == {"inference", "train_step", "latency"}
 
 
 def test_workloads_are_real_geometries(shared_data):
@@ -60,3 +63,17 @@ def test_workloads_are_real_geometries(shared_data):
     oc20 = load_runner(model_dir("oc20")).info
     slabs, label = workload(oc20)
     assert slabs[0].n_atoms == 68 and sorted(set(slabs[0].tags.tolist())) == [0, 1, 2] and "oc20_adslab" in label
+
+
+def test_profile_counts_operators_and_cuda_only_backends_say_why():
+    frame = bench(model_dir("md17"), tasks=("latency",), backends=("eager", "cuda-graphs"), device="cpu", warmup=0, repeats=1, profile=True)
+    eager, graphs = frame.iloc[0], frame.iloc[1]
+    assert eager["status"] == "ok" and eager["aten_calls"] > 100 and np.isnan(eager["gpu_kernels"])  # no CUDA counters on the CPU
+    assert graphs["status"] == "error" and "needs a CUDA device" in graphs["error"]
+
+
+def test_speed_suite_has_the_speed_table_cases():
+    assert set(SUITES["speed"]) == {
+        ("qm9-l2", "inference", 128), ("qm9-l2", "train_step", 128), ("md17-l2", "latency", 1), ("md17-l3", "latency", 1),
+        ("md17-l2", "train_step", 8), ("oc20-l1", "inference", 16), ("oc20-l1", "train_step", 16),
+    }  # fmt: skip

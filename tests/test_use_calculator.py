@@ -113,11 +113,28 @@ def test_torchscript_file_and_energy_only_models(tmp_path, shared_data):
     assert b.get_potential_energy() == pytest.approx(a.get_potential_energy(), abs=1e-9)
     np.testing.assert_allclose(b.get_forces(), a.get_forces(), atol=1e-10)
     slab = ase.io.read(shared_data / "oc20" / "oc20_adslab_frame.json")
-    slab.calc = EquiformerCalculator(model_dir("oc20"))
+    slab.calc = EquiformerCalculator(model_dir("oc20"), target="energy")
     assert np.isfinite(slab.get_potential_energy())
     with pytest.raises(PropertyNotImplementedError):
         slab.get_forces()
     molecule = _aspirin()
-    molecule.calc = EquiformerCalculator(model_dir("oc20"))
+    molecule.calc = EquiformerCalculator(model_dir("oc20"), target="energy")
     with pytest.raises(CalculationFailed, match="periodic"):
         molecule.get_potential_energy()
+
+
+def test_a_calculator_needs_an_energy_model_or_an_explicit_target():
+    """The embedded default predicts the QM9 HOMO-LUMO gap in eV: not a potential energy, so it is refused
+    unless the caller names the output to report as energy."""
+    from ase.build import molecule
+
+    from zoo.predict import UseError
+
+    with pytest.raises(UseError, match=r"predicts gap \[eV\], not a potential energy with forces.*target="):
+        EquiformerCalculator()
+    water = molecule("H2O")
+    water.calc = EquiformerCalculator(target="gap")
+    assert 0.0 < water.get_potential_energy() < 30.0
+    with pytest.raises(PropertyNotImplementedError):
+        water.get_forces()
+

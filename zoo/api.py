@@ -10,8 +10,10 @@ import torch
 
 
 def resolve(spec: Union[str, Path]) -> Path:
-    """A local model directory for `spec`: an existing directory, or (through zoo.hub) a registry name
-    or Hub id fetched at its pinned revision and verified."""
+    """A local model directory for `spec`: an existing directory, or (through zoo.hub.pull) a registry
+    name or Hub id, holding only files whose sha256 was verified. A registry name is looked for at its
+    pinned Hub revision, in the installed model distribution `equizoo-models`, in $EQUIZOO_RELEASES and in
+    a source checkout's releases/, in that order."""
     path = Path(spec).expanduser()
     if path.is_dir():
         return path

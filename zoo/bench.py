@@ -6,7 +6,14 @@ built once beforehand (its cost is reported as `graph_ms`); `max_abs_diff_vs_eag
 faster backend still gives the eager outputs. Tasks:
 - `inference`: forward at `batch_size` (energy + forces for force fields, as predict runs them);
 - `latency`: the same at batch size 1;
-- `train_step`: forward (forces with create_graph), L1 loss, backward and an AdamW step, eager only.
+- `train_step`: forward (forces with create_graph), L1 loss, backward and an AdamW step (eager and
+  compile; CUDA-graph backends replay inference only).
+
+Backends: those of zoo.predict.load_runner, plus `cuda-graphs` (the eager model replayed as CUDA graphs on
+padded inputs) and `compile+cuda-graphs`; accelerated backends are checked against eager when made.
+`profile=True` (CLI `--profile`) adds, per call, the aten operators torch.profiler records and, on CUDA,
+the GPU kernels, the host's kernel/graph launch calls and the time the GPU was busy (union of its
+kernel and copy intervals), from one profiled call after the timed ones.
 
 Workloads are real geometries where available: 512 random QM9 molecules (from the prepared QM9 cache or
 qm9pack), MD17 aspirin frames, the OC20 adslab tiled to 68 atoms (from $EQUIZOO_SHARED_DATA / the
@@ -15,9 +22,9 @@ repeated to fill a batch; without them, ASE-built geometries (ase.collections.g2
 slab with CO), labelled so in `workload`. `structures=` (CLI `--structures FILE`) overrides.
 
 A variant name (`equizoo variants`) as the model benches a randomly initialised network of that variant.
-The `issue8` suite gives the rows of the speed table: QM9 L2 inference and training step at batch 128,
-MD17 L2 energy+forces at batch 64, MD17 L2 and L3 latency for one molecule, OC20 L1 inference and
-training step at batch 16 of 68-atom slabs.
+The `speed` suite gives the rows of the speed table (docs/performance-notes.md): QM9 L2 inference and
+training step at batch 128, MD17 L2 and L3 energy+forces for one molecule (latency), MD17 L2 training
+step at batch 8, OC20 L1 inference and training step at batch 16 of 68-atom slabs.
 """
 
 from __future__ import annotations
@@ -37,34 +44,39 @@ import torch
 from zoo import keys
 from zoo.data import DataError, Structure
 from zoo.models.zoo_model import TargetInfo, ZooModel
-from zoo.predict import EXPORT_FILES, ModelInfo, Runner, UseError, atomic_write, check_structure, load_runner, model_inputs, parse_dtype, pick_device
+from zoo.io import atomic_write
+from zoo.predict import EXPORT_FILES, ModelInfo, Runner, UseError, accelerated_runner, check_structure, load_runner, model_inputs, parse_dtype, pick_device
+from zoo.registry import checkout_root
 
 BENCH_FIELDS = (
     "model", "variant", "backend", "task", "status", "error", "device", "device_name", "dtype", "batch_size",
     "atoms_per_batch", "edges_per_batch", "forces", "workload", "warmup", "repeats", "median_ms", "iqr_ms",
     "min_ms", "max_ms", "structures_per_s", "atoms_per_s", "graph_ms", "peak_memory_mb", "memory_kind",
-    "speedup_vs_eager", "max_abs_diff_vs_eager", "torch", "threads", "cpu",
+    "speedup_vs_eager", "max_abs_diff_vs_eager", "aten_calls", "gpu_kernels", "kernel_launches", "gpu_busy_ms",
+    "torch", "threads", "cpu",
 )  # fmt: skip
 TASKS = ("inference", "latency", "train_step")
-BENCH_BACKENDS = ("eager", "torchscript", "compile", "aoti", "onnx")
+BENCH_BACKENDS = ("eager", "torchscript", "compile", "cuda-graphs", "compile+cuda-graphs", "aoti", "onnx")
+TRAIN_BACKENDS = ("eager", "compile")
 SUITES = {
-    "issue8": (
+    "speed": (
         ("qm9-l2", "inference", 128),
         ("qm9-l2", "train_step", 128),
-        ("md17-l2", "inference", 64),
         ("md17-l2", "latency", 1),
         ("md17-l3", "latency", 1),
+        ("md17-l2", "train_step", 8),
         ("oc20-l1", "inference", 16),
         ("oc20-l1", "train_step", 16),
     )
 }
-REPO = Path(__file__).resolve().parents[1]
+REPO = checkout_root()  # examples/ and ../shared/data of a source checkout; None in an ordinary install
 
 
 # ---------------------------------------------------------------------------------------------- workloads
 def _shared_data() -> Optional[Path]:
-    root = Path(os.environ.get("EQUIZOO_SHARED_DATA", REPO.parent / "shared" / "data"))
-    return root if root.is_dir() else None
+    env = os.environ.get("EQUIZOO_SHARED_DATA")
+    root = Path(env) if env else (REPO.parent / "shared" / "data" if REPO is not None else None)
+    return root if root is not None and root.is_dir() else None
 
 
 def _kind(info: ModelInfo) -> str:
@@ -224,15 +236,6 @@ def _is_variant(spec) -> bool:
     return isinstance(spec, str) and not Path(spec).expanduser().exists() and spec in list_variants()
 
 
-def _compiled_runner(model: ZooModel, info: ModelInfo, device: torch.device, dtype: torch.dtype) -> Runner:
-    """torch.compile of the eager model (forces traced through autograd.grad where torch supports it)."""
-    import torch._dynamo
-
-    if hasattr(torch._dynamo.config, "trace_autograd_ops"):
-        torch._dynamo.config.trace_autograd_ops = True
-    return Runner(torch.compile(model, dynamic=True), info, "compile", device, dtype, grad=True, virial_attr=False)
-
-
 @dataclasses.dataclass
 class _Model:
     """The model under test, loaded once per bench: its spec, the eager runner (also used by compile and
@@ -242,6 +245,7 @@ class _Model:
     name: str
     variant: str
     eager: Runner
+    runners: dict = dataclasses.field(default_factory=dict)
 
     @property
     def info(self) -> ModelInfo:
@@ -258,12 +262,17 @@ class _Model:
         return cls(spec, runner.info.name, ",".join(runner.info.variants), runner)
 
     def runner(self, backend: str) -> Runner:
-        device, dtype = self.eager.device, self.eager.dtype
+        """The runner of `backend`, made once (a compile or CUDA-graph capture is reused across tasks)."""
         if backend == "eager":
             return self.eager
-        if backend == "compile":
-            return _compiled_runner(self.eager.module, self.info, device, dtype)
-        return load_runner(self.spec, backend=backend, device=device, dtype=dtype)
+        if backend not in self.runners:
+            if backend in ("compile", "cuda-graphs", "compile+cuda-graphs"):
+                if "cuda-graphs" in backend and self.eager.device.type != "cuda":
+                    raise UseError(f"backend {backend} needs a CUDA device (the device is {self.eager.device})")
+                self.runners[backend] = accelerated_runner(self.eager, compile="compile" in backend, cuda_graphs="cuda-graphs" in backend)
+            else:
+                self.runners[backend] = load_runner(self.spec, backend=backend, device=self.eager.device, dtype=self.eager.dtype)
+        return self.runners[backend]
 
 
 # ---------------------------------------------------------------------------------------------- cases
@@ -271,14 +280,17 @@ def _batch(structures: list[Structure], size: int) -> list[Structure]:
     return [structures[i % len(structures)] for i in range(size)]
 
 
-def _train_step_fn(model: ZooModel, inputs: dict, n: int):
+def _train_step_fn(model: ZooModel, inputs: dict, n: int, compile: bool = False):
+    from zoo.accel import compile_model
+
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     energy = model.energy_target
+    forward = compile_model(model) if compile else model
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        out = model(**inputs, num_graphs=n)
+        out = forward(**inputs, num_graphs=n)
         loss = sum(out[t.name].abs().mean() for t in model.targets)
         if energy and keys.FORCES in out:
             loss = loss + out[keys.FORCES].abs().mean()
@@ -299,7 +311,42 @@ def _row_base(m: _Model, backend: str, task: str, device: torch.device, dtype: t
     return row
 
 
-def bench_case(m: _Model, backend: str, task: str, batch_size: int, structures: list[Structure], label: str, warmup: int, repeats: int, mach: dict) -> dict:
+def profile_call(fn, device: torch.device) -> dict:
+    """One call of `fn` under torch.profiler: aten operators (nested ones included) and, on CUDA, GPU
+    kernels, host launch calls (kernel and CUDA-graph launches) and GPU-busy milliseconds."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        fn()
+        _sync(device)
+    events = prof.events()
+    out = {"aten_calls": sum(1 for e in events if e.name.startswith("aten::"))}
+    if cuda:
+        on_gpu = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
+        out["gpu_kernels"] = sum(1 for e in on_gpu if not e.name.startswith(("Memcpy", "Memset")))
+        out["kernel_launches"] = sum(1 for e in events if e.name in LAUNCH_CALLS)
+        out["gpu_busy_ms"] = _union_ms([(e.time_range.start, e.time_range.end) for e in on_gpu])
+    return out
+
+
+LAUNCH_CALLS = frozenset({"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchCooperativeKernel", "cudaGraphLaunch"})
+
+
+def _union_ms(intervals: list) -> float:
+    """Total length of the union of (start, end) microsecond intervals, in ms."""
+    total, end = 0.0, -math.inf
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total / 1000
+
+
+def bench_case(m: _Model, backend: str, task: str, batch_size: int, structures: list[Structure], label: str, warmup: int, repeats: int, mach: dict, profile: bool = False) -> dict:
     """One measured row (status `error` with the reason when the backend cannot run it)."""
     device, dtype = m.eager.device, m.eager.dtype
     size = 1 if task == "latency" else batch_size
@@ -312,11 +359,11 @@ def bench_case(m: _Model, backend: str, task: str, batch_size: int, structures: 
         row["atoms_per_batch"] = int(sum(s.n_atoms for s in batch))
         row["edges_per_batch"] = int(inputs["edge_index"].shape[1])
         if task == "train_step":
-            if backend != "eager":
-                raise UseError("training steps are measured on the eager backend only")
+            if backend not in TRAIN_BACKENDS:
+                raise UseError(f"training steps are measured on the {' and '.join(TRAIN_BACKENDS)} backends only")
             import copy
 
-            fn = _train_step_fn(copy.deepcopy(m.eager.module), inputs, n)
+            fn = _train_step_fn(copy.deepcopy(m.eager.module), inputs, n, compile=backend == "compile")
         else:
             runner = m.runner(backend)
 
@@ -326,6 +373,8 @@ def bench_case(m: _Model, backend: str, task: str, batch_size: int, structures: 
         _memory_reset(device)
         times = time_calls(fn, device, warmup, repeats)
         peak, kind = _memory_peak(device)
+        if profile:
+            row.update(profile_call(fn, device))
         if task != "train_step":
             row["max_abs_diff_vs_eager"] = 0.0 if backend == "eager" else _max_difference(m.eager(inputs, n), runner(inputs, n))
     except (UseError, ArithmeticError, RuntimeError, ValueError, DataError, ImportError, NotImplementedError, torch.cuda.OutOfMemoryError) as exc:
@@ -370,12 +419,14 @@ def bench(
     structures=None,
     suite: Optional[str] = None,
     progress: bool = False,
+    profile: bool = False,
 ):
     """Benchmark rows (a DataFrame with BENCH_FIELDS) for `model` (directory, registry name, variant name,
     ZooModel; None: the embedded default) or for every case of `suite`.
 
     `compare` runs eager, TorchScript (+ torch.compile with `compile`, + AOTInductor/ONNX when the model
-    directory has those exports) in this one process and fills `speedup_vs_eager`.
+    directory has those exports) in this one process and fills `speedup_vs_eager`. `profile` fills
+    aten_calls (and on CUDA gpu_kernels, kernel_launches, gpu_busy_ms) per call.
     """
     import pandas as pd
 
@@ -406,7 +457,7 @@ def bench(
         m, structs, label = loaded[key]
         names = _compare_backends(m, compile) if compare else list(backends) + (["compile"] if compile and "compile" not in backends else [])
         for backend in names:
-            if task == "train_step" and backend != "eager":
+            if task == "train_step" and backend not in TRAIN_BACKENDS:
                 continue
             plan.append((m, backend, task, size, structs, label))
     rows = []
@@ -418,7 +469,7 @@ def bench(
         bar.start()
     try:
         for m, backend, task, size, structs, label in plan:
-            rows.append(bench_case(m, backend, task, size, structs, label, warmup, repeats, mach))
+            rows.append(bench_case(m, backend, task, size, structs, label, warmup, repeats, mach, profile=profile))
             if bar is not None:
                 bar.advance(job)
     finally:
@@ -451,4 +502,4 @@ def write_bench(frame, path) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n"))
 
 
-__all__ = ["BENCH_BACKENDS", "BENCH_FIELDS", "SUITES", "TASKS", "bench", "bench_case", "machine", "time_calls", "workload", "write_bench"]
+__all__ = ["BENCH_BACKENDS", "BENCH_FIELDS", "SUITES", "TASKS", "bench", "bench_case", "machine", "profile_call", "time_calls", "workload", "write_bench"]

@@ -3,6 +3,7 @@
     from zoo.calculators import EquiformerCalculator
     atoms.calc = EquiformerCalculator("path/to/model_dir", dtype="float64")      # or a ZooModel, a registry name
     atoms.calc = EquiformerCalculator.from_torchscript("model.torchscript.pt")   # an exported file
+    atoms.calc = EquiformerCalculator(model_dir, device="cuda", backend="compile", cuda_graphs=True)  # fast MD
 
 Forces are -dE/dx and stress is -virial / volume (virial = -dE/dstrain), both from autograd inside the
 model, so they are consistent with the energy; usable in ASE MD and relaxations (also with cell filters).
@@ -44,9 +45,13 @@ def _fixed_mask(atoms) -> Optional[np.ndarray]:
 class EquiformerCalculator(Calculator):
     """ASE calculator around an equizoo model (any spec zoo.predict.load_runner accepts).
 
-    `dtype="float64"` is recommended for MD and tight relaxations. `target` picks the energy output of a
-    model without forces (e.g. an OC20 model); energies are converted to eV when the model uses another
-    energy unit.
+    `dtype="float64"` is recommended for MD and tight relaxations. The model must predict a potential
+    energy with forces (an MD17-style force field); for any other model `target` must name the output to
+    report as ASE's energy explicitly (e.g. an OC20 model's adsorption energy), since a QM9 gap in eV is
+    not a potential energy. Energies are converted to eV when the model uses another energy unit.
+    Structures with elements outside the model's training data raise unless `allow_unseen_elements`.
+    `backend="compile"` runs torch.compile, `cuda_graphs=True` replays CUDA graphs on padded inputs (small
+    systems on a GPU; see zoo.accel).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -58,20 +63,24 @@ class EquiformerCalculator(Calculator):
         device="auto",
         dtype=None,
         backend: str = "eager",
+        cuda_graphs: bool = False,
         skin: float = 0.0,
         target: Optional[str] = None,
+        allow_unseen_elements: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if skin < 0:
             raise UseError(f"skin must be >= 0 Å, got {skin}")
-        self.runner: Runner = load_runner(model, backend=backend, device=device, dtype=dtype)
+        self.runner: Runner = load_runner(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements, cuda_graphs=cuda_graphs)
         info = self.runner.info
-        if target is None:
-            energy_like = [t.name for t in info.targets if t.unit in ("eV", "meV", "kcal/mol", "kJ/mol", "Hartree", "Ha")]
-            target = info.energy_target or (energy_like[0] if len(energy_like) == 1 else "")
+        target = target or info.energy_target
         if not target:
-            raise UseError(f"model {info.name} has no energy output with forces; pass target= one of {[t.name for t in info.targets]}")
+            raise UseError(
+                f"model {info.name} predicts {', '.join(t.name + ' [' + t.unit + ']' for t in info.targets)}, not a potential energy with forces; "
+                "an ASE calculator needs a force-field model (e.g. EquiformerCalculator('equiformer-md17-ethanol-l2-small-cpu')), "
+                f"or name the output to report as energy explicitly with target= (one of {[t.name for t in info.targets]})"
+            )
         self.target = info.target(target)
         try:
             self.to_ev = energy_factor(self.target.unit)
@@ -103,7 +112,7 @@ class EquiformerCalculator(Calculator):
             tags=atoms.get_tags() if needs_tags and "tags" in atoms.arrays else None,
             fixed=_fixed_mask(atoms) if needs_tags else None,
         )
-        checked, reason = check_structure(structure, self.runner.info)
+        checked, reason = check_structure(structure, self.runner.info, self.runner.allow_unseen_elements)
         if checked is None:
             raise CalculationFailed(f"EquiformerCalculator: {atoms.get_chemical_formula()}: {reason}")
         return checked

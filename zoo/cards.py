@@ -1,25 +1,157 @@
-"""Model cards: `README.md` of a model directory, rendered from `cards/model_card.md` with huggingface_hub's
-`ModelCard` / `ModelCardData` / `EvalResult`.
+"""Model cards: `README.md` of a model directory, rendered from the packaged template
+`zoo/templates/model_card.md` with huggingface_hub's `ModelCard` / `ModelCardData` / `EvalResult`.
 
 The YAML front matter carries library_name (equizoo), license, tags, datasets and a `model-index` with the
-measured metrics per split; the body says what the model predicts (units), how it was trained (dataset,
-recipe, hardware, time), its measured results next to the paper's numbers, its exports and how far each
-deviates from eager, intended use and limits, how to load it from Python, C++ and LAMMPS, and the
-citation. Everything comes from `config.json` (its `metadata`), `exports.json` and the registry entry:
-nothing is claimed that is not recorded there.
+measured metrics per split; the body says what the model predicts (units), its training data (level of
+theory, elements covered and what happens outside them, the data's licence and citation), how it was
+trained (recipe, hardware, time), its measured results next to the paper's numbers, precision and cutoff,
+every file with its size and sha256, its exports and how far each deviates from eager, licences, intended
+use and limits, how to load it from Python, C++ and LAMMPS, and the citations. Everything comes from
+`config.json` (its `metadata`), `exports.json`, the files themselves, the registry entry and the dataset
+facts below: nothing is claimed that is not recorded there.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Union
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "cards" / "model_card.md"
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 CARD = "README.md"
 LIBRARY = "equizoo"
+UNSEEN_FLAG = "--allow-unseen-elements"
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What a card states about a training dataset: its public name and where to get it, the level of
+    theory of its labels, its licence and how to cite it."""
+
+    title: str
+    level_of_theory: str
+    licence: str
+    source: str
+    citation: str
+
+
+_CHMIELA2017 = r"""@article{chmiela2017machine,
+  title   = {Machine learning of accurate energy-conserving molecular force fields},
+  author  = {Chmiela, Stefan and Tkatchenko, Alexandre and Sauceda, Huziel E. and Poltavsky, Igor and Sch{\"u}tt, Kristof T. and M{\"u}ller, Klaus-Robert},
+  journal = {Science Advances},
+  volume  = {3},
+  number  = {5},
+  pages   = {e1603015},
+  year    = {2017},
+  doi     = {10.1126/sciadv.1603015}
+}"""
+_QM9 = """@article{ramakrishnan2014quantum,
+  title   = {Quantum chemistry structures and properties of 134 kilo molecules},
+  author  = {Ramakrishnan, Raghunathan and Dral, Pavlo O. and Rupp, Matthias and von Lilienfeld, O. Anatole},
+  journal = {Scientific Data},
+  volume  = {1},
+  pages   = {140022},
+  year    = {2014},
+  doi     = {10.1038/sdata.2014.22}
+}
+@article{ruddigkeit2012enumeration,
+  title   = {Enumeration of 166 Billion Organic Small Molecules in the Chemical Universe Database GDB-17},
+  author  = {Ruddigkeit, Lars and van Deursen, Ruud and Blum, Lorenz C. and Reymond, Jean-Louis},
+  journal = {Journal of Chemical Information and Modeling},
+  volume  = {52},
+  number  = {11},
+  pages   = {2864--2875},
+  year    = {2012},
+  doi     = {10.1021/ci300415d}
+}"""
+_RMD17 = """@article{christensen2020role,
+  title   = {On the role of gradients for machine learning of molecular energies and forces},
+  author  = {Christensen, Anders S. and von Lilienfeld, O. Anatole},
+  journal = {Machine Learning: Science and Technology},
+  volume  = {1},
+  number  = {4},
+  pages   = {045018},
+  year    = {2020},
+  doi     = {10.1088/2632-2153/abba6f}
+}"""
+_OC20 = """@article{chanussot2021open,
+  title   = {Open Catalyst 2020 (OC20) Dataset and Community Challenges},
+  author  = {Chanussot, Lowik and Das, Abhishek and Goyal, Siddharth and Lavril, Thibaut and Shuaibi, Muhammed and Riviere, Morgane and Tran, Kevin and Heras-Domingo, Javier and Ho, Caleb and Hu, Weihua and Palizhati, Aini and Sriram, Anuroop and Wood, Brandon and Yoon, Junwoong and Parikh, Devi and Zitnick, C. Lawrence and Ulissi, Zachary},
+  journal = {ACS Catalysis},
+  volume  = {11},
+  number  = {10},
+  pages   = {6059--6072},
+  year    = {2021},
+  doi     = {10.1021/acscatal.0c04525}
+}"""
+DATASETS = {
+    "qm9": DatasetFacts(
+        "QM9 (Ramakrishnan et al. 2014), 130,831 characterised molecules of GDB-17 with up to 9 heavy atoms (C, N, O, F)",
+        "DFT B3LYP/6-31G(2df,p) (Gaussian 09), geometries relaxed at the same level",
+        "CC0 1.0 (the authors' figshare deposit); read here through the PyPI package qm9pack 1.0.3 (MIT)",
+        "figshare doi:10.6084/m9.figshare.c.978904, or `pip install qm9pack==1.0.3`",
+        _QM9,
+    ),
+    "md17": DatasetFacts(
+        "MD17 (Chmiela et al. 2017), molecular-dynamics trajectories of small organic molecules at 500 K",
+        "DFT PBE+vdW-TS (FHI-aims)",
+        "no licence is stated by its distributors (sgdml.org, quantum-machine.org) nor by MDBENCHGNN, whose split files were used; "
+        "cite the authors",
+        "md17_MOLECULE.npz from sgdml.org; the train/val/test split files (train.npz, val.npz, test.npz) of MDBENCHGNN, "
+        "github.com/M3RG-IITD/MDBENCHGNN, folder Datasets/md17/MOLECULE",
+        _CHMIELA2017,
+    ),
+    "rmd17": DatasetFacts(
+        "revised MD17 (Christensen & von Lilienfeld 2020): 100,000 MD17 geometries per molecule recomputed",
+        "DFT PBE/def2-SVP (ORCA)",
+        "as stated on its figshare deposit (doi:10.6084/m9.figshare.12672038)",
+        "figshare doi:10.6084/m9.figshare.12672038",
+        _RMD17,
+    ),
+    "oc20": DatasetFacts(
+        "Open Catalyst 2020 (OC20), adsorbates on inorganic catalyst slabs",
+        "DFT RPBE (VASP, PAW)",
+        "CC BY 4.0",
+        "fairchem's DATASET.md (is2res_train_val_test_lmdbs.tar.gz)",
+        _OC20,
+    ),
+}
+
+
+def is_local_path(text: object) -> bool:
+    """Whether a recorded string names a path of some machine (which a public card must not show)."""
+    return isinstance(text, str) and (os.path.isabs(text) or text.startswith(("./", "../", "~")))
+
+
+def dataset_kind(name: str) -> Optional[str]:
+    """The DATASETS key of a prepared dataset's name (qm9, md17-aspirin, rmd17-ethanol, oc20-is2re)."""
+    head = str(name or "").lower().split("-", 1)[0].split(":", 1)[0]
+    return head if head in DATASETS else ("oc20" if head.startswith("oc20") else None)
+
+
+def dataset_facts(metadata: dict) -> Optional[DatasetFacts]:
+    ds = metadata.get("dataset") if isinstance(metadata.get("dataset"), dict) else {}
+    kind = dataset_kind(str(ds.get("name") or ""))
+    if kind is None:
+        return None
+    facts = DATASETS[kind]
+    molecule = str(ds.get("name", "")).split("-", 1)[1] if kind in ("md17", "rmd17") and "-" in str(ds.get("name", "")) else None
+    if molecule:
+        facts = DatasetFacts(facts.title, facts.level_of_theory, facts.licence, facts.source.replace("MOLECULE", molecule), facts.citation)
+    return facts
+
+
+def code_licence() -> str:
+    """The licence of equizoo's code, as its installed distribution states it."""
+    from importlib import metadata
+
+    try:
+        meta = metadata.metadata("equizoo")
+    except metadata.PackageNotFoundError:
+        return "unknown (equizoo is not installed as a distribution)"
+    return str(meta.get("License-Expression") or meta.get("License") or "MIT")
 
 _TO_PAPER = {("eV", "meV"): 1000.0, ("eV/Å", "meV/Å"): 1000.0, ("eV/A", "meV/Å"): 1000.0}
 
@@ -76,6 +208,38 @@ def _elements(types: List[str]) -> str:
     return f"{len(types)} element types ({types[0]} ... {types[-1]}, in atomic-number order)"
 
 
+def _covered(metadata: dict) -> Optional[str]:
+    """'H, C, O (Z = 1, 6, 8)' from metadata.elements (atomic numbers seen in the training data)."""
+    from ase.data import chemical_symbols
+
+    numbers = metadata.get("elements")
+    if not isinstance(numbers, list) or not numbers or not all(isinstance(z, int) and 0 < z < len(chemical_symbols) for z in numbers):
+        return None
+    numbers = sorted(numbers)
+    return f"{', '.join(chemical_symbols[z] for z in numbers)} (Z = {', '.join(str(z) for z in numbers)})"
+
+
+def _files(model_dir: Path) -> List[dict]:
+    """Size and sha256 of every file of the directory but the card itself and the manifest (which hash it)."""
+    from zoo.hub.manifest import MANIFEST, hash_files
+
+    return [{"path": name, "size": f"{info['size']:,}", "sha256": info["sha256"]} for name, info in hash_files(model_dir).items() if name not in (CARD, MANIFEST)]
+
+
+def _precision(config: dict, exports: List[dict]) -> List[tuple]:
+    first = next(iter(config["networks"].values()))
+    cap = first.get("max_neighbors")
+    layers = max(n.get("num_layers", 1) for n in config["networks"].values())
+    rows = [("weights (`model.safetensors`)", str(config.get("dtype", "float32")))]
+    rows += [(f"export `{e['path']}` ({e['format']}, {e['device']})", str(e["dtype"])) for e in exports]
+    rows += [
+        ("cutoff r_max", f"{first['r_max']:g} Å"),
+        ("neighbour cap", f"the {cap} nearest neighbours within r_max" if cap else "none: every neighbour within r_max"),
+        ("receptive field", f"(layers + 1) x r_max = {(layers + 1) * first['r_max']:g} Å"),
+    ]
+    return rows
+
+
 def _training(metadata: dict) -> List[tuple]:
     rows: List[tuple] = []
     ds = metadata.get("dataset") or {}
@@ -88,7 +252,7 @@ def _training(metadata: dict) -> List[tuple]:
             text += "; " + ", ".join(f"{v:,} {k}" for k, v in sizes.items() if isinstance(v, int))
         if ds.get("split_rule"):
             text += f"; split: {ds['split_rule']}"
-        if ds.get("source"):
+        if ds.get("source") and not is_local_path(ds["source"]):
             text += f"; source: {ds['source']}"
         rows.append(("data", text.strip(", ")))
     recipe = metadata.get("recipe") or {}
@@ -163,6 +327,10 @@ def _limits(config: dict, entry, measured: list, dataset: str) -> List[str]:
         f"Neighbours within r_max = {first['r_max']:g} Å; the receptive field is (layers + 1) x r_max = {(layers + 1) * first['r_max']:g} Å, "
         "which LAMMPS runs on several MPI ranks must cover with ghost atoms (`graph ghosts`)."
     )
+    covered = _covered(config.get("metadata") or {})
+    if covered:
+        out.append(f"Elements: trained on {covered} only. Structures with any other element are refused unless {UNSEEN_FLAG} is given, "
+                   "and what it predicts for them then is untested extrapolation.")  # fmt: skip
     out.append("Exports run in the dtype they were exported in; float32 outputs differ from float64 ones at the 1e-5 relative level.")
     return out
 
@@ -210,6 +378,7 @@ def card_context(model_dir: Union[str, Path], entry=None) -> tuple:
             exports.append({**rec, "max_abs_error": f"{rec['max_abs_error']:.1e}", "tolerance": f"{rec['tolerance']:.0e}"})
     params = _param_count(model_dir)
     evaluation = metadata.get("evaluation") if isinstance(metadata.get("evaluation"), dict) else {}
+    facts = dataset_facts(metadata)
     lammps = "C H O" if {"C", "H", "O"} <= set(types) else " ".join(types[:3])
     load_spec = entry.name if entry is not None and entry.published else (entry.hub_id if entry is not None and entry.hub_id else str(model_dir))
     variables = {
@@ -234,6 +403,14 @@ def card_context(model_dir: Union[str, Path], entry=None) -> tuple:
         "limits": _limits(config, entry, measured, dataset),
         "load_spec": load_spec,
         "lammps_elements": lammps + "   # one element per LAMMPS atom type",
+        "data": facts,
+        "covered": _covered(metadata),
+        "unseen_flag": UNSEEN_FLAG,
+        "placeholder": evaluation.get("source_placeholder"),
+        "precision": _precision(config, exports),
+        "files": _files(model_dir),
+        "code_licence": code_licence(),
+        "weights_licence": card_data.license,
     }
     return card_data, variables
 
@@ -244,7 +421,7 @@ def render_card(model_dir: Union[str, Path], entry=None, template: Union[str, Pa
 
     template = Path(template) if template is not None else TEMPLATE
     if not template.is_file():
-        raise CardError(f"model card template {template} is missing; it ships in the repository's cards/ folder")
+        raise CardError(f"model card template {template} is missing; it ships inside the zoo package (zoo/templates/); reinstall equizoo")
     card_data, variables = card_context(model_dir, entry)
     return ModelCard.from_template(card_data, template_path=str(template), **variables)
 
@@ -253,10 +430,9 @@ def write_card(model_dir: Union[str, Path], entry=None, template: Union[str, Pat
     """Render the card into `model_dir/README.md` atomically."""
     model_dir = Path(model_dir)
     text = str(render_card(model_dir, entry, template))
-    fd, tmp = tempfile.mkstemp(prefix=f".{CARD}.", dir=model_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text if text.endswith("\n") else text + "\n")
-    os.replace(tmp, model_dir / CARD)
+    from zoo.io import atomic_write_text
+
+    atomic_write_text(model_dir / CARD, text if text.endswith("\n") else text + "\n")
     return model_dir / CARD
 
 

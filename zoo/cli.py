@@ -14,6 +14,24 @@ app = typer.Typer(help="equizoo: trained, verified, fast Equiformer models.", no
 convert_app = typer.Typer(help="Convert checkpoints from other code bases into equizoo model directories.", no_args_is_help=True)
 app.add_typer(convert_app, name="convert")
 console = Console(soft_wrap=True)
+
+
+def _hide_flag_placeholders() -> None:
+    """Typer's help shows `<bool>` beside every flag, which takes no value; show nothing there."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "hides_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.hides_flags = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_hide_flag_placeholders()
 err_console = Console(stderr=True, soft_wrap=True)
 
 from zoo.data.cli import app as _data_app  # noqa: E402
@@ -31,6 +49,36 @@ def _register_commands() -> None:
         except ModuleNotFoundError as exc:
             if exc.name != module:
                 raise
+    _guard_extras(app)
+
+
+def _extras_guard(command):
+    """A missing optional package (huggingface_hub, onnx, lmdb, ...) is one line saying what to install."""
+    import functools
+
+    from zoo.extras import missing_extra
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ImportError as exc:
+            message = missing_extra(exc)
+            if message is None:
+                raise
+            from rich.markup import escape
+
+            err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return run
+
+
+def _guard_extras(group: typer.Typer) -> None:
+    for info in group.registered_commands:
+        info.callback = _extras_guard(info.callback)
+    for sub in group.registered_groups:
+        _guard_extras(sub.typer_instance)
 
 
 @app.command()

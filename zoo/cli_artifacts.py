@@ -36,19 +36,20 @@ def _errors() -> tuple:
     return (ArtifactError, CardError, ExportError, ExportMismatch, HubError, IntegrityError, RegistryError)
 
 
-def _metric_text(entry) -> str:
+def _metric_text(entry, count: int = 3) -> str:
     from zoo.release import base_split
 
     rows = [m for m in entry.metrics if base_split(m.split) == "test"] or list(entry.metrics)
-    return ", ".join(f"{m.target} {m.value:.4g} {m.unit}" for m in rows[:3])
+    return ", ".join(f"{m.target} {m.value:.4g} {m.unit}" for m in rows[:count])
 
 
 def list_command(
     pattern: str = typer.Argument("*", help="Shell-style wildcard over model names, e.g. 'equiformer-md17-*'."),
     published: bool = typer.Option(False, "--published", help="Only models whose files are published (pullable)."),
+    wide: bool = typer.Option(False, "--wide", help="All columns: dataset, outputs, network, revision (needs a wide terminal)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """List the registered pretrained models: what they predict and whether they are published."""
+    """List the registered pretrained models, the ones you can use first: status and test error."""
     from zoo.registry import RegistryError, list_models
 
     try:
@@ -57,16 +58,29 @@ def list_command(
         _fail(str(exc))
     if not models:
         _fail(f"no registered model matches {pattern!r}{' among the published ones' if published else ''}; `equizoo list` shows all")
+    models = sorted(models, key=lambda m: (not m.published, m.status != "published"))  # stable: registry order within a group
     if as_json:
         typer.echo(json.dumps([m.to_dict() for m in models], indent=2))
         return
-    table = Table(title="equizoo pretrained models")
-    for col in ("name", "dataset", "predicts", "variant", "status", "test metrics"):
-        table.add_column(col, no_wrap=col == "name")
+    from rich import box
+
+    short = {"published": "published", "local release": "local"}
+    table = Table(title="equizoo pretrained models", box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = ("name", "dataset", "predicts", "variant", "status", "test metrics") if wide else ("name", "status", "test metric")
+    for col in columns:
+        table.add_column(col, no_wrap=col in ("name", "status"), overflow="fold")
     for m in models:
-        status = m.status if m.status != "published" else f"published @{m.revision[:10]}"
-        table.add_row(m.name, m.dataset, escape(", ".join(f"{t} [{u}]" for t, u in m.targets)), m.variant.split(" (")[0], status, escape(_metric_text(m)) or "—")
+        metric = escape(_metric_text(m, 3 if wide else 1)) or "—"
+        if wide:
+            status = m.status if m.status != "published" else f"published @{m.revision[:10]}"
+            table.add_row(m.name, m.dataset, escape(", ".join(f"{t} [{u}]" for t, u in m.targets)), m.variant.split(" (")[0], status, metric)
+        else:
+            table.add_row(m.name, short.get(m.status, "not yet"), metric)
     console.print(table)
+    pending = sum(not m.published for m in models)
+    if not wide:
+        note = f"{pending} not published yet; " if pending else ""
+        console.print(escape(f"{note}--wide: dataset, outputs, network"), highlight=False)
 
 
 def info_command(
@@ -90,6 +104,12 @@ def info_command(
         console.print(f"published: {m.repo_id} @ {m.revision}  (load with zoo.load({m.name!r}) or `equizoo pull {m.name}`)", highlight=False)
     elif m.status == "local release":
         console.print(f"local release: {m.release_dir()}", highlight=False)
+        from zoo.artifact import read_config
+        from zoo.predict import element_names
+
+        elements = (read_config(m.release_dir()).get("metadata") or {}).get("elements")
+        seen = " ".join(element_names(elements)) if elements else "unknown (config.json has no metadata.elements; other elements are not refused)"
+        console.print(escape(f"elements of its training data: {seen}"), highlight=False)
     else:
         console.print("status: not published yet (no trained weights released for this name)", highlight=False)
     if m.files:
@@ -134,10 +154,11 @@ def export_command(
     aoti_option: List[str] = typer.Option([], "--aoti-option", help="Inductor config KEY=VALUE for the AOTInductor build (repeatable), e.g. cpp.simdlen=1."),
 ) -> None:
     """Export a model to TorchScript, ONNX and AOTInductor, each checked against eager on real structures."""
-    from zoo.export import export_model, parse_formats
+    from zoo.export import check_formats_available, export_model, parse_formats
 
     try:
         chosen = parse_formats(formats)
+        check_formats_available(chosen)
         configs = {}
         for item in aoti_option:
             key, sep, value = item.partition("=")
@@ -193,7 +214,7 @@ def release_command(
     onnx_optimize: bool = typer.Option(True, "--onnx-optimize/--no-onnx-optimize", help="Shrink the ONNX graph with onnxscript's optimizer (minutes)."),
     note: Optional[str] = typer.Option(None, "--note", help="A sentence the card shows in bold under the description."),
     hardware_note: Optional[str] = typer.Option(None, "--hardware-note", help="What the hardware record cannot say (e.g. a shared machine)."),
-    releases: Optional[Path] = typer.Option(None, "--releases-dir", help="Where releases live (default: $EQUIZOO_RELEASES, else releases/)."),
+    releases: Optional[Path] = typer.Option(None, "--releases-dir", help="Where releases live (default: $EQUIZOO_RELEASES, else the checkout's releases/)."),
     registry_file: Optional[Path] = typer.Option(None, "--registry-file", help="Registry JSON to write (default: the last of $EQUIZOO_REGISTRY, else the packaged one)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing release of that name."),
     default: bool = typer.Option(False, "--default", help="Also install it as the embedded default model of the package."),
@@ -236,30 +257,56 @@ def release_command(
         console.print(f"installed as the embedded default in {installed}", highlight=False)
 
 
+def restate_command(
+    name: str = typer.Argument(..., help="Registry name of a local release."),
+    source: Optional[str] = typer.Option(None, "--source", help="Raw files of its training dataset, if it is not prepared yet (to record its elements)."),
+    hardware_model: Optional[str] = typer.Option(None, "--hardware-model", help="The CPU or GPU model it was trained on, if the record lacks it."),
+    hardware_note: Optional[str] = typer.Option(None, "--hardware-note", help="Replace the hardware note."),
+    releases: Optional[Path] = typer.Option(None, "--releases-dir", help="Where releases live (default: $EQUIZOO_RELEASES, else the checkout's releases/)."),
+    registry_file: Optional[Path] = typer.Option(None, "--registry-file", help="Registry JSON to write (default: the last of $EQUIZOO_REGISTRY, else the packaged one)."),
+) -> None:
+    """Rewrite a release's public record (elements, no machine paths, hardware), card, hashes and manifest;
+    weights, exports and measured numbers stay."""
+    from zoo.release import restate_release
+
+    try:
+        rel = restate_release(name, source=source, hardware_model=hardware_model, hardware_note=hardware_note, releases=releases, registry_file=registry_file)
+    except _use_errors() as exc:
+        _fail(str(exc))
+    console.print(f"restated {rel.entry.name} in {rel.path} ({len(rel.entry.files)} files with sha256 in {rel.entry.source})", highlight=False)
+
+
 def verify_command(
     name: str = typer.Argument(..., help="Registry name of a release (`equizoo list --published`)."),
-    data: Optional[str] = typer.Option(None, "--data", help="The recorded dataset found elsewhere (an `equizoo eval` dataset spec or path)."),
-    source: Optional[str] = typer.Option(None, "--source", help="Raw files of its dataset, if it is not prepared yet."),
+    source: Optional[str] = typer.Option(None, "--source", "--data", help="Local copy of the release's dataset: the recorded folder found elsewhere, or raw files to prepare it from (as for `equizoo eval --source`; --data: the same)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the recorded and re-measured numbers as JSON."),
 ) -> None:
     """Check a release: sha256 of its files, then re-run its recorded evaluation and compare with its card."""
+    from zoo.extras import MissingExtra, require
+    from zoo.predict import check_output
     from zoo.release import check_release
 
     try:
-        pairs = check_release(name, data=data, source=source)
+        require("huggingface_hub", what="equizoo verify (model cards)")
+        if output is not None:
+            check_output(output, {".json": "json"}, "--output")
+        pairs = check_release(name, source=source, progress=True)
+    except MissingExtra as exc:
+        _fail(str(exc))
     except _use_errors() as exc:
         _fail(str(exc), code=1)
     table = Table(title=f"{name}: card vs `equizoo eval` now")
-    for col in ("split/output", "card", "measured now"):
-        table.add_column(col)
-    for key, (recorded, measured) in pairs.items():
-        table.add_row(key, f"{recorded:.6g}", f"{measured:.6g}")
+    for col in ("split/output", "card", "measured now", "round-off bound"):
+        table.add_column(col, justify="left" if col == "split/output" else "right")
+    for key, (recorded, measured, tolerance) in pairs.items():
+        table.add_row(key, f"{recorded:.6g}", f"{measured:.6g}", f"{tolerance:.2g}")
     console.print(table)
     if output is not None:
-        from zoo.predict import atomic_write
+        from zoo.io import atomic_write_text
 
-        atomic_write(output, lambda tmp: Path(tmp).write_text(json.dumps({k: {"card": a, "measured": b} for k, (a, b) in pairs.items()}, indent=1) + "\n"))
-    console.print("every number on the card is reproduced", highlight=False)
+        atomic_write_text(output, json.dumps({k: {"card": a, "measured": b, "roundoff_bound": c} for k, (a, b, c) in pairs.items()}, indent=1) + "\n")
+        console.print(f"wrote {output}", highlight=False)
+    console.print("every number on the card is reproduced (within the float round-off bound of each number, the same on any CPU)", highlight=False)
 
 
 def publish_command(
@@ -373,6 +420,7 @@ def register(app: typer.Typer) -> None:
     app.command("export")(export_command)
     app.command("card")(card_command)
     app.command("release")(release_command)
+    app.command("restate")(restate_command)
     app.command("verify")(verify_command)
     app.command("publish")(publish_command)
     app.command("pull")(pull_command)

@@ -19,6 +19,8 @@ def train(
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this folder (or checkpoint folder); --set may then change only run-time keys such as optim.max_steps."),
     out: Path | None = typer.Option(None, "--out", help="Run folder to create (default runs/<variant>-<target>-<time>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the recipe, build the model, print the resolved recipe and stop."),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast for the forward and loss (same as --set optim.amp=true; float32 models)."),
+    tf32: bool = typer.Option(False, "--tf32", help="TF32 matrix products on CUDA (same as --set optim.tf32=true; float32 models)."),
 ) -> None:
     """Train an Equiformer from a recipe; ends with a model directory in <run>/model.
 
@@ -30,6 +32,7 @@ def train(
 
     console = Console(soft_wrap=True)
     err = Console(stderr=True, soft_wrap=True)
+    set_ = list(set_) + (["optim.amp=true"] if bf16 else []) + (["optim.tf32=true"] if tf32 else [])
     try:
         if recipe is not None:
             resolved = load_recipe(recipe, set_)

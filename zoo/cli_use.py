@@ -29,7 +29,9 @@ err_console = Console(stderr=True, soft_wrap=True)
 ModelOption = typer.Option(None, "--model", "-m", help="Model directory, registry name, hf-hub: id or TorchScript file (default: the embedded default model).")
 DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda.")
 DtypeOption = typer.Option(None, "--dtype", help="float32 or float64 (default: the model's own).")
-BackendOption = typer.Option("eager", "--backend", help="eager, torchscript, aoti or onnx (aoti/onnx need `equizoo export MODEL_DIR --format aoti|onnx` first).")
+AllowUnseenOption = typer.Option(False, "--allow-unseen-elements", help="Predict also for elements the model's training data did not contain (normally an error per structure).")
+BackendOption = typer.Option("eager", "--backend", help="eager, torchscript, compile (torch.compile, checked against eager), aoti or onnx (aoti/onnx need `equizoo export MODEL_DIR --format aoti|onnx` first).")
+CudaGraphsOption = typer.Option(False, "--cuda-graphs", help="Replay the eager/compiled model as CUDA graphs on inputs padded to size buckets (needs a CUDA device; fastest for small systems).")
 
 
 def _fail(exc: Exception) -> None:
@@ -46,7 +48,11 @@ def _guarded(command):
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
-        except Exception:  # noqa: BLE001 - the point is to catch what nothing else did
+        except Exception as exc:  # noqa: BLE001 - the point is to catch what nothing else did
+            from zoo.extras import missing_extra
+
+            if missing_extra(exc) is not None:
+                raise  # the app-wide guard says in one line what to install
             err_console.print_exception(show_locals=False)
             raise typer.Exit(EXIT_CRASH) from None
 
@@ -79,13 +85,18 @@ def predict_command(
     dtype: Optional[str] = DtypeOption,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results: .csv (per structure), .json (all, with per-atom arrays) or .extxyz (structures with energy/forces)."),
     rows: int = typer.Option(20, "--rows", help="Rows of the printed table (0: none)."),
+    allow_unseen_elements: bool = AllowUnseenOption,
+    cuda_graphs: bool = CudaGraphsOption,
 ) -> None:
     """Predict the properties of every structure in FILES (energies, forces, QM9 targets, adsorption energies)."""
-    from zoo.predict import Predictor, column
+    from zoo.predict import OUTPUT_FORMATS, Predictor, check_output, column, model_caveat
 
     written = False
     try:
-        result = Predictor(model, backend=backend, device=device, dtype=dtype).run(files, batch_size=batch_size, max_atoms=max_atoms, progress=True)
+        if output is not None:
+            check_output(output, OUTPUT_FORMATS, "--output")
+        predictor = Predictor(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements, cuda_graphs=cuda_graphs)
+        result = predictor.run(files, batch_size=batch_size, max_atoms=max_atoms, progress=True)
         if output is not None and (len(result.items) > result.n_failed or output.suffix.lower() in (".csv", ".json")):
             written = bool(result.write(output))
     except _input_errors() as exc:
@@ -102,12 +113,18 @@ def predict_command(
         frame = result.frame(per_atom=False)
         for _, row in frame.head(rows).iterrows():
             status = "[green]ok[/green]" if row["status"] == "ok" else "[red]error[/red]"
-            table.add_row(escape(Path(row["file"]).name), str(row["frame"]), row["formula"], str(row["n_atoms"]), *(_fmt(row[c]) for c in value_columns), status)
+            table.add_row(escape(Path(row["file"]).name), str(row["frame"]) if row["frame"] >= 0 else "-", row["formula"], str(row["n_atoms"]), *(_fmt(row[c]) for c in value_columns), status)
         console.print(table)
         if len(frame) > rows:
             console.print(escape(f"... {len(frame) - rows} more rows" + (f" in {output}" if output else " (write them all with --output)")))
+    caveat = model_caveat(info)
+    if caveat:
+        console.print(f"[yellow]caveat:[/yellow] {escape(caveat)}", highlight=False)
+    if info.elements is None:
+        console.print(escape(f"note: {info.name} does not record the elements of its training data; structures with other elements are not flagged"), highlight=False)
     for source, frame_index, reason in result.errors[:MAX_ERROR_LINES]:
-        err_console.print(f"[red]failed[/red] {escape(source)} (frame {frame_index}): {escape(reason)}")
+        where = f"frame {frame_index}" if frame_index >= 0 else "the whole file"
+        err_console.print(f"[red]failed[/red] {escape(source)} ({where}): {escape(reason)}")
     if result.n_failed > MAX_ERROR_LINES:
         where = f"the error column of {output}" if output is not None and output.suffix.lower() != ".extxyz" else "--output x.csv"
         err_console.print(escape(f"... and {result.n_failed - MAX_ERROR_LINES} more failed structures (every reason: {where})"))
@@ -126,7 +143,7 @@ def eval_command(
     split: Optional[str] = typer.Option(None, "--split", help="Split (default: test; OC20: val_id; val_ood_ads, val_ood_cat, val_ood_both)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N structures of the split."),
     target: Optional[str] = typer.Option(None, "--target", help="QM9 target(s), comma-separated (default: all the model predicts)."),
-    source: Optional[Path] = typer.Option(None, "--source", help="Local copy of the dataset's files, to prepare it if it is not prepared yet."),
+    source: Optional[Path] = typer.Option(None, "--source", "--data", help="Local copy of the dataset's files, to prepare it if it is not prepared yet (--data: the same)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Dataset cache root (default $EQUIZOO_CACHE or ~/.cache/equizoo)."),
     energy_unit: Optional[str] = typer.Option(None, "--energy-unit", help="Energy unit of an extxyz --source (eV, meV, kcal/mol, Hartree)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Structures per batch at most."),
@@ -135,14 +152,21 @@ def eval_command(
     dtype: Optional[str] = DtypeOption,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a parity plot (PNG)."),
+    allow_unseen_elements: bool = AllowUnseenOption,
 ) -> None:
     """Evaluate a model on a dataset split with the paper's metrics, beside the paper's numbers."""
     from zoo.evaluate import run_evaluation
+    from zoo.predict import check_output
 
     try:
+        if output is not None:
+            check_output(output, {".json": "json"}, "--output")
+        if plot is not None:
+            check_output(plot, {".png": "png"}, "--plot")
         result = run_evaluation(
             dataset, model, split=split, limit=limit, target=target, source=source, cache_dir=cache_dir,
             energy_unit=energy_unit, backend=backend, device=device, dtype=dtype, batch_size=batch_size, progress=True,
+            allow_unseen_elements=allow_unseen_elements,
         )  # fmt: skip
         if output is not None:
             result.write_json(output)
@@ -166,7 +190,7 @@ def bench_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory, registry name, or a variant name (benches a randomly initialised network)."),
     device: str = DeviceOption,
     batch_size: int = typer.Option(32, "--batch-size", help="Structures per batch for throughput and training steps."),
-    backend: List[str] = typer.Option(["eager"], "--backend", help="eager, torchscript, compile, aoti, onnx; repeat for several."),
+    backend: List[str] = typer.Option(["eager"], "--backend", help="eager, torchscript, compile, cuda-graphs, compile+cuda-graphs, aoti, onnx; repeat for several."),
     compile: bool = typer.Option(False, "--compile", help="Also run torch.compile (cold compiles take minutes)."),
     compare: bool = typer.Option(False, "--compare", help="Run eager, TorchScript (+ compile, + exports present) in this process and report speedups."),
     task: List[str] = typer.Option(["inference", "latency"], "--task", help="inference, latency, train_step; repeat for several."),
@@ -175,37 +199,91 @@ def bench_command(
     warmup: int = typer.Option(3, "--warmup", help="Untimed calls before timing."),
     repeats: int = typer.Option(10, "--repeats", help="Timed calls (median and spread are reported)."),
     structures: Optional[List[Path]] = typer.Option(None, "--structures", help="Bench on these structure files instead of the built-in workload."),
-    suite: Optional[str] = typer.Option(None, "--suite", help="A named set of cases; 'issue8' gives the rows of the speed table."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="A named set of cases; 'speed' gives the rows of the speed table."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write all fields as .json or .csv."),
+    wide: bool = typer.Option(False, "--wide", help="All columns (needs a wide terminal); --output has every field."),
+    as_json: bool = typer.Option(False, "--json", help="Print every field of every row as JSON instead of a table."),
+    profile: bool = typer.Option(False, "--profile", help="Also count per call: aten operators (torch.profiler) and, on CUDA, kernels, launches and GPU-busy time."),
 ) -> None:
     """Throughput, latency at batch 1 and peak memory of a model under several backends."""
     from zoo.bench import bench, write_bench
+    from zoo.predict import UseError
 
     tasks = list(dict.fromkeys(list(task) + (["train_step"] if train else [])))
     try:
+        from zoo.bench import BENCH_BACKENDS
+        from zoo.predict import check_backend, check_output
+
+        if output is not None:
+            check_output(output, {".json": "json", ".csv": "csv"}, "--output")
+        for name in backend:
+            if name not in BENCH_BACKENDS:
+                raise UseError(f"unknown backend {name!r}; use {', '.join(BENCH_BACKENDS)}")
+            if name in ("onnx",):
+                check_backend(name)
         frame = bench(
             model, backends=backend, compare=compare, compile=compile, tasks=tasks, batch_size=batch_size, device=device,
             dtype=dtype, warmup=warmup, repeats=repeats, structures=[str(p) for p in structures] if structures else None,
-            suite=suite, progress=True,
+            suite=suite, progress=True, profile=profile,
         )  # fmt: skip
         if output is not None:
             write_bench(frame, output)
     except _input_errors() as exc:
         _fail(exc)
+    if as_json:
+        typer.echo(frame.to_json(orient="records", indent=1))
+        return
     first = frame.iloc[0]
-    table = Table(title=escape(f"equizoo bench on {first['device_name']} ({first['device']}, torch {first['torch']}, {first['threads']} threads)"))
-    for name in ("model", "backend", "task", "batch", "atoms", "median ms", "iqr ms", "structures/s", "atoms/s", "peak MB", "vs eager", "status"):
-        table.add_column(name, justify="left" if name in ("model", "backend", "task", "status") else "right")
+    from rich import box
+
+    models = list(dict.fromkeys(str(m) for m in frame["model"]))
+    title = f"equizoo bench{' of ' + models[0] if len(models) == 1 else ''} on {first['device_name']} ({first['device']}, torch {first['torch']}, {first['threads']} threads)"
+    columns = ["model", "backend", "task", "batch", "atoms", "median ms", "iqr ms", "structures/s", "atoms/s", "peak MB", "vs eager", "status"]
+    if not wide:
+        columns = (["model"] if len(models) > 1 else []) + ["backend", "task", "batch", "median ms", "structures/s", "vs eager", "status"]
+    console.print(escape(title), soft_wrap=False, highlight=False)  # wrapped at the terminal width, unlike a table title
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("model", "backend", "task", "status") else "right", overflow="fold")
+    errors = []
     for _, r in frame.iterrows():
-        status = "[green]ok[/green]" if r["status"] == "ok" else f"[red]{escape(r['error'])}[/red]"
-        table.add_row(
-            escape(str(r["model"])), r["backend"], r["task"], str(r["batch_size"]), _fmt(r["atoms_per_batch"]), _fmt(r["median_ms"], 4), _fmt(r["iqr_ms"], 2),
-            _fmt(r["structures_per_s"], 4), _fmt(r["atoms_per_s"], 4), _fmt(r["peak_memory_mb"], 4), _fmt(r["speedup_vs_eager"], 3), status,
-        )  # fmt: skip
+        if r["status"] == "ok":
+            status = "[green]ok[/green]"
+        elif wide:
+            status = f"[red]{escape(r['error'])}[/red]"
+        else:
+            errors.append(f"{r['model']} {r['backend']} {r['task']}: {r['error']}")
+            status = f"[red]error {len(errors)}[/red]"
+        cells = {
+            "model": escape(str(r["model"])), "backend": r["backend"], "task": r["task"], "batch": str(r["batch_size"]),
+            "atoms": _fmt(r["atoms_per_batch"]), "median ms": _fmt(r["median_ms"], 4), "iqr ms": _fmt(r["iqr_ms"], 2),
+            "structures/s": _fmt(r["structures_per_s"], 4), "atoms/s": _fmt(r["atoms_per_s"], 4), "peak MB": _fmt(r["peak_memory_mb"], 4),
+            "vs eager": _fmt(r["speedup_vs_eager"], 3), "status": status,
+        }  # fmt: skip
+        table.add_row(*(cells[c] for c in columns))
     console.print(table)
-    console.print(escape(f"workload: {first['workload']}; {first['warmup']} warm-up and {first['repeats']} timed calls per row"))
+    if profile:
+        _print_profile(frame)
+    for n, error in enumerate(errors, 1):
+        err_console.print(escape(f"error {n}: {error}"), highlight=False)
+    if not wide:
+        console.print("--wide: atoms, spread, atoms/s, peak memory; --output FILE.json|csv: every field", highlight=False, soft_wrap=False)
+    console.print(escape(f"workload: {first['workload']}; {first['warmup']} warm-up and {first['repeats']} timed calls per row"), soft_wrap=False)
     if output is not None:
         console.print(escape(f"wrote {output}"))
+
+
+def _print_profile(frame) -> None:
+    """Per-call operation counts of `bench --profile` (one profiled call per row)."""
+    cuda = frame["gpu_kernels"].notna().any()
+    table = Table(title="per call (torch.profiler)")
+    names = ["model", "backend", "task", "batch", "aten calls"] + (["kernels", "launches", "GPU busy ms"] if cuda else [])
+    for name in names:
+        table.add_column(name, justify="left" if name in ("model", "backend", "task") else "right")
+    for _, r in frame.iterrows():
+        counts = [_fmt(r["aten_calls"])] + ([_fmt(r["gpu_kernels"]), _fmt(r["kernel_launches"]), _fmt(r["gpu_busy_ms"], 4)] if cuda else [])
+        table.add_row(escape(str(r["model"])), r["backend"], r["task"], str(r["batch_size"]), *counts)
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -34,7 +34,8 @@ import numpy as np
 from zoo import __version__, keys
 from zoo.data import DataError, Structure
 from zoo.data.units import energy_factor
-from zoo.predict import DEFAULT_BATCH_SIZE, DEFAULT_MAX_ATOMS, Item, ModelInfo, Runner, UseError, atomic_write, load_runner, run_items
+from zoo.io import atomic_write
+from zoo.predict import DEFAULT_BATCH_SIZE, DEFAULT_MAX_ATOMS, Item, ModelInfo, Runner, UseError, load_runner, run_items
 
 QM9_ENERGY_TARGETS = ("homo", "lumo", "gap", "zpve", "U0", "U", "H", "G")
 EWT_THRESHOLD = 0.02  # eV
@@ -166,6 +167,12 @@ def open_dataset(spec: Union[str, os.PathLike], source=None, cache_dir=None, tar
         name, kind, molecule = f"{head}-{tail}", "md17", tail
     elif head in ("oc20-is2re", "oc20") and not tail:
         name, kind, molecule = "oc20-is2re", "oc20", ""
+        from zoo.extras import MissingExtra, require
+
+        try:
+            require("lmdb", what="the OC20 dataset (LMDB files)")
+        except MissingExtra as exc:
+            raise UseError(str(exc)) from None
     else:
         raise UseError(f"{text}: unknown dataset; use qm9[:TARGET], md17:MOLECULE, rmd17:MOLECULE, oc20-is2re or a local dataset path")
     try:
@@ -194,30 +201,48 @@ class Evaluation:
     def write_json(self, path: Union[str, os.PathLike]) -> Path:
         return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n"))
 
+    def panels(self, max_points: int = 20000) -> list[dict]:
+        """What each parity-plot panel shows: its title carries the metric of the whole split (as in the
+        table), the points are at most `max_points` of the pairs (a fixed random subset), and total
+        energies are drawn relative to the reference mean (absolute values of thousands of eV hide the spread)."""
+        rng = np.random.default_rng(0)
+        out = []
+        for name, (ref, pred, unit) in self.pairs.items():
+            rows = self.metrics[(self.metrics["quantity"] == name) & (self.metrics["metric"] == "MAE")]
+            mae = float(rows["value"].iloc[0]) if len(rows) else float(np.mean(np.abs(pred - ref)))
+            label = "reference"
+            if name == keys.ENERGY:  # MD17 total energies (OC20 pairs are "adsorption energy")
+                shift = float(np.mean(ref))
+                ref, pred = ref - shift, pred - shift
+                label = f"reference - mean ({shift:.6g} {unit})"
+            if ref.size > max_points:
+                pick = rng.choice(ref.size, max_points, replace=False)
+                ref, pred = ref[pick], pred[pick]
+            shown = f" ({ref.size:,} of {self.pairs[name][0].size:,} points shown)" if ref.size < self.pairs[name][0].size else ""
+            out.append({"name": name, "ref": ref, "pred": pred, "unit": unit, "title": f"{name}: MAE {mae:.4g} {unit}{shown}",
+                        "xlabel": f"{label} [{unit}]", "ylabel": f"{'predicted - mean' if label != 'reference' else 'predicted'} [{unit}]"})  # fmt: skip
+        return out
+
     def plot(self, path: Union[str, os.PathLike], max_points: int = 20000) -> Path:
-        """Parity plot (predicted against reference, one panel per quantity) as a PNG."""
+        """Parity plot (predicted against reference, one panel per quantity, see `panels`) as a PNG."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        names = list(self.pairs)
+        panels = self.panels(max_points)
+        names = [p["name"] for p in panels]
         cols = min(3, len(names))
         rows = math.ceil(len(names) / cols)
         fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), squeeze=False)
-        rng = np.random.default_rng(0)
-        for ax, name in zip(axes.flat, names):
-            ref, pred, unit = self.pairs[name]
-            if ref.size > max_points:
-                pick = rng.choice(ref.size, max_points, replace=False)
-                ref, pred = ref[pick], pred[pick]
+        for ax, panel in zip(axes.flat, panels):
+            ref, pred = panel["ref"], panel["pred"]
             ax.scatter(ref, pred, s=14 if ref.size < 500 else 4, alpha=0.6, linewidths=0)
             lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
             ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
-            mae = float(np.mean(np.abs(pred - ref)))
-            ax.set_title(f"{name}: MAE {mae:.4g} {unit}", fontsize=10)
-            ax.set_xlabel(f"reference [{unit}]")
-            ax.set_ylabel(f"predicted [{unit}]")
+            ax.set_title(panel["title"], fontsize=9)
+            ax.set_xlabel(panel["xlabel"])
+            ax.set_ylabel(panel["ylabel"])
         for ax in list(axes.flat)[len(names):]:
             ax.axis("off")
         fig.suptitle(f"{self.info['model']} on {self.info['dataset']} ({self.info['split']}, n={self.info['n_structures']})", fontsize=11)
@@ -323,6 +348,37 @@ def _oc20_metrics(data: EvalData, split: str, info: ModelInfo, items: list[Item]
 
 
 _METRICS = {"qm9": _qm9_metrics, "md17": _md17_metrics, "oc20": _oc20_metrics}
+_KIND_OF_NAME = {"qm9": "qm9", "md17": "md17", "rmd17": "md17", "oc20-is2re": "oc20", "oc20": "oc20"}
+EXISTING = "`equizoo list --published` shows the models that exist"
+
+
+def kind_of_spec(spec) -> Optional[str]:
+    """qm9 / md17 / oc20 for a registered dataset spec, None for a local path (known only once opened)."""
+    text = os.fspath(spec)
+    if Path(text).expanduser().exists():
+        return None
+    return _KIND_OF_NAME.get(text.partition(":")[0])
+
+
+def check_model_fits(kind: str, info: ModelInfo, name: str, targets: Sequence[str] = ()) -> None:
+    """UseError, before anything is computed, when the model cannot be evaluated on a dataset of `kind`."""
+    predicts = ", ".join(t.name for t in info.targets)
+    if kind == "md17" and not info.energy_target:
+        raise UseError(f"model {info.name} predicts {predicts} without forces; {name} needs a force-field model (energy and forces), e.g. "
+                       f"--model equiformer-md17-ethanol-l2-small-cpu; {EXISTING}")  # fmt: skip
+    if kind == "qm9":
+        from zoo.data import QM9_TARGETS
+
+        have = [t.name for t in info.targets if t.name in QM9_TARGETS]
+        missing = [t for t in targets if t not in have]
+        if missing or not have:
+            raise UseError(f"model {info.name} predicts {predicts}, not the QM9 target(s) {', '.join(missing) or 'of ' + name}; "
+                           f"choose a QM9 model, e.g. --model equiformer-qm9-gap-small-cpu; {EXISTING}")  # fmt: skip
+    if kind == "oc20":
+        if info.energy_target or not info.periodic:
+            raise UseError(f"model {info.name} predicts {predicts}, not the relaxed adsorption energy of a periodic slab; {name} needs an OC20 "
+                           f"model and equizoo has none trained yet; {EXISTING}")  # fmt: skip
+        _oc20_target(info)
 _REQUIRED = {"qm9": (), "md17": (keys.ENERGY, keys.FORCES), "oc20": (keys.Y_RELAXED,)}
 
 
@@ -342,9 +398,22 @@ def run_evaluation(
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_atoms: int = DEFAULT_MAX_ATOMS,
     progress: bool = False,
+    allow_unseen_elements: bool = False,
 ) -> Evaluation:
-    """Predict a split (its first `limit` structures if given) and compute the official metrics."""
-    data = dataset if isinstance(dataset, EvalData) else open_dataset(dataset, source=source, cache_dir=cache_dir, target=target, energy_unit=energy_unit)
+    """Predict a split (its first `limit` structures if given) and compute the official metrics.
+
+    The model is loaded and matched against the dataset before the dataset is opened (or prepared)."""
+    runner: Runner = load_runner(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements)
+    asked = tuple(t for t in (target or "").split(",") if t)
+    if isinstance(dataset, EvalData):
+        data = dataset
+    else:
+        kind = kind_of_spec(dataset)
+        if kind is not None:
+            spec_targets = asked or tuple(t for t in os.fspath(dataset).partition(":")[2].split(",") if t) if kind == "qm9" else ()
+            check_model_fits(kind, runner.info, os.fspath(dataset), spec_targets)
+        data = open_dataset(dataset, source=source, cache_dir=cache_dir, target=target, energy_unit=energy_unit)
+    check_model_fits(data.kind, runner.info, data.name, data.targets)
     if split is None:
         default = DEFAULT_SPLITS[data.kind]
         if default not in data.split_names and len(data.split_names) != 1:
@@ -354,7 +423,6 @@ def run_evaluation(
     count = len(structures) if limit is None else min(int(limit), len(structures))
     if count <= 0:
         raise UseError(f"dataset {data.name} split {split}: no structures to evaluate (limit {limit})")
-    runner: Runner = load_runner(model, backend=backend, device=device, dtype=dtype)
     items = [Item(data.name, i, structures[i], n_atoms=structures[i].n_atoms) for i in range(count)]
     for item in items:
         lacking = [k for k in _REQUIRED[data.kind] if k not in item.structure.targets]

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import types
 import warnings
 from pathlib import Path
@@ -40,15 +39,17 @@ import torch
 from zoo import __version__, keys
 from zoo.artifact import as_zoo_model, load_model_dir, read_config
 from zoo.data import DataError, Structure, collate, read_structures, structure_from_atoms
-from zoo.graph import attach_graph
+from zoo.graph import attach_graph, periodic_cell_problem, periodic_graph, radius_graph
+from zoo.io import atomic_write
 from zoo.models.zoo_model import TargetInfo, ZooModel
 
-BACKENDS = ("eager", "torchscript", "aoti", "onnx")
+BACKENDS = ("eager", "torchscript", "compile", "aoti", "onnx")
 EXPORT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "aoti": "model.pt2"}  # zoo.export.FILES
 OUTPUT_FORMATS = {".csv": "csv", ".json": "json", ".extxyz": "extxyz", ".xyz": "extxyz"}
 VOIGT = ("xx", "yy", "zz", "yz", "xz", "xy")
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_ATOMS = 8192
+MIN_DISTANCE = 0.1  # Å: atoms closer than this are a broken structure (forces would be meaningless)
 
 
 class UseError(ValueError):
@@ -80,6 +81,21 @@ def parse_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
     return table[str(dtype)]
 
 
+def check_output(path: Union[str, os.PathLike], formats: dict, what: str = "output") -> str:
+    """The format of an output file from its suffix (`formats`: suffix -> format), checked with the
+    writability of its location before any work; UseError naming the file otherwise."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in formats:
+        known = ", ".join(sorted(formats))
+        raise UseError(f"{what} {path}: unknown file type {suffix or '(no suffix)'!r}; use a file name ending in {known}")
+    from zoo.io import unwritable_reason
+
+    reason = unwritable_reason(path)
+    if reason:
+        raise UseError(f"{what} {path}: {reason}")
+    return formats[suffix]
+
+
 # ---------------------------------------------------------------------------------------------- the model
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
@@ -96,6 +112,7 @@ class ModelInfo:
     needs_tags: bool
     variants: tuple[str, ...]
     dtype: torch.dtype
+    elements: Optional[tuple[int, ...]] = None  # atomic numbers of the training data (config metadata.elements); None: unknown
 
     @classmethod
     def from_config(cls, config: dict, source: str) -> ModelInfo:
@@ -103,6 +120,7 @@ class ModelInfo:
         networks = config["networks"]
         first = next(iter(networks.values()))
         energy = [name for name, c in networks.items() if c.get("forces")]
+        elements = (config.get("metadata") or {}).get("elements")
         return cls(
             name=str(config.get("name") or "model"),
             source=str(source),
@@ -115,6 +133,7 @@ class ModelInfo:
             needs_tags=int(first.get("num_tags", 0)) > 0,
             variants=tuple(str(c["name"]) for c in networks.values()),
             dtype=getattr(torch, str(config.get("dtype", "float32"))),
+            elements=tuple(sorted(int(z) for z in elements)) if elements else None,
         )
 
     @classmethod
@@ -131,9 +150,41 @@ class ModelInfo:
 
     @property
     def type_names(self) -> list[str]:
-        from ase.data import chemical_symbols
+        return element_names(self.type_numbers)
 
-        return [chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z{z}" for z in self.type_numbers]
+    def unseen_elements(self, species: Iterable[int]) -> list[int]:
+        """Atomic numbers in `species` that the model's training data did not contain ([] when unknown)."""
+        if self.elements is None:
+            return []
+        return sorted(set(int(z) for z in species) - set(self.elements))
+
+
+def element_names(numbers: Iterable[int]) -> list[str]:
+    """Chemical symbols of atomic numbers (`Z0` for a number without one)."""
+    from ase.data import chemical_symbols
+
+    return [chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z{z}" for z in numbers]
+
+
+CAVEAT_PHRASE = "less accurate than the paper"  # what the card of a briefly trained model says (zoo.registry descriptions)
+
+
+def model_caveat(info: ModelInfo) -> str:
+    """One line for under a prediction table when the model's card says it is far less accurate than the
+    paper: its recorded test error ("" for other models or without a card)."""
+    folder = Path(info.source)
+    folder = folder.parent if folder.is_file() else folder
+    card = folder / "README.md"
+    if not card.is_file() or CAVEAT_PHRASE not in card.read_text(encoding="utf-8", errors="replace"):
+        return ""
+    try:
+        results = ((read_config(folder).get("metadata") or {}).get("evaluation") or {}).get("results") or []
+    except ValueError:
+        results = []
+    test = [r for r in results if str(r.get("split", "")).startswith("test")]
+    measured = ", ".join(f"{r['quantity']} {r['metric']} {r['value']:.3g} {r['unit']}" for r in test[:2])
+    error = f" (its card: {test[0]['split']} {measured})" if test else ""
+    return f"{info.name} is a small model trained briefly on a CPU, far less accurate than the paper{error}; for trying the tools, not for science"
 
 
 class Runner:
@@ -142,6 +193,8 @@ class Runner:
     `inputs` holds the forward arguments of ZooModel (pos, species, edge_index, batch, edge_shift, tags) on
     `device` in `dtype`. `virial` asks eager/TorchScript modules for the virial as well.
     """
+
+    allow_unseen_elements = False  # predict for elements outside the training data (set by load_runner)
 
     def __init__(self, module: Callable, info: ModelInfo, backend: str, device: torch.device, dtype: torch.dtype, grad: bool, virial_attr: bool):
         self.module = module
@@ -235,21 +288,53 @@ def _torchscript_runner(path: Path, device: torch.device, dtype: Optional[torch.
     return Runner(module, info, "torchscript", device, dtype or saved, grad=True, virial_attr=True)
 
 
+def check_backend(backend: str) -> None:
+    """A known backend whose runtime is installed (checked before anything is loaded or computed)."""
+    if backend not in BACKENDS:
+        raise UseError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "onnx":
+        from zoo.extras import MissingExtra, require
+
+        try:
+            require("onnxruntime", what="--backend onnx")
+        except MissingExtra as exc:
+            raise UseError(str(exc)) from None
+
+
 def load_runner(
     model: Union[str, Path, ZooModel, Runner, None] = None,
     backend: str = "eager",
     device: Union[str, torch.device, None] = "auto",
     dtype: Union[str, torch.dtype, None] = None,
+    allow_unseen_elements: bool = False,
+    cuda_graphs: bool = False,
 ) -> Runner:
     """Load `model` (a model directory, registry name, `hf-hub:` id, TorchScript file, ZooModel, or None for
     the embedded default) behind `backend` on `device`; dtype None keeps the model's own. A ZooModel is
-    moved to the device and dtype in place."""
+    moved to the device and dtype in place. `allow_unseen_elements` lets structures with elements outside
+    the model's training data (config `metadata.elements`) through; by default each gets an error.
+
+    `compile` is torch.compile of the eager model (dynamic shapes); `cuda_graphs` replays the eager or
+    compiled model as CUDA graphs on capacity-padded inputs (zoo.accel). Both are checked against eager
+    on real structures here, before any input is run."""
     if isinstance(model, Runner):
-        return model
-    if backend not in BACKENDS:
-        raise UseError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    dev = pick_device(device)
-    dt = parse_dtype(dtype)
+        runner = model
+    else:
+        check_backend(backend)
+        dev, dt = pick_device(device), parse_dtype(dtype)
+        if cuda_graphs and backend not in ("eager", "compile"):
+            raise UseError(f"--cuda-graphs replays the eager or compiled model; backend {backend} cannot be combined with it (use --backend eager or compile)")
+        if cuda_graphs and dev.type != "cuda":
+            raise UseError(f"--cuda-graphs needs a CUDA device, but the device is {dev}" + ("" if torch.cuda.is_available() else " (torch sees no CUDA GPU here)") + "; drop --cuda-graphs or use --device cuda")
+        if backend == "compile" or cuda_graphs:
+            runner = accelerated_runner(_load_runner(model, "eager", dev, dt), compile=backend == "compile", cuda_graphs=cuda_graphs)
+        else:
+            runner = _load_runner(model, backend, dev, dt)
+    runner.allow_unseen_elements = bool(allow_unseen_elements) or runner.allow_unseen_elements
+    return runner
+
+
+def _load_runner(model, backend: str, dev: torch.device, dt: Optional[torch.dtype]) -> Runner:
     if isinstance(model, torch.nn.Module):
         zm = as_zoo_model(model)
         info = ModelInfo.from_model(zm)
@@ -294,6 +379,59 @@ def load_runner(
     if dt is not None and dt != exported:
         raise UseError(f"{file} runs in the dtype it was exported in ({exported}); drop --dtype or export again with --dtype {str(dt).replace('torch.', '')}")
     return Runner(fn, info, backend, dev, exported, grad=False, virial_attr=False)
+
+
+def accelerated_runner(eager: Runner, compile: bool, cuda_graphs: bool) -> Runner:
+    """The eager runner's model compiled and/or replayed as CUDA graphs, checked against eager."""
+    from zoo import accel
+
+    model, info = eager.module, eager.info
+    module = accel.compile_model(model) if compile else model
+    name = "compile" if compile else "eager"
+    if cuda_graphs:
+        module = accel.CudaGraphModel(module, model, pad_species=info.type_numbers[0], pad_length=0.5 * info.r_max, grad=eager.needs_grad)
+        name += "+cuda-graphs"
+    runner = Runner(module, info, name, eager.device, eager.dtype, grad=True, virial_attr=True)
+    check_against_eager(runner, eager)
+    return runner
+
+
+def check_against_eager(runner: Runner, eager: Runner) -> float:
+    """Run `runner` and `eager` on the real check structures (one, then two per batch; zoo.export) and
+    raise UseError naming the output if they differ by more than ACCELERATED_RTOL relative to the output's
+    largest value. Returns the largest relative difference."""
+    from zoo.accel import CaptureError, relative_difference
+    from zoo.export.trace import ExportError, check_inputs
+
+    rtol = ACCELERATED_RTOL[eager.dtype]
+    try:
+        checks = check_inputs(eager.module, eager.dtype, eager.device)
+    except ExportError as exc:
+        raise UseError(f"backend {runner.backend}: cannot check it against eager: {exc}") from None
+    worst = 0.0
+    for kwargs in checks:
+        n = kwargs.pop("num_graphs")
+        pos = kwargs["pos"]  # the argument form model_inputs gives, so the check compiles what runs later
+        kwargs.setdefault("edge_shift", pos.new_zeros(kwargs["edge_index"].shape[1], 3))
+        kwargs.setdefault("tags", torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device))
+        try:
+            got = runner(kwargs, n)
+        except CaptureError as exc:
+            raise UseError(str(exc)) from None
+        except RuntimeError as exc:  # torch.compile's errors (Dynamo, Inductor) derive from RuntimeError
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise UseError(f"backend {runner.backend} failed on the check structures ({type(exc).__name__}: {first}); use --backend eager") from exc
+        for name, diff in relative_difference(eager(kwargs, n), got).items():
+            if not diff <= rtol:
+                raise UseError(
+                    f"backend {runner.backend} differs from eager on output {name!r} by {diff:.3g} relative (allowed {rtol:g}, "
+                    f"{str(eager.dtype).replace('torch.', '')}, {n} check structure(s)); use --backend eager and report this"
+                )  # fmt: skip
+            worst = max(worst, diff)
+    return worst
+
+
+ACCELERATED_RTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -446,8 +584,12 @@ def oc20_tags(structure: Structure) -> tuple[Optional[np.ndarray], str]:
     return None, f"tags {sorted(values)} are not OC20 tags; {hint}"
 
 
-def check_structure(structure: Structure, info: ModelInfo) -> tuple[Optional[Structure], str]:
-    """The structure ready for the model (tags resolved), or (None, why the model cannot handle it)."""
+def check_structure(structure: Structure, info: ModelInfo, allow_unseen_elements: bool = False) -> tuple[Optional[Structure], str]:
+    """The structure ready for the model (tags resolved), or (None, why the model cannot handle it).
+
+    The one place that refuses elements outside the model's training data (predict, eval, bench and the
+    ASE calculator all come through here): the network embeds them, but what it predicts for them is
+    meaningless. `allow_unseen_elements` lets them through."""
     try:
         structure.check(structure.label)
     except DataError as exc:
@@ -461,6 +603,13 @@ def check_structure(structure: Structure, info: ModelInfo) -> tuple[Optional[Str
         names = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown)
         allowed = " ".join(info.type_names) if len(info.type_numbers) <= 12 else f"Z in {min(info.type_numbers)}..{max(info.type_numbers)}"
         return None, f"element(s) {names} not among the model's types ({allowed}); use a model trained on them"
+    unseen = info.unseen_elements(structure.species.tolist())
+    if unseen and not allow_unseen_elements:
+        return None, (
+            f"element(s) {', '.join(element_names(unseen))} not in the training data of {info.name} (it saw only "
+            f"{' '.join(element_names(info.elements))}), so its prediction would be meaningless; use a model trained on them, "
+            "or pass --allow-unseen-elements (Python: allow_unseen_elements=True) to predict anyway"
+        )
     if info.periodic and not structure.pbc.any():
         return None, "the model is periodic (trained on cells/slabs) but this structure is an isolated molecule without a periodic cell; give a cell and pbc"
     if structure.pbc.any() and abs(np.linalg.det(structure.cell)) < 1e-9:
@@ -471,7 +620,40 @@ def check_structure(structure: Structure, info: ModelInfo) -> tuple[Optional[Str
             return None, reason
         if tags is not structure.tags:
             structure = dataclasses.replace(structure, tags=tags)
+    problem = geometry_problem(structure, info.r_max)
+    if problem:
+        return None, problem
     return structure, ""
+
+
+def geometry_problem(structure: Structure, r_max: float) -> str:
+    """Why the geometry cannot be predicted ("" if it can): a periodic cell that is absurd for the cutoff
+    (see zoo.graph.periodic_cell_problem), or two atoms (or an atom and a periodic image) closer than
+    MIN_DISTANCE. Found with an O(N) neighbour list at MIN_DISTANCE, before any model runs."""
+    if structure.pbc.any():
+        problem = periodic_cell_problem(structure.cell, structure.pbc, structure.n_atoms, r_max)
+        if problem:
+            return problem
+    pos = torch.from_numpy(structure.positions)
+    batch = torch.zeros(structure.n_atoms, dtype=torch.long)
+    try:
+        if structure.pbc.any():
+            edges, _, shift = periodic_graph(pos, torch.from_numpy(structure.cell)[None], torch.from_numpy(structure.pbc)[None], batch, MIN_DISTANCE)
+        else:
+            edges, shift = radius_graph(pos, batch, MIN_DISTANCE), torch.zeros(0, 3, dtype=pos.dtype)
+    except ValueError as exc:
+        return str(exc)
+    if edges.shape[1] == 0:
+        return ""
+    vec = pos[edges[0]] - pos[edges[1]] + (shift if shift.shape[0] else 0)
+    k = int(torch.argmin(vec.norm(dim=1)))
+    src, dst = int(edges[0, k]), int(edges[1, k])
+    imaged = shift.shape[0] > 0 and bool(shift[k].any())
+    pair = f"atom {dst} and a periodic image of atom {src} are" if imaged else f"atoms {min(src, dst)} and {max(src, dst)} are"
+    return (
+        f"{pair} {float(vec[k].norm()):.3g} Å apart, closer than {MIN_DISTANCE} Å; "
+        "fix the coordinates (duplicated atom? wrong units?)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -541,9 +723,13 @@ def progress_bar(total: int, description: str):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    console = Console(stderr=True)
+    room = max(12, console.width - 50)  # the bar (20), counts and times take the rest: the line fits the terminal
+    if len(description) > room:
+        description = description[: room - 1] + "…"
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=False,
+        TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=False,
     )  # fmt: skip
     task = bar.add_task(description, total=total)
     return bar, task
@@ -567,7 +753,7 @@ def run_items(
         if item.error or item.structure is None:
             item.error = item.error or "structure could not be read"
             continue
-        structure, reason = check_structure(item.structure, info)
+        structure, reason = check_structure(item.structure, info, runner.allow_unseen_elements)
         if structure is None:
             item.error = reason
         else:
@@ -587,18 +773,29 @@ def run_items(
             bar.stop()
 
 
+def failure_reason(exc: BaseException, structure: Structure) -> str:
+    """The error row of a structure the model failed on (out of memory said as such)."""
+    message = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, MemoryError) or "can't allocate memory" in message or "out of memory" in message.lower():
+        return (
+            f"out of memory on this structure of {structure.n_atoms} atoms ({type(exc).__name__} {message}); "
+            "run it on a machine with more memory"
+        )
+    return f"the model failed on this structure: {type(exc).__name__}: {message}"
+
+
 def _run_chunk(runner: Runner, chunk: list[tuple[Item, Structure]]) -> None:
     structures = [s for _, s in chunk]
     virial = runner.supports_virial and any(_is_3d_periodic(s) for s in structures)
     try:
         inputs, n = model_inputs(structures, runner.info, runner.device, runner.dtype)
         rows = outputs_per_structure(runner(inputs, n, virial=virial), structures, runner.info)
-    except (RuntimeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure (MemoryError too) costs this structure only
         if len(chunk) > 1:
             for pair in chunk:
                 _run_chunk(runner, [pair])
             return
-        chunk[0][0].error = f"the model failed on this structure: {str(exc).splitlines()[0]}"
+        chunk[0][0].error = failure_reason(exc, chunk[0][1])
         return
     for (item, _), (values, per_atom, stress) in zip(chunk, rows):
         bad = [k for k, v in values.items() if not math.isfinite(v)]
@@ -734,9 +931,9 @@ class PredictionSet:
         """Write `csv` (one row per structure, per-atom arrays left out), `json` (everything) or `extxyz`
         (structures with results); the format follows the suffix unless given. Atomic (temp + rename)."""
         path = Path(path)
-        fmt = fmt or OUTPUT_FORMATS.get(path.suffix.lower())
+        fmt = fmt or check_output(path, OUTPUT_FORMATS)
         if fmt not in ("csv", "json", "extxyz"):
-            raise UseError(f"{path}: unknown output format; use a .csv, .json or .extxyz file name")
+            raise UseError(f"{path}: unknown output format {fmt!r}; use csv, json or extxyz")
         if fmt == "csv":
             return atomic_write(path, lambda tmp: self.frame(per_atom=False).to_csv(tmp, index=False))
         if fmt == "json":
@@ -764,27 +961,12 @@ def _jsonable(value):
     return value
 
 
-def atomic_write(path: Union[str, os.PathLike], write: Callable[[str], Any]) -> Path:
-    """Call `write(tmp_path)` on a temporary sibling of `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 # ---------------------------------------------------------------------------------------------- the API
 class Predictor:
     """A loaded model ready to predict many inputs (loads once; `run` as often as needed)."""
 
-    def __init__(self, model=None, backend: str = "eager", device="auto", dtype=None):
-        self.runner = load_runner(model, backend=backend, device=device, dtype=dtype)
+    def __init__(self, model=None, backend: str = "eager", device="auto", dtype=None, allow_unseen_elements: bool = False, cuda_graphs: bool = False):
+        self.runner = load_runner(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements, cuda_graphs=cuda_graphs)
 
     @property
     def info(self) -> ModelInfo:
@@ -808,15 +990,21 @@ def predict(
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_atoms: int = DEFAULT_MAX_ATOMS,
     progress: bool = False,
+    allow_unseen_elements: bool = False,
+    cuda_graphs: bool = False,
 ):
     """Predict every structure of `inputs` (paths, globs, ase.Atoms, Structures) with `model` (directory,
     registry name, `hf-hub:` id, TorchScript file, ZooModel; None: the embedded default).
 
     Returns a pandas DataFrame, one row per structure (`status`/`error` say which failed and why), outputs
     in columns named with their units, per-atom arrays (forces, atomic energies) as array-valued columns.
-    `output` also writes it (.csv, .json or .extxyz).
+    `output` also writes it (.csv, .json or .extxyz). Structures with elements outside the model's training
+    data get an error unless `allow_unseen_elements`. `backend="compile"`
+    and `cuda_graphs` as in load_runner.
     """
-    result = Predictor(model, backend=backend, device=device, dtype=dtype).run(inputs, batch_size=batch_size, max_atoms=max_atoms, progress=progress)
+    if output is not None:
+        check_output(output, OUTPUT_FORMATS)
+    result = Predictor(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements, cuda_graphs=cuda_graphs).run(inputs, batch_size=batch_size, max_atoms=max_atoms, progress=progress)
     if output is not None:
         result.write(output)
     return result.frame()

@@ -14,8 +14,12 @@ writes an entry like
         "files": {"model.safetensors": {"sha256": "<64 hex>", "size": 123}, "config.json": {...}, ...},
         "metrics": [{"split": "test", "target": "energy", "metric": "MAE", "value": 0.0052, "unit": "eV"}]}}}
 
-(`"release": "<folder under releases/>"` instead of repo_id/revision for a local release; any catalogue
+(`"release": "<folder name>"` instead of repo_id/revision for a local release; any catalogue
 field may be given too, which defines a new name). Names without files say "not published yet".
+
+Where a release's files are found, in order (`release_sources`): the Hub (an entry with repo_id +
+revision), the installed model distribution `equizoo-models` (package `equizoo_models`, one folder per
+name), the folder `$EQUIZOO_RELEASES/<name>`, and in a source checkout of equizoo its `releases/` folder.
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import importlib.util
 import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,8 +41,11 @@ REGISTRY_FORMAT = "equizoo-registry/1"
 PACKAGED_REGISTRY = Path(__file__).resolve().parent / "hub" / "published.json"
 REGISTRY_ENV = "EQUIZOO_REGISTRY"
 RELEASES_ENV = "EQUIZOO_RELEASES"
-RELEASES_DIR = Path(__file__).resolve().parents[1] / "releases"
+MODELS_PACKAGE = "equizoo_models"  # import name of the model distribution `equizoo-models`
+MODELS_DISTRIBUTION = "equizoo-models"
+_CHECKOUT = Path(__file__).resolve().parents[1]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")  # a file of a model directory: no '/', '..', absolute or hidden path
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -125,7 +132,8 @@ class PretrainedModel:
         return {f.path: f.sha256 for f in self.files}
 
     def release_dir(self) -> Optional[Path]:
-        return releases_dir() / self.release if self.release else None
+        """The first local folder of this release that exists (see `release_sources`), else None."""
+        return next((folder for _, folder in release_sources(self) if folder is not None and folder.is_dir()), None)
 
     def to_dict(self) -> dict:
         d = {
@@ -247,10 +255,54 @@ def _cpu_catalogue(full: Mapping[str, PretrainedModel]) -> Dict[str, PretrainedM
 
 
 # ------------------------------------------------------------------------------------- registry files
-def releases_dir() -> Path:
-    """Where local releases live: $EQUIZOO_RELEASES, else `releases/` beside the package."""
+def checkout_root() -> Optional[Path]:
+    """The source checkout this package is imported from (an editable install), else None: in an
+    ordinary install nothing of the repository lies beside the package."""
+    pyproject = _CHECKOUT / "pyproject.toml"
+    try:
+        ours = pyproject.is_file() and 'name = "equizoo"' in pyproject.read_text(encoding="utf-8")
+    except OSError:
+        ours = False
+    return _CHECKOUT if ours else None
+
+
+def checkout_releases_dir() -> Optional[Path]:
+    """`releases/` of the source checkout, if this is one and it has that folder."""
+    root = checkout_root()
+    return root / "releases" if root is not None and (root / "releases").is_dir() else None
+
+
+def releases_dir() -> Optional[Path]:
+    """Where local releases are read and written: $EQUIZOO_RELEASES, else the source checkout's
+    `releases/` (None when neither exists)."""
     env = os.environ.get(RELEASES_ENV, "").strip()
-    return Path(env).expanduser() if env else RELEASES_DIR
+    return Path(env).expanduser() if env else checkout_releases_dir()
+
+
+def models_package_dir() -> Optional[Path]:
+    """The folder of the installed model distribution (`pip install equizoo-models`), else None."""
+    try:
+        spec = importlib.util.find_spec(MODELS_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) if locations else None
+
+
+def release_sources(entry: "PretrainedModel") -> List[Tuple[str, Optional[Path]]]:
+    """The local places a release's files may be, in the order they are tried after the Hub:
+    [(label, folder or None if that source is absent)]."""
+    name = entry.release or entry.name
+    package = models_package_dir()
+    env = os.environ.get(RELEASES_ENV, "").strip()
+    checkout = checkout_releases_dir()
+    out: List[Tuple[str, Optional[Path]]] = [
+        (f"installed model distribution {MODELS_DISTRIBUTION}" + ("" if package else " (not installed)"), package / name if package else None),
+        (f"${RELEASES_ENV}" + (f"={env}" if env else " (not set)"), Path(env).expanduser() / name if env else None),
+    ]
+    if checkout is not None:
+        out.append((f"source checkout {checkout}", checkout / name))
+    return out
 
 
 def registry_files() -> List[Path]:
@@ -299,6 +351,8 @@ def _entry(name: str, data: Mapping, base: Optional[PretrainedModel], where: str
     if "files" in data:
         files = []
         for path, info in dict(data["files"]).items():
+            if not FILE_NAME.match(str(path)):
+                raise RegistryError(f"{where}: file {path!r} must be a plain file name of the model directory (no '/', '..' or absolute path)")
             info = {"sha256": info} if isinstance(info, str) else dict(info)
             digest = str(info.get("sha256", "")).lower()
             if not _SHA256.match(digest):
@@ -385,11 +439,9 @@ def register(
     models = _read_registry(path) if path.is_file() else {}
     models[name] = data
     doc = {"format": REGISTRY_FORMAT, "models": dict(sorted(models.items()))}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
+    from zoo.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
     return entry
 
 

@@ -144,6 +144,8 @@ def parse_qm9_xyz(text: str, path: str | os.PathLike | None = None) -> Structure
         raise DataError(
             f"{where(path, 1)}: expected the number of atoms, got {lines[0][:40]!r}; not a QM9 xyz file"
         ) from None
+    if n < 1:
+        raise DataError(f"{where(path, 1)}: the number of atoms is {n}; it must be positive. Fix or re-extract the file")
     if len(lines) < 2:
         raise DataError(f"{where(path)}: truncated after line 1; re-extract the file")
     header = lines[1].split()
@@ -184,7 +186,19 @@ def read_qm9_xyz(path: str | os.PathLike) -> Structure:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    return parse_qm9_xyz(path.read_text(), path)
+    return parse_qm9_xyz(decode_text(path.read_bytes(), path), path)
+
+
+def decode_text(data: bytes, path: str | os.PathLike) -> str:
+    """A text file's bytes as str; binary garbage is a DataError naming the file and the line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{where(path, line)}: not text (byte 0x{data[exc.start]:02x} at offset {exc.start} is not UTF-8); "
+            "the file is binary or corrupt, re-extract it"
+        ) from None
 
 
 def read_qm9_atomref(path: str | os.PathLike) -> dict[int, dict[str, float]]:
@@ -257,7 +271,7 @@ def iter_qm9_figshare(
                 if index is None or not member.isfile() or index in skip:
                     continue
                 handle = tar.extractfile(member)
-                text = handle.read().decode("ascii")
+                text = decode_text(handle.read(), f"{source}!{member.name}")
                 found[index] = parse_qm9_xyz(text, f"{source}!{member.name}")
                 if progress and len(found) % 2000 == 0:
                     progress("reading QM9 archive", len(found), None)

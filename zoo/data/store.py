@@ -374,6 +374,18 @@ class PreparedDataset:
         """Atoms per structure of this view."""
         return np.diff(self._offsets)[self.global_indices]
 
+    def elements(self, chunk: int = 1 << 16) -> list[int]:
+        """Sorted atomic numbers present in this view's structures (read `chunk` structures at a time)."""
+        species = self._arrays["species"]
+        seen: set[int] = set()
+        order = np.sort(self.global_indices)
+        for c in range(0, len(order), chunk):
+            part = order[c : c + chunk]
+            starts, counts = self._offsets[part], self._offsets[part + 1] - self._offsets[part]
+            atoms = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+            seen.update(int(z) for z in np.unique(np.asarray(species[atoms])))
+        return sorted(seen)
+
     def target(self, name: str) -> np.ndarray:
         """One per-structure target for this view, [len] or [len, k] (NaN where missing)."""
         info = self.manifest["targets"].get(name)

@@ -8,7 +8,6 @@ real structures before any is moved in) and records what each export measured in
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Union
@@ -19,6 +18,7 @@ from zoo.export.metadata import model_metadata
 from zoo.export.report import EXPORTS, ExportResult, read_exports, write_exports
 from zoo.export.torchscript import ExportMismatch, check_outputs, export_torchscript, load_torchscript
 from zoo.export.trace import ExportError, quiet
+from zoo.io import make_temp_dir
 
 FORMATS = ("torchscript", "onnx", "aoti")
 FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "aoti": "model.pt2"}
@@ -51,6 +51,17 @@ def parse_formats(formats: Union[str, Iterable[str], None]) -> list[str]:
     if unknown or not items:
         raise ExportError(f"unknown export format(s) {unknown or formats!r}; choose from {', '.join(FORMATS)} (comma-separated) or all")
     return [f for f in FORMATS if f in items]
+
+
+def check_formats_available(formats: Iterable[str]) -> None:
+    """ExportError naming what to install when a format's packages are missing (before any work)."""
+    from zoo.extras import MissingExtra, require
+
+    if "onnx" in formats:
+        try:
+            require("onnx", "onnxscript", "onnxruntime", what="export --format onnx")
+        except MissingExtra as exc:
+            raise ExportError(str(exc)) from None
 
 
 def _progress():
@@ -97,6 +108,7 @@ def export_model(
 
     model_dir = Path(model_dir)
     chosen = parse_formats(formats)
+    check_formats_available(chosen)
     if isinstance(dtype, str):
         if dtype not in ("float32", "float64"):
             raise ExportError(f"dtype must be float32 or float64, got {dtype!r}")
@@ -110,7 +122,7 @@ def export_model(
         virial = bool(model.periodic and model.energy_target)
     model.compute_virial = bool(virial)
     check = check_inputs(model, dtype, torch.device("cpu"))
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
+    staging = make_temp_dir(model_dir, ".export-")
     results: Dict[str, ExportResult] = {}
     try:
         with _progress() if progress else _Quiet() as bar:

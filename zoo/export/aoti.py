@@ -12,13 +12,13 @@ A `.pt2` package is compiled for one device type (the one named at export); it l
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
 
 import torch
 
+from zoo.io import atomic_path
 from zoo.export.metadata import AOTI_FORMAT, DEVICE, FORMAT_KEY, model_metadata
 from zoo.export.report import ExportResult
 from zoo.export.trace import ExportError, GraphSignature, first_line, check_inputs, eager_outputs, export_program, flat_inputs, input_names, quiet, tolerance
@@ -114,11 +114,8 @@ def export_aoti(
     meta[FORMAT_KEY] = FORMAT
     meta[DEVICE_KEY] = device.type
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".pt2", dir=path.parent)
-    os.close(fd)
-    os.remove(tmp)
-    try:
+    with atomic_path(path, suffix=".pt2") as tmp:
+        os.remove(tmp)  # the packager creates the file itself
         configs = {"aot_inductor.metadata": meta, **(inductor_configs or {})}
         try:
             with quiet():
@@ -131,8 +128,4 @@ def export_aoti(
         worst = 0.0
         for kwargs in check:
             worst = max(worst, check_outputs(eager_outputs(model, kwargs), runner(**kwargs), rtol=tol, atol=tol, what=f"AOTInductor export {path.name}"))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return ExportResult("aoti", path, str(dtype).replace("torch.", ""), device.type, worst, tol, time.perf_counter() - start)

@@ -11,14 +11,13 @@ literals exact (trace.float_literals_to_tensors); measured deviations from eager
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
 
 import torch
 
+from zoo.io import atomic_path
 from zoo.export.metadata import FORMAT_KEY, ONNX_FORMAT, model_metadata
 from zoo.export.report import ExportResult
 from zoo.export.trace import ExportError, GraphSignature, first_line, check_inputs, eager_outputs, export_program, flat_inputs, input_names, quiet, tolerance
@@ -125,18 +124,11 @@ def export_onnx(
     _refuse_racy_scatters(onnx_program.model)
     onnx_program.model.metadata_props.update(meta)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".onnx") as tmp:
         onnx_program.save(tmp, external_data=False)
         runner = OnnxRunner(tmp)
         tol = tolerance("onnx", dtype)
         worst = 0.0
         for kwargs in check:
             worst = max(worst, check_outputs(eager_outputs(model, kwargs), runner(**kwargs), rtol=tol, atol=tol, what=f"ONNX export {path.name}"))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return ExportResult("onnx", path, str(dtype).replace("torch.", ""), "cpu", worst, tol, time.perf_counter() - start)

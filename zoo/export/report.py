@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Union
@@ -51,8 +49,7 @@ def write_exports(model_dir: Union[str, Path], records: Dict[str, dict]) -> Path
 
     path = Path(model_dir) / EXPORTS
     doc = {"equizoo_version": __version__, "torch_version": torch.__version__, "exports": records}
-    fd, tmp = tempfile.mkstemp(prefix=f".{EXPORTS}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
+    from zoo.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
     return path

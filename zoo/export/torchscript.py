@@ -13,13 +13,12 @@ Metadata (zoo.export.metadata) is stored in `_extra_files`.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from zoo.io import atomic_path
 from zoo.export.metadata import KEYS, model_metadata
 
 
@@ -59,19 +58,13 @@ def export_torchscript(
     scripted = torch.jit.script(model)
     meta = model_metadata(model, extra_metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.jit.save(scripted, tmp, _extra_files={k: v.encode() for k, v in meta.items()})
         if example_inputs is not None:
             loaded, _ = load_torchscript(tmp)
             dtype = next(model.parameters()).dtype
             tol = 1e-10 if dtype == torch.float64 else 1e-5
             check_outputs(model(**example_inputs), loaded(**example_inputs), rtol=tol, atol=tol, what=f"TorchScript export {path.name}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

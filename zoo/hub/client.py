@@ -4,8 +4,10 @@
 has none, and uploads with `create_repo` + `upload_folder` + a tag; it returns the pinned 40-hex revision.
 `pull` resolves a registry name, an `hf-hub:ORG/NAME[@REV]` id or a local directory to a verified local
 model directory: Hub files come through `snapshot_download` into the Hugging Face cache (offline use from
-the cache with HF_HUB_OFFLINE=1, HF_ENDPOINT honoured at call time), and every file is checked against
-the registry's sha256 (or, for ids outside the registry, the published manifest) before it is used.
+the cache with HF_HUB_OFFLINE=1, HF_ENDPOINT honoured at call time), downloading only the files the
+registry entry or the published manifest lists, and every file is checked against the registry's sha256
+(or, for ids outside the registry, the published manifest) before it is used. The directory it returns
+holds only verified files, so no backend can load an export that no hash covers.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Union
 
-from zoo.hub.manifest import MANIFEST, IntegrityError, read_manifest, verify_files, write_manifest
+from zoo.hub.manifest import MANIFEST, IntegrityError, read_manifest, sha256_file, verified_dir, verify_files, write_manifest
 
 HF_PREFIX = "hf-hub:"
 _HF_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
@@ -153,14 +155,8 @@ def publish(
         raise _explain(exc, what, url) from exc
     if not revision or not _SHA.match(revision):
         raise HubError(f"{what}: the Hub returned {revision!r} instead of a 40-hex commit sha")
-    manifest = {MANIFEST: {"sha256": _sha(src / MANIFEST), "size": (src / MANIFEST).stat().st_size}}
+    manifest = {MANIFEST: {"sha256": sha256_file(src / MANIFEST), "size": (src / MANIFEST).stat().st_size}}
     return Publication(repo_id, revision, tag, url, {**files, **manifest})
-
-
-def _sha(path: Path) -> str:
-    from zoo.hub.manifest import sha256_file
-
-    return sha256_file(path)
 
 
 # ---------------------------------------------------------------------------------------------- pull
@@ -172,16 +168,79 @@ def parse_hub_id(spec: str) -> tuple[str, Optional[str]]:
     return m.group("repo"), m.group("rev")
 
 
-def _download(repo_id: str, revision: str, what: str, endpoint_url: Optional[str], token: Optional[str], cache: Optional[str], force: bool) -> Path:
+def _download(repo_id: str, revision: str, what: str, endpoint_url: Optional[str], token: Optional[str], cache: Optional[str], force: bool,
+              patterns: list) -> Path:  # fmt: skip
+    """The snapshot folder of `repo_id@revision` holding just the files named in `patterns` (plain file
+    names, so also glob-free): what the Hub adds by itself (.gitattributes) or anything else is never fetched."""
     hf = _hub()
     url = endpoint(endpoint_url)
     try:
         path = hf.snapshot_download(
-            repo_id, revision=revision, endpoint=url, token=token, cache_dir=hf_cache_dir(cache), local_files_only=offline(), force_download=force
-        )
+            repo_id, revision=revision, endpoint=url, token=token, cache_dir=hf_cache_dir(cache), local_files_only=offline(), force_download=force,
+            allow_patterns=sorted(patterns),
+        )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - translated into one clear message
         raise _explain(exc, what, url) from exc
     return Path(path)
+
+
+def _views() -> Path:
+    """Where verified copies of model directories go (inside the equizoo cache)."""
+    from zoo.data.remote import cache_dir
+
+    return cache_dir() / "verified"
+
+
+def _pull_hub_id(text: str, endpoint_url, token, cache_dir, force) -> Path:
+    repo_id, revision = parse_hub_id(text)
+    what = f"pulling {text}"
+    first = _download(repo_id, revision or "main", what, endpoint_url, token, cache_dir, force, [MANIFEST])
+    expected = read_manifest(first)  # refuses names outside the snapshot
+    commit = first.name if _SHA.match(first.name) else (revision or "main")  # the same commit for the files
+    snapshot = _download(repo_id, commit, what, endpoint_url, token, cache_dir, force, [MANIFEST, *expected])
+    expected = {**expected, MANIFEST: sha256_file(first / MANIFEST)}
+    return verified_dir(snapshot, expected, f"{text} (published manifest)", _views())
+
+
+def _pull_registry(entry, endpoint_url, token, cache_dir, force) -> Path:
+    """The first source of a registry entry that has its files: Hub, model distribution, $EQUIZOO_RELEASES,
+    source checkout; one error naming every source tried when none has them. A source whose files fail
+    their sha256 check stops the search (a changed file is reported, never papered over by another copy)."""
+    from zoo.registry import MODELS_DISTRIBUTION, release_sources
+
+    expected = entry.file_hashes()
+    tried: list = []
+
+    def refuse(exc: IntegrityError, label: str) -> IntegrityError:
+        before = f" (tried before: {'; '.join(tried)})" if tried else ""
+        return IntegrityError(f"{exc}{before}; refusing model {entry.name} from {label} rather than falling back to another copy")
+
+    if entry.repo_id and entry.revision:
+        label = f"Hub {entry.repo_id}@{entry.revision} at {endpoint(endpoint_url)}"
+        try:
+            snapshot = _download(entry.repo_id, entry.revision, f"pulling {entry.name}", endpoint_url, token, cache_dir, force, list(expected))
+        except HubError as exc:
+            tried.append(f"{label}: {exc}")
+        else:
+            try:
+                return verified_dir(snapshot, expected, f"model {entry.name} ({label})", _views())
+            except IntegrityError as exc:
+                raise refuse(exc, label) from None
+    for label, folder in release_sources(entry):
+        if folder is None:
+            tried.append(label)
+        elif not folder.is_dir():
+            tried.append(f"{label}: no folder {folder}")
+        else:
+            try:
+                return verified_dir(folder, expected, f"model {entry.name} ({label})", _views())
+            except IntegrityError as exc:
+                raise refuse(exc, label) from None
+    raise HubError(
+        f"model {entry.name} could not be loaded from any source; tried, in order: " + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
+        + f". Install the model distribution (pip install {MODELS_DISTRIBUTION}), set EQUIZOO_RELEASES to a folder holding {entry.release or entry.name}/, "
+        "or register a Hub revision (EQUIZOO_REGISTRY)"
+    )  # fmt: skip
 
 
 def pull(
@@ -193,9 +252,10 @@ def pull(
 ) -> Path:
     """A verified local model directory for a registry name, an `hf-hub:ORG/NAME[@REV]` id or a path.
 
-    Registry entries are fetched at their pinned revision (or read from their local release folder) and
-    checked against the registry's sha256; Hub ids are checked against their published manifest.json.
-    Raises HubError / IntegrityError (a ValueError) / zoo.registry.RegistryError with what to do."""
+    Registry entries are fetched at their pinned revision, or read from the model distribution or a local
+    release folder, and checked against the registry's sha256; Hub ids are checked against their published
+    manifest.json. Only the listed files are downloaded, and the directory returned holds nothing but
+    verified files. Raises HubError / IntegrityError (a ValueError) / zoo.registry.RegistryError with what to do."""
     from zoo.registry import RegistryError, get_model
 
     text = str(spec)
@@ -206,12 +266,7 @@ def pull(
             verify_files(src, read_manifest(src), f"model directory {src}")
         return src
     if text.startswith(HF_PREFIX):
-        repo_id, revision = parse_hub_id(text)
-        snapshot = _download(repo_id, revision or "main", f"pulling {text}", endpoint_url, token, cache_dir, force)
-        expected = read_manifest(snapshot)
-        verify_files(snapshot, expected, f"{text} (published manifest)")
-        _only_listed(snapshot, expected, text)
-        return snapshot
+        return _pull_hub_id(text, endpoint_url, token, cache_dir, force)
     if os.sep in text or text.startswith((".", "~")):
         raise HubError(f"{text}: no such model directory; give a model directory, a registry name (`equizoo list`) or hf-hub:ORG/NAME@REV")
     entry = get_model(text)
@@ -220,21 +275,7 @@ def pull(
             f"model {entry.name} is registered but not published yet (no trained weights have been released for it); "
             f"`equizoo list --published` shows the models you can pull"
         )
-    if entry.release and not entry.repo_id:
-        folder = entry.release_dir()
-        if folder is None or not folder.is_dir():
-            raise HubError(f"model {entry.name} is a local release in {folder}, which does not exist here; set EQUIZOO_RELEASES or publish it to a Hub")
-        verify_files(folder, entry.file_hashes(), f"model {entry.name} (local release)")
-        return folder
-    snapshot = _download(entry.repo_id, entry.revision, f"pulling {entry.name} ({entry.repo_id}@{entry.revision[:12]})", endpoint_url, token, cache_dir, force)
-    verify_files(snapshot, entry.file_hashes(), f"model {entry.name} ({entry.repo_id}@{entry.revision})")
-    return snapshot
-
-
-def _only_listed(snapshot: Path, expected: Dict[str, str], what: str) -> None:
-    extra = sorted(p.name for p in snapshot.iterdir() if p.is_file() and p.name not in expected and p.name != MANIFEST)
-    if extra:
-        raise IntegrityError(f"{what}: files {extra} are not in its published manifest; the repo was changed outside `equizoo publish`")
+    return _pull_registry(entry, endpoint_url, token, cache_dir, force)
 
 
 def resolve_model(spec: str) -> Path:

@@ -41,12 +41,10 @@ import fnmatch
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import shutil
 import socket
-import tempfile
 import threading
 import time
 from datetime import datetime, timezone
@@ -145,15 +143,9 @@ def _git_blob_sha1(data: bytes) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from zoo.io import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
 
 
 def _card_data(readme: bytes) -> Optional[dict]:

@@ -19,11 +19,12 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from zoo.io import atomic_path
 
 SRC_DIR = Path(__file__).resolve().parent / "src"
 SOURCES = ("pair_equiformer.cpp", "equiformer_plugin.cpp")
@@ -207,22 +208,16 @@ def build_plugin(force: bool = False, cache: Optional[Path] = None, log=None, cx
         if target.is_file() and not force:
             return target
         out_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out_dir)
-        os.close(fd)
-        cmd = compile_command(tc, Path(tmp))
-        if log:
-            log(f"compiling the equiformer LAMMPS plugin (LAMMPS {tc.lammps_version_string}, torch {tc.torch_version}); about a minute ...")
         start = time.time()
-        try:
+        with atomic_path(target, suffix=".so", executable=True) as tmp:
+            cmd = compile_command(tc, Path(tmp))
+            if log:
+                log(f"compiling the equiformer LAMMPS plugin (LAMMPS {tc.lammps_version_string}, torch {tc.torch_version}); about a minute ...")
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 (out_dir / "build.log").write_text(shlex.join(cmd) + "\n\n" + proc.stdout + proc.stderr)
                 tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
                 raise BuildError(f"compiling the plugin failed (full log: {out_dir / 'build.log'}):\n{tail}")
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         info = {"toolchain": asdict(tc), "command": shlex.join(cmd), "seconds": round(time.time() - start, 1), "source_hash": source_hash()}
         (out_dir / "build.json").write_text(json.dumps(info, indent=2) + "\n")
         if log:

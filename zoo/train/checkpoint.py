@@ -16,32 +16,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from zoo.io import atomic_write, atomic_write_text, make_temp_dir  # noqa: F401 - atomic_write_text is used as ckpt.atomic_write_text
 from zoo.train.errors import TrainError
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step_"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temporary sibling and one rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -51,15 +36,7 @@ def tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_weights(path: Path, state: Mapping[str, torch.Tensor], metadata: dict | None = None) -> None:
     """A safetensors file written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors(state), tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file(tensors(state), tmp, metadata={k: str(v) for k, v in (metadata or {}).items()}))
 
 
 def load_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -95,7 +72,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:09d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    tmp = make_temp_dir(root, f".{final.name}.")
     try:
         save_file(tensors(model.state_dict()), str(tmp / "model.safetensors"))
         if ema is not None:

@@ -81,6 +81,7 @@ SCHEMA: dict = {
         "max_steps": Field("int", None),
         "clip_grad_norm": Field("float", None),
         "amp": Field("bool", False),
+        "tf32": Field("bool", False),
         "ema_decay": Field("float", None),
     },
     "schedule": {
@@ -389,6 +390,10 @@ def _check(r: dict, origin: str) -> None:
         fail(f"model.overrides: {exc}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", r["device"]):
         fail(f"device must be auto, cpu, cuda or cuda:N, got {r['device']!r}")
+    if r["optim"]["amp"] and r["model"]["dtype"] != "float32":
+        fail(f"optim.amp (bf16 autocast) needs model.dtype float32; autocast leaves a {r['model']['dtype']} model in {r['model']['dtype']}")
+    if r["optim"]["tf32"] and r["model"]["dtype"] != "float32":
+        fail(f"optim.tf32 (TF32 matrix products on CUDA) needs model.dtype float32, got {r['model']['dtype']}")
     betas = r["optim"]["betas"]
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         fail(f"optim.betas must be two numbers in [0, 1), got {betas}")

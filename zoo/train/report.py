@@ -5,12 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from zoo.train.checkpoint import atomic_write_text
+from zoo.io import atomic_write, atomic_write_text
 
 
 def history_columns(history: Sequence[dict]) -> list[str]:
@@ -58,15 +56,10 @@ def plot_curves(history: Sequence[dict], path: Path, title: str, units: Mapping[
             ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _positive(value) -> bool:

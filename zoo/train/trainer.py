@@ -199,6 +199,17 @@ def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool):
+    """TF32 for CUDA float32 matrix products and convolutions while inside (restored after)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 class _Run:
     def __init__(self, recipe: dict, run_dir: Path, checkpoint: Path | None, env: DistEnv, console: Any) -> None:
         from rich.console import Console
@@ -259,6 +270,16 @@ class _Run:
 
     def _autocast(self):
         return torch.autocast(device_type=self.env.device.type, dtype=torch.bfloat16, enabled=self.r["optim"]["amp"])
+
+    def _precision(self) -> str:
+        """What the arithmetic of this run is, said at the start (never silently lower than model.dtype)."""
+        o, cuda = self.r["optim"], self.env.device.type == "cuda"
+        parts = [self.r["model"]["dtype"]]
+        if o["tf32"]:
+            parts.append("TF32 matrix products" if cuda else "TF32 asked for but has no effect on " + self.env.device.type)
+        if o["amp"]:
+            parts.append("bf16 autocast (forward and loss)")
+        return ", ".join(parts)
 
     def _evaluate(self, view, limit: int | None = None) -> dict:
         batches = EvalBatches(view, self.eval_bs, self.env, self.data.targets, self.dtype, self.config.r_max, self.config.max_neighbors, limit)
@@ -385,6 +406,10 @@ class _Run:
 
     # --- the loop ---------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        with tf32_matmuls(self.r["optim"]["tf32"]):
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         self._build()
         r, env = self.r, self.env
         o, ev = r["optim"], r["eval"]
@@ -460,6 +485,7 @@ class _Run:
             f"{self.spe} steps/epoch x {self.r['optim']['max_epochs']} epochs (stop at step {self.stop}), "
             f"{self.env.world} process(es) on {self.env.device}{resumed}; run folder {self.run_dir}"
         )
+        self.console.print(f"precision: {self._precision()}")
 
     # --- the end ----------------------------------------------------------------------------------
     def _finish(self) -> TrainResult:
@@ -526,6 +552,7 @@ class _Run:
             "metrics": self._metrics(weights_step, val, test),
             "recipe": self.r,
             "dataset": self.data.describe(self.r),
+            "elements": self.data.train.elements(),  # atomic numbers of the training data: what the model covers
             "environment": {"equizoo": __version__, "torch": torch.__version__, "e3nn": e3nn.__version__, "numpy": np.__version__,
                             "python": platform.python_version(), "cuda": torch.version.cuda, "platform": platform.platform(),
                             "device": str(env.device), "device_name": device_name},
