@@ -95,7 +95,8 @@ def export_aoti(
     """Compile `model` (eval ZooModel) into an AOTInductor package for `device` at `path`, atomically;
     check it against eager on `check` (forward kwargs on `device`; default: real check structures) and
     raise ExportMismatch (writing nothing) if it disagrees. `program` is a (ExportedProgram,
-    GraphSignature) traced on the same device; `inductor_configs` pass through to the compiler."""
+    GraphSignature) traced on the same device with `input_names(model, energy_weight=True)`;
+    `inductor_configs` pass through to the compiler."""
     from zoo.artifact import as_zoo_model
     from zoo.export.torchscript import check_outputs
 
@@ -104,7 +105,7 @@ def export_aoti(
     model = as_zoo_model(model).eval().to(device)
     dtype = next(model.parameters()).dtype
     check = list(check) if check is not None else check_inputs(model, dtype, device)
-    names = input_names(model)
+    names = input_names(model, energy_weight=True)
     if program is None:
         example = flat_inputs(names, dtype, device, **check[-1])
         program = export_program(model, example, names)
