@@ -210,6 +210,19 @@ def test_lammps_refuses_a_package_built_elsewhere(case, plugin, aspirin, aoti_mo
         assert text in out, out[-2000:]
 
 
+def test_python_runner_refuses_a_package_built_elsewhere(aoti_model, tmp_path):
+    """zoo's own runner reads the stored metadata before loading the compiled code, like LAMMPS and C++."""
+    from zoo.export.aoti import load_aoti
+    from zoo.export.trace import ExportError
+
+    other = _with_metadata(aoti_model[1], tmp_path / "other.pt2", torch_version="2.99.0+cu130")
+    with pytest.raises(ExportError, match=rf"compiled with torch 2\.99\.0\+cu130 but this is torch {re.escape(torch.__version__)};.*one torch version"):
+        load_aoti(other)
+    cuda = _with_metadata(aoti_model[1], tmp_path / "cuda.pt2", device="cuda")
+    with pytest.raises(ExportError, match="built for cuda and cannot run on cpu;.*--device cpu.cuda"):
+        load_aoti(cuda)
+
+
 def test_cpp_example_runs_the_package(example_binary, aspirin, aoti_model, tmp_path):
     """examples/cpp with the .pt2 prints the same energy and forces as Python (and as with TorchScript)."""
     pos, z = aspirin
