@@ -251,6 +251,23 @@ def test_cpp_example_refuses_a_package_for_another_torch(example_binary, aspirin
     assert "export it on this machine" in proc.stderr
 
 
+def test_cli_example_runs_a_package(plugin, aoti_model, tmp_path):
+    """`equizoo lammps example model.pt2` writes an input that runs the package."""
+    from typer.testing import CliRunner
+
+    from zoo.cli import app
+
+    out_dir = tmp_path / "example"
+    res = CliRunner().invoke(app, ["lammps", "example", str(aoti_model[1]), "--out", str(out_dir), "--steps", "4", "--molecule", "CH3CH2OH", "--plugin", str(plugin)])
+    assert res.exit_code == 0, res.output
+    inp = (out_dir / "in.equiformer").read_text()
+    assert re.search(rf"pair_coeff +\* \* {re.escape(str(aoti_model[1]))} ", inp)
+    _, out = run_lmp(inp, out_dir)
+    assert "AOTInductor package" in out
+    rows = thermo_rows(out)
+    assert [r["Step"] for r in rows] == [0, 4] and all(np.isfinite(r["TotEng"]) for r in rows)
+
+
 def test_export_cli_documents_formats_and_the_compile_rule():
     from typer.testing import CliRunner
 
