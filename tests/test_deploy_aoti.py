@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -266,6 +267,23 @@ def test_cli_example_runs_a_package(plugin, aoti_model, tmp_path):
     assert "AOTInductor package" in out
     rows = thermo_rows(out)
     assert [r["Step"] for r in rows] == [0, 4] and all(np.isfinite(r["TotEng"]) for r in rows)
+
+
+def test_model_card_states_the_compile_rule(aoti_model, tmp_path):
+    """The card of a model directory holding the package says for which device and torch it was compiled."""
+    from zoo.artifact import save_model_dir
+    from zoo.cards import render_card
+    from zoo.export.report import ExportResult, write_exports
+
+    model, pt2, _ = aoti_model
+    model_dir = save_model_dir(model, tmp_path / "model", name="tiny")
+    shutil.copy(pt2, model_dir / "model.pt2")
+    record = ExportResult("aoti", model_dir / "model.pt2", "float64", "cpu", 0.0, 1e-9, 1.0, torch.__version__).to_dict()
+    write_exports(model_dir, {"aoti": record})
+    text = " ".join(str(render_card(model_dir)).split())
+    assert f"`model.pt2` is an AOTInductor package compiled for cpu with torch {torch.__version__}" in text
+    assert "it runs only on that device type and with that torch version" in text and "--format aoti --device cpu|cuda" in text
+    assert "pair_coeff * * model.pt2" in text and "Which file where" in text
 
 
 def test_export_cli_documents_formats_and_the_compile_rule():
