@@ -105,7 +105,8 @@ def export_model(
     """Export the model of `model_dir` into that directory in `formats` (default all), in `dtype` (default:
     the saved one), the AOTInductor package built for `device`. Every file is checked against the eager
     model on real structures; on any mismatch ExportMismatch is raised and nothing is written. `virial`
-    (default: periodic force fields) bakes the virial into the ONNX/AOTInductor graphs. `onnx_optimize` runs
+    (default: periodic force fields) bakes the virial into the ONNX graph (AOTInductor packages of energy
+    models always carry it: LAMMPS needs it). `onnx_optimize` runs
     onnxscript's optimizer on the ONNX graph (minutes; a force field's file shrinks about 4x)."""
     from zoo.artifact import load_model_dir
     from zoo.export.trace import check_inputs, export_program, flat_inputs, input_names
