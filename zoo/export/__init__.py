@@ -89,7 +89,7 @@ def _torchscript(model, path: Path, check: list) -> ExportResult:
             with torch.enable_grad():
                 got = module(**kwargs)
             worst = max(worst, check_outputs(eager_outputs(model, kwargs), got, rtol=tol, atol=tol, what=f"TorchScript export {path.name}"))
-    return ExportResult("torchscript", path, str(dtype).replace("torch.", ""), "cpu", worst, tol, time.perf_counter() - start)
+    return ExportResult("torchscript", path, str(dtype).replace("torch.", ""), "cpu", worst, tol, time.perf_counter() - start, torch.__version__)
 
 
 def export_model(

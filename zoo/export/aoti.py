@@ -165,4 +165,4 @@ def export_aoti(
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return ExportResult("aoti", path, str(dtype).replace("torch.", ""), device.type, worst, tol, time.perf_counter() - start)
+    return ExportResult("aoti", path, str(dtype).replace("torch.", ""), device.type, worst, tol, time.perf_counter() - start, torch.__version__)

@@ -139,4 +139,4 @@ def export_onnx(
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return ExportResult("onnx", path, str(dtype).replace("torch.", ""), "cpu", worst, tol, time.perf_counter() - start)
+    return ExportResult("onnx", path, str(dtype).replace("torch.", ""), "cpu", worst, tol, time.perf_counter() - start, torch.__version__)
