@@ -286,6 +286,22 @@ def test_model_card_states_the_compile_rule(aoti_model, tmp_path):
     assert "pair_coeff * * model.pt2" in text and "Which file where" in text
 
 
+def test_plugin_build_checks_the_torch_version(plugin):
+    """The build compiles against headers of the torch it links (both versions named otherwise), and the
+    plugin carries that version (the C++ also asserts it against the headers at compile time)."""
+    import dataclasses
+
+    from zoo.lammps.build import BuildError, check_torch_versions, find_toolchain, torch_header_version
+
+    tc = find_toolchain()
+    assert torch_header_version(tc.torch_dir) == torch.__version__.split("+")[0]
+    check_torch_versions(tc)
+    with pytest.raises(BuildError, match=rf"headers in .* are torch {re.escape(torch.__version__.split('+')[0])} but Python imports torch 2\.99\.0"):
+        check_torch_versions(dataclasses.replace(tc, torch_version="2.99.0"))
+    info = json.loads((plugin.parent / "build.json").read_text())
+    assert f'-DEQUIZOO_TORCH_VERSION="{torch.__version__}"' in info["command"]
+
+
 def test_export_cli_documents_formats_and_the_compile_rule():
     from typer.testing import CliRunner
 
