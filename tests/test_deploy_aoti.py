@@ -3,7 +3,7 @@ example, compared with the Python model and with the TorchScript path on a real 
 
 AOTInductor compilation is slow on 2 cores, so ONE small float64 package (md17-l2 with 2 blocks, l <= 1
 and narrow irreps, scalar C++ via cpp.simdlen=1) is compiled per session and reused by every test here.
-The plugin and the C++ example are built by the fixtures of test_deploy_lammps / test_deploy_cpp (cached). Metadata-level refusals (another torch
+The plugin (test_deploy_lammps's fixture, cached on disk) and the C++ example (conftest) are built once. Metadata-level refusals (another torch
 version, another device) are tested on copies of that package whose metadata record is rewritten.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_deploy_cpp import example_binary, run_example, write_xyz
+from test_deploy_cpp import run_example, write_xyz
 from test_deploy_lammps import (
     ELEMENTS,
     _check_against_python,
