@@ -3,8 +3,9 @@ example, compared with the Python model and with the TorchScript path on a real 
 
 AOTInductor compilation is slow on 2 cores, so ONE small float64 package (md17-l2 with 2 blocks, l <= 1
 and narrow irreps, scalar C++ via cpp.simdlen=1) is compiled per session and reused by every test here.
-The plugin (test_deploy_lammps's fixture, cached on disk) and the C++ example (conftest) are built once. Metadata-level refusals (another torch
-version, another device) are tested on copies of that package whose metadata record is rewritten.
+The plugin (test_deploy_lammps's fixture, cached on disk) and the C++ example (conftest) are built once.
+Metadata-level refusals (another torch version, another device) are tested on copies of that package
+whose metadata record is rewritten.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from test_deploy_cpp import run_example, write_xyz
-from test_deploy_lammps import (
+from test_deploy_lammps import (  # noqa: F401 - aspirin, plugin and workdir are fixtures shared with the LAMMPS tests
     ELEMENTS,
     _check_against_python,
     _maxwell,
@@ -38,11 +40,9 @@ from test_deploy_lammps import (
     thermo_rows,
     workdir,
 )
-
 from zoo.lammps.build import mpirun_executable
 from zoo.lammps.inputs import write_data
 
-REPO = Path(__file__).resolve().parents[1]
 # md17-l2 with 2 blocks (make_model), shrunk so that the AOTInductor build stays short
 TINY = dict(irreps_sh="1x0e+1x1e", irreps_node_embedding="16x0e+8x1e", irreps_head="8x0e+4x1e", num_heads=2,
             irreps_mlp_mid="32x0e+16x1e", irreps_feature="32x0e", num_basis=8, radial_hidden=(16, 16))  # fmt: skip

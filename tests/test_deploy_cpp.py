@@ -20,8 +20,6 @@ from zoo.graph import radius_graph
 from zoo.models import build_model
 from zoo.models.zoo_model import TargetInfo, ZooModel
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
