@@ -54,3 +54,24 @@ def hub(tmp_path, monkeypatch):
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.setenv("EQUIZOO_REGISTRY", str(tmp_path / "registry.json"))
         yield running
+
+
+@pytest.fixture(scope="session")
+def example_binary(tmp_path_factory) -> Path:
+    """examples/cpp built with CMake against the torch wheel's libtorch (once per session)."""
+    import shutil
+    import subprocess
+
+    import torch
+
+    if shutil.which("cmake") is None or shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("cmake and a C++ compiler are needed to build the C++ example")
+    build = tmp_path_factory.mktemp("cpp-build")
+    prefix = torch.utils.cmake_prefix_path
+    example = REPO / "examples" / "cpp"
+    for cmd in (["cmake", "-S", str(example), "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}"], ["cmake", "--build", str(build)]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exe = build / "equiformer_run"
+    assert exe.is_file()
+    return exe

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,28 +20,11 @@ from zoo.graph import radius_graph
 from zoo.models import build_model
 from zoo.models.zoo_model import TargetInfo, ZooModel
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "examples" / "cpp"
-
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     torch.set_num_threads(1)  # beside the single-threaded C++ program on 2 cores
     yield
-
-
-@pytest.fixture(scope="session")
-def example_binary(tmp_path_factory) -> Path:
-    if shutil.which("cmake") is None or shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("cmake and a C++ compiler are needed to build the C++ example")
-    build = tmp_path_factory.mktemp("cpp-build")
-    prefix = torch.utils.cmake_prefix_path
-    for cmd in (["cmake", "-S", str(EXAMPLE), "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}"], ["cmake", "--build", str(build)]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    exe = build / "equiformer_run"
-    assert exe.is_file()
-    return exe
 
 
 def run_example(exe: Path, model: Path, xyz: Path) -> tuple[float, list[str], np.ndarray]:

@@ -153,8 +153,17 @@ def export_command(
     onnx_optimize: bool = typer.Option(False, "--onnx-optimize", help="Run onnxscript's optimizer on the ONNX graph (minutes; a force field's file shrinks about 4x)."),
     aoti_option: List[str] = typer.Option([], "--aoti-option", help="Inductor config KEY=VALUE for the AOTInductor build (repeatable), e.g. cpp.simdlen=1."),
 ) -> None:
-    """Export a model to TorchScript, ONNX and AOTInductor, each checked against eager on real structures."""
-    from zoo.export import check_formats_available, export_model, parse_formats
+    """Export a model to TorchScript, ONNX and AOTInductor, each checked against eager on real structures.
+
+    \b
+    Which format where:
+      torchscript  C++ (torch::jit::load) and LAMMPS; CPU or GPU; deprecated by PyTorch
+      onnx         ONNX Runtime from any language, no torch; not for LAMMPS
+      aoti         C++ (AOTIModelPackageLoader) and LAMMPS (pair_coeff * * model.pt2 ...), fastest.
+                   A package is compiled for ONE device type (--device) and ONE torch version:
+                   export it on the target machine, with the torch the program links.
+    """
+    from zoo.export import WHERE_TO_USE, check_formats_available, export_model, parse_formats
 
     try:
         chosen = parse_formats(formats)
@@ -178,6 +187,8 @@ def export_command(
     for r in results.values():
         table.add_row(r.format, r.path.name, r.dtype, r.device, f"{r.max_abs_error:.2e}", f"{r.tolerance:.0e}", f"{r.seconds:.0f}")
     console.print(table)
+    for r in results.values():
+        console.print(f"{r.path.name}: {WHERE_TO_USE[r.format]}" + (f" (this one: {r.device}, torch {r.torch_version})" if r.format == "aoti" else ""), highlight=False)
 
 
 def card_command(

@@ -40,7 +40,7 @@ def build(
 
 
 def _model_file(model: Path, out: Path, structure) -> Path:
-    """The TorchScript file for `model`: the file itself, the export inside a model directory, or a fresh
+    """The model file for `model`: the file itself (TorchScript or .pt2), the TorchScript export inside a model directory, or a fresh
     export of the model directory written into `out`."""
     if model.is_file():
         return model.resolve()
@@ -72,7 +72,7 @@ def _model_file(model: Path, out: Path, structure) -> Path:
 
 @lammps_app.command("example")
 def example(
-    model: Path = typer.Argument(..., help="An exported model.torchscript.pt, or a model directory (exported here if it has none)."),
+    model: Path = typer.Argument(..., help="An exported model.torchscript.pt or model.pt2, or a model directory (exported here if it has none)."),
     out: Path = typer.Option(Path("lammps-example"), "--out", help="Folder to write in.equiformer and system.data into."),
     structure: Optional[Path] = typer.Option(None, "--structure", help="Any file ASE reads (xyz, extxyz, cif, ...); periodic if its pbc is set."),
     molecule: str = typer.Option("CH3CH2OH", "--molecule", help="ASE g2 molecule name, used when --structure is not given."),
@@ -84,6 +84,7 @@ def example(
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
 ) -> None:
     """Write a ready-to-run LAMMPS input (+ data file) running NVE MD with MODEL."""
+    from zoo.export.aoti import package_metadata
     from zoo.export.torchscript import load_torchscript
     from zoo.lammps.build import BuildError, build_plugin, lmp_executable
     from zoo.lammps.inputs import ENERGY_UNITS, input_script, write_data
@@ -109,12 +110,19 @@ def example(
     out.mkdir(parents=True, exist_ok=True)
 
     model_file = _model_file(model, out, atoms)
-    try:
-        _, meta = load_torchscript(model_file)
-    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/ValueError for non-TorchScript files
-        _fail(f"{model_file} is not a loadable TorchScript model: {str(exc).splitlines()[0]}")
-    if not meta.get("format", "").startswith("equizoo-torchscript/"):
-        _fail(f"{model_file} is not an equizoo TorchScript export (no 'format' metadata)")
+    meta = package_metadata(model_file)  # an AOTInductor package: its metadata, read without loading it
+    if meta:
+        if not meta.get("format", "").startswith("equizoo-aoti/"):
+            _fail(f"{model_file} is an AOTInductor package but not an equizoo export (no 'format' metadata)")
+        if meta.get("device") != "cpu":
+            typer.echo(f"note: {model_file.name} was built for {meta.get('device')}; LAMMPS will run it there", err=True)
+    else:
+        try:
+            _, meta = load_torchscript(model_file)
+        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/ValueError for non-TorchScript files
+            _fail(f"{model_file} is neither a loadable TorchScript model nor an AOTInductor package: {str(exc).splitlines()[0]}")
+        if not meta.get("format", "").startswith("equizoo-torchscript/"):
+            _fail(f"{model_file} is not an equizoo TorchScript export (no 'format' metadata)")
     if not meta.get("energy_target"):
         _fail(f"{model_file} predicts no energy; LAMMPS needs an energy model")
     targets, units_list = meta.get("targets", "").split(","), meta.get("units", "").split(",")

@@ -1,12 +1,22 @@
-// Run an exported equizoo TorchScript model on a molecule from an xyz file; print energy and forces.
+// Run an exported equizoo model on a molecule from an xyz file; print energy and forces.
 //
-//   equiformer_run MODEL.torchscript.pt MOLECULE.xyz [--device cpu|cuda]
+//   equiformer_run MODEL.torchscript.pt|MODEL.pt2 MOLECULE.xyz [--device cpu|cuda]
 //
-// The model's forward (zoo/export/torchscript.py) takes pos [N,3], species [N] (atomic numbers),
-// edge_index [2,E] (row 0 = neighbour, row 1 = centre), batch [N], edge_shift, tags, num_graphs and
-// returns a dict of tensors; its metadata (r_max, element names, dtype, ...) is in the file's extra files.
+// Two formats, told apart by the file's content:
+// - TorchScript (zoo/export/torchscript.py): forward takes pos [N,3], species [N] (atomic numbers),
+//   edge_index [2,E] (row 0 = neighbour, row 1 = centre), batch [N], edge_shift, tags, num_graphs and
+//   returns a dict of tensors; its metadata (r_max, element names, dtype, ...) is in the file's extra files.
+// - AOTInductor package (zoo/export/aoti.py): flat tensors in, flat tensors out, named in order by the
+//   package metadata `inputs` and `outputs` (same metadata keys as TorchScript besides). A package is
+//   compiled for one device type and one torch version: export it on the machine that runs it.
 
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/script.h>
+#include <torch/version.h>
+
+#include <memory>
+#include <unordered_map>
 
 #include <cmath>
 #include <cstdio>
@@ -58,11 +68,26 @@ Molecule read_xyz(const std::string &path) {
   return mol;
 }
 
+// an AOTInductor package (a zip archive holding AOTInductor files) rather than a TorchScript file
+bool is_aoti_package(const std::string &path) {
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    for (const auto &name : reader.getAllRecords())
+      if (name.find("aotinductor/") != std::string::npos) return true;
+  } catch (const std::exception &) {
+  }
+  return false;
+}
+
+const char *const COMPILE_RULE =
+    "an AOTInductor package is compiled for one device type and one torch version: export it on this machine "
+    "with `equizoo export MODEL_DIR --format aoti --device cpu|cuda`, or use the TorchScript export";
+
 }  // namespace
 
 int main(int argc, char **argv) {
   if (argc < 3) {
-    std::cerr << "usage: " << argv[0] << " MODEL.torchscript.pt MOLECULE.xyz [--device cpu|cuda]\n";
+    std::cerr << "usage: " << argv[0] << " MODEL.torchscript.pt|MODEL.pt2 MOLECULE.xyz [--device cpu|cuda]\n";
     return 2;
   }
   const std::string model_path = argv[1], xyz_path = argv[2];
@@ -71,14 +96,39 @@ int main(int argc, char **argv) {
     if (std::string(argv[i]) == "--device" && i + 1 < argc) device = torch::Device(argv[++i]);
   }
   try {
-    // 1. load the module and its metadata
-    torch::jit::ExtraFilesMap meta{{"format", ""},      {"r_max", ""},       {"type_names", ""},
-                                   {"type_numbers", ""}, {"model_dtype", ""}, {"energy_target", ""},
-                                   {"units", ""},        {"targets", ""},     {"needs_tags", ""}};
-    torch::jit::Module model = torch::jit::load(model_path, device, meta);
-    model.eval();
-    if (meta["format"].rfind("equizoo-torchscript/", 0) != 0)
-      throw std::runtime_error(model_path + " is not an equizoo TorchScript export (no 'format' metadata)");
+    // 1. load the module (or package) and its metadata
+    std::unordered_map<std::string, std::string> meta{
+        {"format", ""},      {"r_max", ""},         {"type_names", ""}, {"type_numbers", ""}, {"model_dtype", ""},
+        {"energy_target", ""}, {"units", ""},       {"targets", ""},    {"needs_tags", ""}};
+    torch::jit::Module model;
+    std::unique_ptr<torch::inductor::AOTIModelPackageLoader> package;
+    const bool aoti = is_aoti_package(model_path);
+    if (aoti) {
+      meta = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(model_path, "model");
+      if (meta["format"].rfind("equizoo-aoti/", 0) != 0)
+        throw std::runtime_error(model_path + " is not an equizoo AOTInductor export (no 'format' metadata)");
+      const std::string built_torch = meta["torch_version"], built_for = meta["device"];
+      if (built_torch.substr(0, built_torch.find('+')) != TORCH_VERSION)
+        throw std::runtime_error("torch version mismatch: " + model_path + " was compiled with torch " + built_torch +
+                                 " but this program runs libtorch " + TORCH_VERSION + "; " + COMPILE_RULE);
+      if (built_for != device.str().substr(0, built_for.size()))
+        throw std::runtime_error("device mismatch: " + model_path + " was built for " + built_for +
+                                 " but --device is " + device.str() + "; " + COMPILE_RULE);
+      try {
+        package = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
+            model_path, "model", false, 1, device.is_cuda() ? device.index() : static_cast<c10::DeviceIndex>(-1));
+      } catch (const std::exception &err) {
+        throw std::runtime_error(model_path + " cannot be loaded here (" + std::string(err.what()).substr(0, 300) +
+                                 "); " + COMPILE_RULE);
+      }
+    } else {
+      torch::jit::ExtraFilesMap files(meta.begin(), meta.end());
+      model = torch::jit::load(model_path, device, files);
+      model.eval();
+      meta = std::unordered_map<std::string, std::string>(files.begin(), files.end());
+      if (meta["format"].rfind("equizoo-torchscript/", 0) != 0)
+        throw std::runtime_error(model_path + " is not an equizoo TorchScript export (no 'format' metadata)");
+    }
     if (meta["needs_tags"] == "1") throw std::runtime_error("this model needs OC20 tags; this example handles molecules only");
     const double r_max = std::stod(meta["r_max"]);
     const auto dtype = meta["model_dtype"] == "float64" ? torch::kFloat64 : torch::kFloat32;
@@ -121,17 +171,39 @@ int main(int argc, char **argv) {
                                    .to(device);
     torch::Tensor batch = torch::zeros({n}, i64.device(device));
 
-    // 3. run: forward(pos, species, edge_index, batch, edge_shift=None, tags=None, num_graphs=1)
-    std::vector<torch::jit::IValue> inputs{pos, z, edge_index, batch, torch::jit::IValue(), torch::jit::IValue(),
-                                           static_cast<int64_t>(1)};
-    auto out = model.forward(inputs).toGenericDict();
-    torch::Tensor e = out.at(energy).toTensor().to(torch::kCPU, torch::kFloat64);
-    std::printf("model: %s  r_max %g  dtype %s  device %s\n", model_path.c_str(), r_max, meta["model_dtype"].c_str(),
-                device.str().c_str());
+    // 3. run: TorchScript forward(pos, species, edge_index, batch, edge_shift=None, tags=None, num_graphs=1),
+    //    or the package on its flat inputs (edge_shift zeros, natoms [n], energy_weight ones)
+    std::unordered_map<std::string, torch::Tensor> out;
+    if (aoti) {
+      std::unordered_map<std::string, torch::Tensor> named{
+          {"pos", pos},
+          {"species", z},
+          {"edge_index", edge_index},
+          {"batch", batch},
+          {"edge_shift", torch::zeros({n_edges, 3}, pos.options())},
+          {"natoms", torch::full({1}, n, i64.device(device))},
+          {"energy_weight", torch::ones({n}, pos.options())}};
+      std::vector<torch::Tensor> inputs;
+      for (const auto &name : split(meta["inputs"], ',')) {
+        if (!named.count(name)) throw std::runtime_error("the package needs an input '" + name + "' this example lacks");
+        inputs.push_back(named.at(name));
+      }
+      auto results = package->run(inputs);
+      auto names_out = split(meta["outputs"], ',');
+      if (results.size() != names_out.size()) throw std::runtime_error("the package's outputs differ from its metadata");
+      for (std::size_t k = 0; k < results.size(); ++k) out[names_out[k]] = results[k];
+    } else {
+      std::vector<torch::jit::IValue> inputs{pos, z, edge_index, batch, torch::jit::IValue(), torch::jit::IValue(),
+                                             static_cast<int64_t>(1)};
+      for (const auto &item : model.forward(inputs).toGenericDict()) out[item.key().toStringRef()] = item.value().toTensor();
+    }
+    torch::Tensor e = out.at(energy).to(torch::kCPU, torch::kFloat64);
+    std::printf("model: %s  format %s  r_max %g  dtype %s  device %s\n", model_path.c_str(),
+                aoti ? "aoti" : "torchscript", r_max, meta["model_dtype"].c_str(), device.str().c_str());
     std::printf("atoms: %lld  edges: %lld\n", static_cast<long long>(n), static_cast<long long>(n_edges));
     std::printf("energy: %.17g %s\n", e.item<double>(), unit.c_str());
-    if (out.contains("forces")) {
-      torch::Tensor f = out.at("forces").toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+    if (out.count("forces")) {
+      torch::Tensor f = out.at("forces").to(torch::kCPU, torch::kFloat64).contiguous();
       auto fa = f.accessor<double, 2>();
       std::printf("forces: %s/Å\n", unit.c_str());
       for (int64_t i = 0; i < n; ++i)

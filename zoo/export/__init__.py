@@ -1,5 +1,13 @@
 """Exporters of trained models (TorchScript, ONNX, AOTInductor), each checked against eager.
 
+Which file where (WHERE_TO_USE, also in `equizoo export --help` and the model card):
+- Python: the model directory itself (`zoo.load`), or any export.
+- C++ and LAMMPS (`pair_style equiformer`, examples/cpp): `model.pt2` (AOTInductor) or `model.torchscript.pt`.
+  An AOTInductor package is compiled for ONE device type and ONE torch version: build it on the target
+  machine (`--device cpu|cuda`) with the torch the program links. TorchScript is portable across
+  devices but deprecated by PyTorch (warnings since 2.10).
+- ONNX Runtime (any language, no torch): `model.onnx`.
+
 `export_model(model_dir, formats, dtype, device)` writes `model.torchscript.pt`, `model.onnx` and
 `model.pt2` into a model directory (all or nothing: every file is checked against the eager ZooModel on
 real structures before any is moved in) and records what each export measured in `exports.json`.
@@ -22,11 +30,18 @@ from zoo.io import make_temp_dir
 
 FORMATS = ("torchscript", "onnx", "aoti")
 FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "aoti": "model.pt2"}
+WHERE_TO_USE = {
+    "torchscript": "C++ (torch::jit::load) and LAMMPS; runs on CPU or GPU with any recent torch; deprecated by PyTorch",
+    "onnx": "ONNX Runtime from any language, no torch needed; not for LAMMPS",
+    "aoti": "C++ (AOTIModelPackageLoader) and LAMMPS, fastest; compiled for one device type and one torch "
+    "version: export it on the target machine with the torch it runs",
+}
 
 __all__ = [
     "EXPORTS",
     "FILES",
     "FORMATS",
+    "WHERE_TO_USE",
     "ExportError",
     "ExportMismatch",
     "ExportResult",
@@ -85,7 +100,7 @@ def _torchscript(model, path: Path, check: list) -> ExportResult:
             with torch.enable_grad():
                 got = module(**kwargs)
             worst = max(worst, check_outputs(eager_outputs(model, kwargs), got, rtol=tol, atol=tol, what=f"TorchScript export {path.name}"))
-    return ExportResult("torchscript", path, str(dtype).replace("torch.", ""), "cpu", worst, tol, time.perf_counter() - start)
+    return ExportResult("torchscript", path, str(dtype).replace("torch.", ""), "cpu", worst, tol, time.perf_counter() - start, torch.__version__)
 
 
 def export_model(
@@ -101,7 +116,8 @@ def export_model(
     """Export the model of `model_dir` into that directory in `formats` (default all), in `dtype` (default:
     the saved one), the AOTInductor package built for `device`. Every file is checked against the eager
     model on real structures; on any mismatch ExportMismatch is raised and nothing is written. `virial`
-    (default: periodic force fields) bakes the virial into the ONNX/AOTInductor graphs. `onnx_optimize` runs
+    (default: periodic force fields) bakes the virial into the ONNX graph (AOTInductor packages of energy
+    models always carry it: LAMMPS needs it). `onnx_optimize` runs
     onnxscript's optimizer on the ONNX graph (minutes; a force field's file shrinks about 4x)."""
     from zoo.artifact import load_model_dir
     from zoo.export.trace import check_inputs, export_program, flat_inputs, input_names
@@ -126,7 +142,6 @@ def export_model(
     results: Dict[str, ExportResult] = {}
     try:
         with _progress() if progress else _Quiet() as bar:
-            program = None
             for fmt in chosen:
                 task = bar.add_task(f"{fmt}: export and check against eager", total=None)
                 staged = staging / FILES[fmt]
@@ -135,23 +150,21 @@ def export_model(
                     with quiet():
                         results[fmt] = _torchscript(model, staged, check)
                     model.compute_virial = bool(virial)
-                elif fmt == "onnx" or device.type == "cpu":
-                    if program is None:
-                        bar.update(task, description=f"{fmt}: tracing forward and forces")
-                        names = input_names(model)
-                        program = export_program(model, flat_inputs(names, dtype, torch.device("cpu"), **check[-1]), names)
-                    if fmt == "onnx":
-                        from zoo.export.onnx import export_onnx
+                elif fmt == "onnx":
+                    from zoo.export.onnx import export_onnx
 
-                        bar.update(task, description="onnx: exporting and checking in onnxruntime")
-                        if onnx_optimize:
-                            bar.update(task, description="onnx: exporting, optimizing (minutes) and checking in onnxruntime")
-                        results[fmt] = export_onnx(model, staged, check=check, program=program, optimize=onnx_optimize)
-                    else:
-                        from zoo.export.aoti import export_aoti
+                    bar.update(task, description="onnx: tracing forward and forces")
+                    names = input_names(model)
+                    program = export_program(model, flat_inputs(names, dtype, torch.device("cpu"), **check[-1]), names)
+                    bar.update(task, description="onnx: exporting and checking in onnxruntime")
+                    if onnx_optimize:
+                        bar.update(task, description="onnx: exporting, optimizing (minutes) and checking in onnxruntime")
+                    results[fmt] = export_onnx(model, staged, check=check, program=program, optimize=onnx_optimize)
+                elif device.type == "cpu":
+                    from zoo.export.aoti import export_aoti
 
-                        bar.update(task, description="aoti: compiling with AOTInductor (minutes)")
-                        results[fmt] = export_aoti(model, staged, device, check=check, program=program, inductor_configs=inductor_configs)
+                    bar.update(task, description="aoti: tracing and compiling with AOTInductor (minutes)")
+                    results[fmt] = export_aoti(model, staged, device, check=check, inductor_configs=inductor_configs)
                 else:
                     from zoo.export.aoti import export_aoti
 
@@ -164,7 +177,7 @@ def export_model(
         for fmt, result in results.items():
             final = model_dir / FILES[fmt]
             (staging / FILES[fmt]).replace(final)
-            results[fmt] = ExportResult(result.format, final, result.dtype, result.device, result.max_abs_error, result.tolerance, result.seconds)
+            results[fmt] = ExportResult(result.format, final, result.dtype, result.device, result.max_abs_error, result.tolerance, result.seconds, torch.__version__)
             records[fmt] = results[fmt].to_dict()
         write_exports(model_dir, records)
         stale = model_dir / "manifest.json"  # hashes of the files as last published; republishing rewrites it

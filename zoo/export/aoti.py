@@ -19,7 +19,7 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 
 from zoo.io import atomic_path
-from zoo.export.metadata import AOTI_FORMAT, DEVICE, FORMAT_KEY, model_metadata
+from zoo.export.metadata import AOTI_FORMAT, DEVICE, FORMAT_KEY, TORCH_VERSION, model_metadata
 from zoo.export.report import ExportResult
 from zoo.export.trace import ExportError, GraphSignature, first_line, check_inputs, eager_outputs, export_program, flat_inputs, input_names, quiet, tolerance
 
@@ -36,6 +36,29 @@ def _device(device: Union[str, torch.device]) -> torch.device:
     return device
 
 
+COMPILE_RULE = ("an AOTInductor package is compiled for one device type and one torch version: export it on the target machine "
+                "with `equizoo export MODEL_DIR --format aoti --device cpu|cuda`, or use the TorchScript export")  # fmt: skip
+
+
+def package_metadata(path: Union[str, Path]) -> Dict[str, str]:
+    """The metadata stored in a package's archive, read without loading its compiled code ({} if none)."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if "/aotinductor/" in name and name.endswith("_metadata.json"):
+                    return {str(k): str(v) for k, v in json.loads(archive.read(name)).items()}
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return {}
+    return {}
+
+
+def _base_version(version: str) -> str:
+    return version.split("+")[0]
+
+
 class AotiRunner:
     """Runs an AOTInductor package: `runner(**ZooModel.forward kwargs) -> dict[str, Tensor]`."""
 
@@ -44,18 +67,24 @@ class AotiRunner:
         self.device = _device(device)
         if not self.path.is_file():
             raise ExportError(f"{self.path} does not exist; export the model with `equizoo export DIR --format aoti`")
+        stored = package_metadata(self.path)
+        built_torch = stored.get(TORCH_VERSION, "")
+        if built_torch and _base_version(built_torch) != _base_version(torch.__version__):
+            raise ExportError(f"torch version mismatch: {self.path} was compiled with torch {built_torch} but this is torch {torch.__version__}; {COMPILE_RULE}")
+        if stored.get(DEVICE_KEY) and stored[DEVICE_KEY] != self.device.type:
+            raise ExportError(f"{self.path} was built for {stored[DEVICE_KEY]} and cannot run on {self.device}; {COMPILE_RULE}")
         try:
             index = self.device.index if self.device.index is not None else -1
             with quiet():
                 self.package = torch._inductor.aoti_load_package(str(self.path), device_index=index)
             self.metadata: Dict[str, str] = dict(self.package.get_metadata())
         except Exception as exc:  # noqa: BLE001 - the package loader raises RuntimeError and friends
-            raise ExportError(f"{self.path} cannot be loaded as an AOTInductor package ({str(exc).splitlines()[0]}); export it again with this torch") from exc
+            raise ExportError(f"{self.path} cannot be loaded as an AOTInductor package ({str(exc).splitlines()[0]}); {COMPILE_RULE}") from exc
         if self.metadata.get(FORMAT_KEY) != FORMAT:
             raise ExportError(f"{self.path} is not an equizoo AOTInductor export (format {self.metadata.get(FORMAT_KEY)!r}); export it with `equizoo export`")
         built_for = self.metadata.get(DEVICE_KEY, "cpu")
         if built_for != self.device.type:
-            raise ExportError(f"{self.path} was built for {built_for} and cannot run on {self.device}; export it again with --device {self.device.type}")
+            raise ExportError(f"{self.path} was built for {built_for} and cannot run on {self.device}; {COMPILE_RULE}")
         self.signature = GraphSignature.from_metadata(self.metadata, str(self.path))
         self.dtype = getattr(torch, self.metadata.get("model_dtype", "float32"))
 
@@ -95,7 +124,8 @@ def export_aoti(
     """Compile `model` (eval ZooModel) into an AOTInductor package for `device` at `path`, atomically;
     check it against eager on `check` (forward kwargs on `device`; default: real check structures) and
     raise ExportMismatch (writing nothing) if it disagrees. `program` is a (ExportedProgram,
-    GraphSignature) traced on the same device; `inductor_configs` pass through to the compiler."""
+    GraphSignature) traced on the same device with `input_names(model, energy_weight=True)`;
+    `inductor_configs` pass through to the compiler."""
     from zoo.artifact import as_zoo_model
     from zoo.export.torchscript import check_outputs
 
@@ -104,7 +134,7 @@ def export_aoti(
     model = as_zoo_model(model).eval().to(device)
     dtype = next(model.parameters()).dtype
     check = list(check) if check is not None else check_inputs(model, dtype, device)
-    names = input_names(model)
+    names = input_names(model, energy_weight=True)
     if program is None:
         example = flat_inputs(names, dtype, device, **check[-1])
         program = export_program(model, example, names)
@@ -128,4 +158,4 @@ def export_aoti(
         worst = 0.0
         for kwargs in check:
             worst = max(worst, check_outputs(eager_outputs(model, kwargs), runner(**kwargs), rtol=tol, atol=tol, what=f"AOTInductor export {path.name}"))
-    return ExportResult("aoti", path, str(dtype).replace("torch.", ""), device.type, worst, tol, time.perf_counter() - start)
+    return ExportResult("aoti", path, str(dtype).replace("torch.", ""), device.type, worst, tol, time.perf_counter() - start, torch.__version__)

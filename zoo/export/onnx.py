@@ -131,4 +131,4 @@ def export_onnx(
         worst = 0.0
         for kwargs in check:
             worst = max(worst, check_outputs(eager_outputs(model, kwargs), runner(**kwargs), rtol=tol, atol=tol, what=f"ONNX export {path.name}"))
-    return ExportResult("onnx", path, str(dtype).replace("torch.", ""), "cpu", worst, tol, time.perf_counter() - start)
+    return ExportResult("onnx", path, str(dtype).replace("torch.", ""), "cpu", worst, tol, time.perf_counter() - start, torch.__version__)

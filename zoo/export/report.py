@@ -22,6 +22,7 @@ class ExportResult:
     max_abs_error: float
     tolerance: float
     seconds: float
+    torch_version: str = ""  # the torch that wrote it (an AOTInductor package runs only with that version)
 
     def to_dict(self) -> dict:
         d = asdict(self)

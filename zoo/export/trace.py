@@ -11,8 +11,11 @@ graph is exported with dynamic atom, edge and structure counts.
 Flat signature of the exported graph (names in `GraphSignature.inputs`):
     pos [N,3] float, species [N] int64, edge_index [2,E] int64, batch [N] int64, edge_shift [E,3] float,
     tags [N] int64 (only for models that need tags), natoms [G] int64 (atoms per structure; its length
-    is the number of structures).
-Outputs: the ZooModel's output dict, in `GraphSignature.outputs` order.
+    is the number of structures); AOTInductor graphs of energy models add energy_weight [N] float.
+Outputs: the ZooModel's output dict, in `GraphSignature.outputs` order. With `energy_weight` (w), the
+forces are -d(sum_i w_i E_i)/dpos and `virial` [G,3,3] (-dE_w/dstrain) is always present: w = 1 gives
+the model's own forces and virial; LAMMPS on several ranks gives ghost atoms w = 0, so that forces are
+those of the owned atoms' energy (zoo/lammps/src/pair_equiformer.cpp).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from zoo.export.metadata import INPUTS, OUTPUTS
 
 CHECK_STRUCTURES = Path(__file__).resolve().parent / "check_structures.json"
 NATOMS = keys.NUM_ATOMS
+ENERGY_WEIGHT = "energy_weight"
 
 
 class ExportError(RuntimeError):
@@ -78,11 +82,16 @@ def quiet():
                 lg.setLevel(level)
 
 
-def input_names(model) -> Tuple[str, ...]:
+def input_names(model, energy_weight: bool = False) -> Tuple[str, ...]:
+    """Flat graph inputs; `energy_weight` (AOTInductor, models with an energy target) adds per-atom
+    weights of the energy whose gradient the forces are."""
     names = [keys.POSITIONS, keys.SPECIES, keys.EDGE_INDEX, keys.BATCH, keys.EDGE_SHIFT]
     if model.needs_tags:
         names.append(keys.TAGS)
-    return tuple(names + [NATOMS])
+    names.append(NATOMS)
+    if energy_weight and model.energy_target:
+        names.append(ENERGY_WEIGHT)
+    return tuple(names)
 
 
 def flat_inputs(
@@ -118,6 +127,8 @@ def flat_inputs(
             raise ExportError("this model needs per-atom OC20 tags (0 subsurface, 1 surface, 2 adsorbate); pass tags=")
         values[keys.TAGS] = tags.to(device=device, dtype=torch.long)
     values[NATOMS] = torch.bincount(values[keys.BATCH], minlength=num_graphs)[:num_graphs] if num_graphs > 0 else batch.new_zeros(0)
+    if ENERGY_WEIGHT in names:
+        values[ENERGY_WEIGHT] = torch.ones(pos.shape[0], dtype=dtype, device=device)
     return [values[n] for n in names]
 
 
@@ -131,10 +142,38 @@ class FlatModel(torch.nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> Dict[str, torch.Tensor]:
         a = dict(zip(self.names, tensors))
+        if ENERGY_WEIGHT in a:
+            return self._weighted(a)
         return self.model(
             a[keys.POSITIONS], a[keys.SPECIES], a[keys.EDGE_INDEX], a[keys.BATCH], a[keys.EDGE_SHIFT],
             a.get(keys.TAGS), a[NATOMS].shape[0],
         )  # fmt: skip
+
+    def _weighted(self, a: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Outputs with forces = -d(sum_i w_i E_i)/dpos and virial = -dE_w/dstrain, per structure: the
+        strain moves positions and edge shifts, so virial = -(sum_i pos_i (x) dE_w/dpos_i + sum_e
+        shift_e (x) dE_w/dshift_e), grouped by structure (of the atom; of the edge's centre)."""
+        model, num_graphs = self.model, a[NATOMS].shape[0]
+        pos = a[keys.POSITIONS].detach().clone().requires_grad_(True)
+        shift = a[keys.EDGE_SHIFT].detach().clone().requires_grad_(True)
+        batch, edge_index = a[keys.BATCH], a[keys.EDGE_INDEX]
+        forces, virial = model.compute_forces, model.compute_virial
+        model.compute_forces, model.compute_virial = False, False
+        try:
+            out = dict(model(pos, a[keys.SPECIES], edge_index, batch, shift, a.get(keys.TAGS), num_graphs))
+        finally:
+            model.compute_forces, model.compute_virial = forces, virial
+        weighted = (out["atomic_" + model.energy_target] * a[ENERGY_WEIGHT]).sum()
+        g_pos, g_shift = torch.autograd.grad([weighted], [pos, shift], allow_unused=True)
+        g_pos = torch.zeros_like(pos) if g_pos is None else g_pos
+        g_shift = torch.zeros_like(shift) if g_shift is None else g_shift
+        out[keys.FORCES] = -g_pos
+        per_atom = (pos.unsqueeze(-1) * g_pos.unsqueeze(-2)).reshape(-1, 9)
+        per_edge = (shift.unsqueeze(-1) * g_shift.unsqueeze(-2)).reshape(-1, 9)
+        w = torch.zeros(num_graphs, 9, dtype=pos.dtype, device=pos.device)
+        w = w.index_add(0, batch, per_atom).index_add(0, batch.index_select(0, edge_index[1]), per_edge)
+        out[keys.VIRIAL] = -w.reshape(num_graphs, 3, 3)
+        return {k: v.detach() for k, v in out.items()}
 
 
 def _slice_backward(default):
@@ -252,7 +291,7 @@ def dynamic_shapes(names: Sequence[str]) -> tuple:
     atoms, edges, graphs = Dim("atoms", min=1), Dim("edges", min=1), Dim("structures", min=1)
     table = {
         keys.POSITIONS: {0: atoms}, keys.SPECIES: {0: atoms}, keys.EDGE_INDEX: {1: edges}, keys.BATCH: {0: atoms},
-        keys.EDGE_SHIFT: {0: edges}, keys.TAGS: {0: atoms}, NATOMS: {0: graphs},
+        keys.EDGE_SHIFT: {0: edges}, keys.TAGS: {0: atoms}, NATOMS: {0: graphs}, ENERGY_WEIGHT: {0: atoms},
     }  # fmt: skip
     return tuple(table[n] for n in names)
 

@@ -146,6 +146,28 @@ def find_toolchain(cxx: Optional[str] = None) -> Toolchain:
     )
 
 
+def torch_header_version(torch_dir: str) -> Optional[str]:
+    """The version the torch headers declare (TORCH_VERSION in torch/headeronly/version.h), or None."""
+    for rel in ("include/torch/headeronly/version.h", "include/torch/csrc/api/include/torch/version.h"):
+        path = Path(torch_dir) / rel
+        if path.is_file():
+            m = re.search(r'#define\s+TORCH_VERSION\s*\\?\s*"([^"]+)"', path.read_text())
+            if m:
+                return m.group(1)
+    return None
+
+
+def check_torch_versions(tc: Toolchain) -> None:
+    """The headers the plugin is compiled against must be those of the torch it links and runs with
+    (AOTInductor packages are refused at load time unless built with that same torch version)."""
+    headers = torch_header_version(tc.torch_dir)
+    if headers is None:
+        raise BuildError(f"cannot read TORCH_VERSION from the torch headers in {tc.torch_dir}/include; reinstall torch")
+    if headers != tc.torch_version.split("+")[0]:
+        raise BuildError(f"torch version mismatch: the headers in {tc.torch_dir}/include are torch {headers} but Python imports "
+                         f"torch {tc.torch_version}; reinstall torch (pip install --force-reinstall torch=={tc.torch_version.split('+')[0]})")  # fmt: skip
+
+
 def source_hash() -> str:
     h = hashlib.sha256()
     for name in sorted(SOURCES + HEADERS):
@@ -158,6 +180,7 @@ def compile_command(tc: Toolchain, out: Path) -> list[str]:
     cmd = [tc.cxx, "-std=c++20", "-O2", "-fPIC", "-shared"]
     cmd += tc.lammps_defines
     cmd += [f"-D_GLIBCXX_USE_CXX11_ABI={int(tc.cxx11_abi)}", f'-DEQUIZOO_LAMMPS_VERSION="{tc.lammps_version_string}"']
+    cmd += [f'-DEQUIZOO_TORCH_VERSION="{tc.torch_version}"']  # checked against the headers' TORCH_VERSION
     cmd += [f"-I{SRC_DIR}", f"-I{tc.lammps_include}"]
     if tc.mpi_include:
         cmd.append(f"-I{tc.mpi_include}")
@@ -200,6 +223,7 @@ def build_plugin(force: bool = False, cache: Optional[Path] = None, log=None, cx
     `log` (a callable taking a str) receives progress messages.
     """
     tc = find_toolchain(cxx)
+    check_torch_versions(tc)
     out_dir = plugin_dir(tc, cache)
     target = out_dir / PLUGIN_FILE
     out_dir.parent.mkdir(parents=True, exist_ok=True)

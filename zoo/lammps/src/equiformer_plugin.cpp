@@ -19,7 +19,7 @@ extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
   plugin.version = EQUIZOO_LAMMPS_VERSION;
   plugin.style = "pair";
   plugin.name = "equiformer";
-  plugin.info = "equizoo Equiformer pair style (TorchScript)";
+  plugin.info = "equizoo Equiformer pair style (TorchScript or AOTInductor package)";
   plugin.author = "equizoo";
   plugin.creator.v1 = &equiformer_creator;
   plugin.handle = handle;

@@ -1,10 +1,16 @@
 // pair_style equiformer: see pair_equiformer.h for the input syntax and the two graph modes.
 //
-// Model contract (zoo/export/torchscript.py): forward(pos [N,3], species [N] atomic numbers, edge_index
-// [2,E] (row 0 = neighbour, row 1 = centre), batch [N], edge_shift [E,3] or None, tags, num_graphs) ->
-// dict with `atomic_<energy_target>` [N]. Forces and the virial are taken here by autograd of the
-// energy of the owned atoms (the module's own `compute_forces` is switched off), which is what the
+// TorchScript contract (zoo/export/torchscript.py): forward(pos [N,3], species [N] atomic numbers,
+// edge_index [2,E] (row 0 = neighbour, row 1 = centre), batch [N], edge_shift [E,3] or None, tags,
+// num_graphs) -> dict with `atomic_<energy_target>` [N]. Forces and the virial are taken here by autograd
+// of the energy of the owned atoms (the module's own `compute_forces` is switched off), which is what the
 // ghost mode needs and equals the module's `forces` / `virial` outputs in the images mode.
+//
+// AOTInductor contract (zoo/export/trace.py): flat inputs named by the package metadata `inputs` (pos,
+// species, edge_index, batch, edge_shift, natoms, energy_weight), flat outputs named by `outputs`; the
+// package computes forces = -d(sum_i w_i E_i)/dpos and virial = -dE_w/dstrain itself (no autograd in a
+// package), so the ghost mode gives ghost atoms the weight 0. Metadata is read from the package before its
+// compiled library is loaded, so a package built for another device or torch version is refused by name.
 
 #include "pair_equiformer.h"
 
@@ -19,11 +25,15 @@
 #include "neighbor.h"
 #include "update.h"
 
-#include <torch/script.h>
+#include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/csrc/jit/python/update_graph_executor_opt.h>
 #include <torch/cuda.h>
+#include <torch/script.h>
+#include <torch/version.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -60,10 +70,47 @@ torch::Tensor host_tensor(void *data, std::vector<int64_t> shape, torch::ScalarT
   return numel == 0 ? torch::empty(shape, opts) : torch::from_blob(data, shape, opts).clone();
 }
 
+// the torch version without a local suffix ("2.13.0+cpu" -> "2.13.0")
+std::string base_version(const std::string &v)
+{
+  return v.substr(0, v.find('+'));
+}
+
+// an AOTInductor package (a zip archive with compiled AOTInductor files) rather than a TorchScript file
+bool is_aoti_package(const std::string &path)
+{
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    for (const auto &name : reader.getAllRecords())
+      if (name.find("aotinductor/") != std::string::npos) return true;
+  } catch (const std::exception &) {
+  }
+  return false;
+}
+
+const char *const AOTI_COMPILE_RULE =
+    "an AOTInductor package is compiled for one device type and one torch version: export it on the target "
+    "machine with `equizoo export MODEL_DIR --format aoti --device cpu|cuda`, or use the TorchScript export";
+
 }    // namespace
+
+#ifndef EQUIZOO_TORCH_VERSION
+#define EQUIZOO_TORCH_VERSION TORCH_VERSION
+#endif
+
+namespace {
+constexpr bool starts_with(const char *s, const char *prefix)
+{
+  return *prefix == 0 || (*s == *prefix && starts_with(s + 1, prefix + 1));
+}
+}    // namespace
+static_assert(starts_with(EQUIZOO_TORCH_VERSION, TORCH_VERSION),
+              "the torch headers found by the compiler are not those of the torch the plugin is built for");
 
 struct PairEquiformer::Model {
   torch::jit::Module module;
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> package;    // set for a .pt2 package
+  std::vector<std::string> inputs, outputs;                           // AOTI flat signature
   torch::Device device{torch::kCPU};
   torch::Dtype dtype = torch::kFloat32;
   std::string path, dtype_name, energy_key, energy_unit, variant;
@@ -73,7 +120,105 @@ struct PairEquiformer::Model {
   bool mean_known = false;     // config_json named the energy target's mean
   std::vector<std::string> type_names;
   std::vector<long> type_numbers;
+  std::unordered_map<std::string, std::string> meta;    // the export's string metadata (zoo/export/metadata.py)
 };
+
+/* ----------------------------------------------------------------------
+   device from the pair_style keyword: cpu, cuda:N, or one GPU per rank on a node for cuda
+------------------------------------------------------------------------- */
+
+static torch::Device choose_device(LAMMPS *lmp, const std::string &want)
+{
+  if (want == "cpu") return torch::Device(torch::kCPU);
+  if (want.rfind("cuda:", 0) == 0) return torch::Device(want);
+  if (want == "cuda" || (want == "auto" && torch::cuda::is_available())) {
+    if (!torch::cuda::is_available())
+      lmp->error->all(FLERR, "pair equiformer: device cuda requested but libtorch sees no CUDA device");
+    MPI_Comm node;
+    int local_rank = 0;
+    MPI_Comm_split_type(lmp->world, MPI_COMM_TYPE_SHARED, lmp->comm->me, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &local_rank);
+    MPI_Comm_free(&node);
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank % torch::cuda::device_count()));
+  }
+  return torch::Device(torch::kCPU);
+}
+
+void PairEquiformer::load_torchscript(Model &m)
+{
+  m.device = choose_device(lmp, device_arg);
+  torch::jit::ExtraFilesMap files{{"format", ""},       {"variant", ""},       {"r_max", ""},
+                                  {"type_names", ""},   {"type_numbers", ""},  {"model_dtype", ""},
+                                  {"targets", ""},      {"units", ""},         {"energy_target", ""},
+                                  {"needs_tags", ""},   {"num_layers", ""},    {"config_json", ""}};
+  try {
+    m.module = torch::jit::load(m.path, m.device, files);
+  } catch (const std::exception &e) {
+    error->all(FLERR, "pair equiformer: {} is not a loadable TorchScript model or AOTInductor package ({})", m.path,
+               short_what(e));
+  }
+  m.module.eval();
+  m.meta.insert(files.begin(), files.end());
+  if (m.meta["format"].rfind("equizoo-torchscript/", 0) != 0)
+    error->all(FLERR, "pair equiformer: {} is a TorchScript file but not an equizoo export (no 'format' "
+               "metadata); export it with zoo.export.export_torchscript", m.path);
+  // forces come from autograd here; the module must return energies only
+  try {
+    m.module.setattr("compute_forces", false);
+    m.module.setattr("compute_virial", false);
+  } catch (const std::exception &e) {
+    error->all(FLERR, "pair equiformer: {} lacks the compute_forces/compute_virial attributes of an equizoo model "
+               "({})", m.path, short_what(e));
+  }
+}
+
+void PairEquiformer::load_aoti(Model &m)
+{
+  // the metadata lies in the archive beside the compiled library: read it first, load the library after
+  try {
+    m.meta = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(m.path, "model");
+  } catch (const std::exception &e) {
+    error->all(FLERR, "pair equiformer: cannot read the metadata of the AOTInductor package {} ({}); {}", m.path,
+               short_what(e), AOTI_COMPILE_RULE);
+  }
+  if (m.meta["format"].rfind("equizoo-aoti/", 0) != 0)
+    error->all(FLERR, "pair equiformer: {} is an AOTInductor package but not an equizoo export (no 'format' "
+               "metadata); export it with `equizoo export MODEL_DIR --format aoti`", m.path);
+  const std::string built_torch = m.meta["torch_version"];
+  if (base_version(built_torch) != base_version(TORCH_VERSION))
+    error->all(FLERR, "pair equiformer: torch version mismatch: {} was compiled with torch {} but this plugin runs "
+               "libtorch {}; {}", m.path, built_torch, TORCH_VERSION, AOTI_COMPILE_RULE);
+  const std::string built_for = m.meta["device"];
+  if (built_for != "cpu" && built_for != "cuda")
+    error->all(FLERR, "pair equiformer: {} names no device type (cpu or cuda) in its metadata; {}", m.path,
+               AOTI_COMPILE_RULE);
+  std::string want = device_arg;
+  if (want == "auto") want = built_for;
+  if (want.rfind(built_for, 0) != 0)
+    error->all(FLERR, "pair equiformer: device mismatch: {} was built for {} but pair_style asks for {}; {}",
+               m.path, built_for, want, AOTI_COMPILE_RULE);
+  if (built_for == "cuda" && !torch::cuda::is_available())
+    error->all(FLERR, "pair equiformer: device mismatch: {} was built for cuda but libtorch sees no CUDA device "
+               "here; {}", m.path, AOTI_COMPILE_RULE);
+  m.device = choose_device(lmp, want);
+  try {
+    const c10::DeviceIndex index = m.device.is_cuda() ? m.device.index() : -1;
+    m.package = std::make_unique<torch::inductor::AOTIModelPackageLoader>(m.path, "model", false, 1, index);
+  } catch (const std::exception &e) {
+    error->all(FLERR, "pair equiformer: the AOTInductor package {} (built for {} with torch {}) cannot be loaded "
+               "here ({}); {}", m.path, built_for, built_torch, short_what(e), AOTI_COMPILE_RULE);
+  }
+  m.inputs = split_commas(m.meta["inputs"]);
+  m.outputs = split_commas(m.meta["outputs"]);
+  for (const char *need : {"pos", "species", "edge_index", "batch", "edge_shift", "natoms", "energy_weight"})
+    if (std::find(m.inputs.begin(), m.inputs.end(), need) == m.inputs.end())
+      error->all(FLERR, "pair equiformer: {} has no '{}' input (inputs: {}); export it again with this equizoo",
+                 m.path, need, m.meta["inputs"]);
+  for (const char *need : {"forces", "virial"})
+    if (std::find(m.outputs.begin(), m.outputs.end(), need) == m.outputs.end())
+      error->all(FLERR, "pair equiformer: {} has no '{}' output (outputs: {}); export it again with this equizoo",
+                 m.path, need, m.meta["outputs"]);
+}
 
 /* ---------------------------------------------------------------------- */
 
@@ -138,17 +283,17 @@ void PairEquiformer::settings(int narg, char **arg)
 }
 
 /* ----------------------------------------------------------------------
-   pair_coeff * * model.torchscript.pt El1 El2 ... (one element per atom type)
+   pair_coeff * * model.torchscript.pt|model.pt2 El1 El2 ... (one element per atom type)
 ------------------------------------------------------------------------- */
 
 void PairEquiformer::coeff(int narg, char **arg)
 {
   const int ntypes = atom->ntypes;
   if (narg != 3 + ntypes)
-    error->all(FLERR, "pair_coeff for equiformer needs: * * model.torchscript.pt followed by {} element name(s), "
+    error->all(FLERR, "pair_coeff for equiformer needs: * * MODEL (.torchscript.pt or .pt2) followed by {} element name(s), "
                "one per atom type; got {} argument(s)", ntypes, narg);
   if (strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
-    error->all(FLERR, "pair_coeff for equiformer must be 'pair_coeff * * model.torchscript.pt El1 El2 ...'");
+    error->all(FLERR, "pair_coeff for equiformer must be 'pair_coeff * * MODEL El1 El2 ...' (MODEL: .torchscript.pt or .pt2)");
   if (!allocated) allocate();
 
   auto m = std::make_unique<Model>();
@@ -156,35 +301,11 @@ void PairEquiformer::coeff(int narg, char **arg)
   if (!std::ifstream(m->path).good())
     error->all(FLERR, "pair equiformer: model file {} does not exist or cannot be read", m->path);
 
-  // device: cuda:N, or one GPU per rank on a node for 'cuda' / 'auto' with CUDA available
-  if (device_arg == "cpu") {
-    m->device = torch::Device(torch::kCPU);
-  } else if (device_arg.rfind("cuda:", 0) == 0) {
-    m->device = torch::Device(device_arg);
-  } else if (device_arg == "cuda" || (device_arg == "auto" && torch::cuda::is_available())) {
-    if (!torch::cuda::is_available())
-      error->all(FLERR, "pair equiformer: device cuda requested but libtorch sees no CUDA device");
-    MPI_Comm node;
-    int local_rank = 0;
-    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
-    MPI_Comm_rank(node, &local_rank);
-    MPI_Comm_free(&node);
-    m->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank % torch::cuda::device_count()));
-  }
-
-  torch::jit::ExtraFilesMap meta{{"format", ""},       {"variant", ""},       {"r_max", ""},
-                                 {"type_names", ""},   {"type_numbers", ""},  {"model_dtype", ""},
-                                 {"targets", ""},      {"units", ""},         {"energy_target", ""},
-                                 {"needs_tags", ""},   {"num_layers", ""},    {"config_json", ""}};
-  try {
-    m->module = torch::jit::load(m->path, m->device, meta);
-  } catch (const std::exception &e) {
-    error->all(FLERR, "pair equiformer: {} is not a loadable TorchScript model ({})", m->path, short_what(e));
-  }
-  m->module.eval();
-  if (meta["format"].rfind("equizoo-torchscript/", 0) != 0)
-    error->all(FLERR, "pair equiformer: {} is a TorchScript file but not an equizoo export (no 'format' "
-               "metadata); export it with zoo.export.export_torchscript", m->path);
+  if (is_aoti_package(m->path))
+    load_aoti(*m);
+  else
+    load_torchscript(*m);
+  auto &meta = m->meta;
 
   // dtype: metadata, parameters and the pair_style request must agree
   m->dtype_name = meta["model_dtype"];
@@ -195,11 +316,13 @@ void PairEquiformer::coeff(int narg, char **arg)
   if (!dtype_arg.empty() && dtype_arg != m->dtype_name)
     error->all(FLERR, "pair equiformer: dtype mismatch: pair_style asks for {} but {} is a {} model; export the "
                "model in {} or change the pair_style dtype keyword", dtype_arg, m->path, m->dtype_name, dtype_arg);
-  for (const auto &p : m->module.parameters()) {
-    if (p.is_floating_point() && p.scalar_type() != m->dtype)
-      error->all(FLERR, "pair equiformer: dtype mismatch in {}: metadata says {} but its parameters are {}", m->path,
-                 m->dtype_name, std::string(c10::toString(p.scalar_type())));
-    break;
+  if (!m->package) {
+    for (const auto &p : m->module.parameters()) {
+      if (p.is_floating_point() && p.scalar_type() != m->dtype)
+        error->all(FLERR, "pair equiformer: dtype mismatch in {}: metadata says {} but its parameters are {}",
+                   m->path, m->dtype_name, std::string(c10::toString(p.scalar_type())));
+      break;
+    }
   }
 
   m->variant = meta["variant"];
@@ -251,22 +374,13 @@ void PairEquiformer::coeff(int narg, char **arg)
     }
   }
 
-  // forces come from autograd here; the module must return energies only
-  try {
-    m->module.setattr("compute_forces", false);
-    m->module.setattr("compute_virial", false);
-  } catch (const std::exception &e) {
-    error->all(FLERR, "pair equiformer: {} lacks the compute_forces/compute_virial attributes of an equizoo model "
-               "({})", m->path, short_what(e));
-  }
-
   for (int i = 1; i <= ntypes; i++)
     for (int j = i; j <= ntypes; j++) setflag[i][j] = 1;
 
   if (comm->me == 0)
-    utils::logmesg(lmp, "pair equiformer: loaded {} (variant {}, {}, r_max {} Å, {} layers, energy '{}' in {}) on {}\n",
-                   m->path, m->variant, m->dtype_name, m->r_max, m->num_layers, m->energy_key, m->energy_unit,
-                   m->device.str());
+    utils::logmesg(lmp, "pair equiformer: loaded {} {} (variant {}, {}, r_max {} Å, {} layers, energy '{}' in {}) "
+                   "on {}\n", m->package ? "AOTInductor package" : "TorchScript model", m->path, m->variant,
+                   m->dtype_name, m->r_max, m->num_layers, m->energy_key, m->energy_unit, m->device.str());
   model = std::move(m);
 }
 
@@ -274,7 +388,7 @@ void PairEquiformer::coeff(int narg, char **arg)
 
 void PairEquiformer::init_style()
 {
-  if (!model) error->all(FLERR, "pair equiformer: pair_coeff * * model.torchscript.pt ... has not been given");
+  if (!model) error->all(FLERR, "pair equiformer: pair_coeff * * MODEL El1 El2 ... has not been given");
   if (atom->tag_enable == 0) error->all(FLERR, "pair equiformer requires atom IDs");
   if (domain->dimension != 3) error->all(FLERR, "pair equiformer requires a 3d simulation");
 
@@ -394,38 +508,75 @@ void PairEquiformer::compute(int eflag, int vflag)
 
   const auto dev = model->device;
   const auto dtype = model->dtype;
-  torch::Tensor pos_t = host_tensor(pos.data(), {n, 3}, torch::kFloat64).to(dev, dtype).requires_grad_(true);
+  const int64_t num_graphs = ghost_mode ? 2 : 1;
+  torch::Tensor pos_t = host_tensor(pos.data(), {n, 3}, torch::kFloat64).to(dev, dtype);
   torch::Tensor species_t = host_tensor(species.data(), {n}, torch::kInt64).to(dev);
   torch::Tensor batch_t = host_tensor(batch.data(), {n}, torch::kInt64).to(dev);
   torch::Tensor edge_t = torch::stack({host_tensor(src.data(), {nedges}, torch::kInt64),
                                        host_tensor(dst.data(), {nedges}, torch::kInt64)})
                              .to(dev);
-  torch::Tensor shift_t;
-  torch::jit::IValue shift_arg;    // None in ghost mode
-  if (!ghost_mode) {
-    shift_t = host_tensor(shift.data(), {nedges, 3}, torch::kFloat64).to(dev, dtype);
-    if (vflag_global) shift_t.requires_grad_(true);
-    shift_arg = shift_t;
-  }
-  const int64_t num_graphs = ghost_mode ? 2 : 1;
 
-  torch::Tensor atomic, grad_pos, grad_shift;
+  // atomic energies [n], and -dE_owned/dpos [n,3] with the virial [3,3] when the package computes them
+  torch::Tensor atomic, grad_pos, grad_shift, package_virial;
   try {
-    std::vector<torch::jit::IValue> inputs{pos_t,     species_t,           edge_t, batch_t,
-                                           shift_arg, torch::jit::IValue(), num_graphs};
-    auto out = model->module.forward(inputs).toGenericDict();
-    atomic = out.at("atomic_" + model->energy_key).toTensor();
-    torch::Tensor energy = atomic.slice(0, 0, nlocal).sum();
-    if (energy.requires_grad()) {
-      std::vector<torch::Tensor> wrt{pos_t};
-      if (shift_t.defined() && shift_t.requires_grad()) wrt.push_back(shift_t);
-      auto grads = torch::autograd::grad({energy}, wrt, {}, false, false, true);
-      grad_pos = grads[0];
-      if (wrt.size() > 1) grad_shift = grads[1];
+    if (model->package) {
+      torch::Tensor shift_t = ghost_mode ? torch::zeros({nedges, 3}, torch::kFloat64)
+                                         : host_tensor(shift.data(), {nedges, 3}, torch::kFloat64);
+      std::vector<int64_t> natoms{nlocal, n - nlocal};
+      std::vector<double> weight(n, 0.0);
+      for (int i = 0; i < nlocal; i++) weight[i] = 1.0;
+      std::unordered_map<std::string, torch::Tensor> named{
+          {"pos", pos_t},
+          {"species", species_t},
+          {"edge_index", edge_t},
+          {"batch", batch_t},
+          {"edge_shift", shift_t.to(dev, dtype)},
+          {"natoms", host_tensor(natoms.data(), {num_graphs}, torch::kInt64).to(dev)},
+          {"energy_weight", host_tensor(weight.data(), {n}, torch::kFloat64).to(dev, dtype)}};
+      std::vector<torch::Tensor> inputs;
+      for (const auto &name : model->inputs) {
+        auto it = named.find(name);
+        if (it == named.end()) error->one(FLERR, "pair equiformer: the package needs an input '{}' that LAMMPS "
+                                          "cannot give", name);
+        inputs.push_back(it->second);
+      }
+      auto outputs = model->package->run(inputs);
+      if (outputs.size() != model->outputs.size())
+        error->one(FLERR, "pair equiformer: {} returned {} outputs, its metadata names {}", model->path,
+                   outputs.size(), model->outputs.size());
+      for (size_t k = 0; k < outputs.size(); k++) {
+        const auto &name = model->outputs[k];
+        if (name == "atomic_" + model->energy_key) atomic = outputs[k];
+        if (name == "forces") grad_pos = -outputs[k];
+        if (name == "virial") package_virial = outputs[k].sum(0);
+      }
+    } else {
+      pos_t.requires_grad_(true);
+      torch::Tensor shift_t;
+      torch::jit::IValue shift_arg;    // None in ghost mode
+      if (!ghost_mode) {
+        shift_t = host_tensor(shift.data(), {nedges, 3}, torch::kFloat64).to(dev, dtype);
+        if (vflag_global) shift_t.requires_grad_(true);
+        shift_arg = shift_t;
+      }
+      std::vector<torch::jit::IValue> inputs{pos_t,     species_t,           edge_t, batch_t,
+                                             shift_arg, torch::jit::IValue(), num_graphs};
+      auto out = model->module.forward(inputs).toGenericDict();
+      atomic = out.at("atomic_" + model->energy_key).toTensor();
+      torch::Tensor energy = atomic.slice(0, 0, nlocal).sum();
+      if (energy.requires_grad()) {
+        std::vector<torch::Tensor> wrt{pos_t};
+        if (shift_t.defined() && shift_t.requires_grad()) wrt.push_back(shift_t);
+        auto grads = torch::autograd::grad({energy}, wrt, {}, false, false, true);
+        grad_pos = grads[0];
+        if (wrt.size() > 1) grad_shift = grads[1];
+      }
     }
   } catch (const std::exception &e) {
     error->one(FLERR, "pair equiformer: the model failed on {} atoms / {} edges: {}", n, nedges, short_what(e));
   }
+  if (!atomic.defined())
+    error->one(FLERR, "pair equiformer: {} gave no 'atomic_{}' output", model->path, model->energy_key);
 
   // per-structure mean: the model gave the owned atoms a share of mean / nlocal; it must be mean / natoms
   double mean_fix = 0.0;
@@ -446,11 +597,18 @@ void PairEquiformer::compute(int eflag, int vflag)
       for (int k = 0; k < 3; k++) f[i][k] -= gp[3 * i + k];
 
     if (vflag_global) {
-      // virial = -dE/dstrain = -(sum_i x_i (x) dE/dx_i + sum_e s_e (x) dE/ds_e)
+      // virial = -dE/dstrain = -(sum_i x_i (x) dE/dx_i + sum_e s_e (x) dE/ds_e); a package computes it itself
       double w[3][3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}};
-      for (int i = 0; i < n; i++)
+      if (package_virial.defined()) {
+        torch::Tensor pv = package_virial.to(torch::kCPU, torch::kFloat64).contiguous();
+        const double *pvp = pv.data_ptr<double>();
         for (int a = 0; a < 3; a++)
-          for (int b = 0; b < 3; b++) w[a][b] -= pos[3 * i + a] * gp[3 * i + b];
+          for (int b = 0; b < 3; b++) w[a][b] = pvp[3 * a + b];
+      } else {
+        for (int i = 0; i < n; i++)
+          for (int a = 0; a < 3; a++)
+            for (int b = 0; b < 3; b++) w[a][b] -= pos[3 * i + a] * gp[3 * i + b];
+      }
       if (grad_shift.defined()) {
         torch::Tensor gs = grad_shift.to(torch::kCPU, torch::kFloat64).contiguous();
         const double *gsp = gs.data_ptr<double>();

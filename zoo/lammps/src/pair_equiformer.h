@@ -1,8 +1,11 @@
-// pair_style equiformer: an equizoo TorchScript export (zoo/export/torchscript.py) as a LAMMPS pair style.
+// pair_style equiformer: an equizoo export as a LAMMPS pair style, either TorchScript
+// (zoo/export/torchscript.py) or an AOTInductor package (zoo/export/aoti.py), told apart by the file's content.
 //
 //   pair_style equiformer [device auto|cpu|cuda|cuda:N] [dtype float32|float64] [graph auto|images|ghosts]
 //                         [jit_optimize yes|no]
 //   pair_coeff * * model.torchscript.pt C H O      (one element name per LAMMPS atom type)
+//   pair_coeff * * model.pt2 C H O                 (an AOTInductor package: built for one device type and
+//                                                   one torch version; export it on the target machine)
 //
 // graph images (default on one MPI rank): the model's nodes are the owned atoms; a neighbour that is a
 //   ghost (periodic image) becomes an edge from its owning atom with edge_shift = x_ghost - x_owner, so
@@ -32,13 +35,15 @@ class PairEquiformer : public Pair {
   double init_one(int, int) override;
 
  private:
-  struct Model;                  // the TorchScript module and its metadata (keeps torch out of this header)
+  struct Model;                  // the TorchScript module or AOTI package and its metadata (keeps torch out of here)
   std::unique_ptr<Model> model;  // loaded by coeff()
   std::vector<long> type_to_z;   // LAMMPS type (1..ntypes) -> atomic number
   std::string device_arg = "auto", dtype_arg, graph_arg = "auto";
   bool jit_optimize = false;
   bool ghost_mode = false;  // chosen in init_style()
   void allocate();
+  void load_torchscript(Model &m);
+  void load_aoti(Model &m);
 };
 
 }  // namespace LAMMPS_NS
