@@ -102,3 +102,37 @@ class RadialProfile(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x) + self.offset
+
+    def flat_params(self) -> List[torch.Tensor]:
+        """[weight, bias, ln weight, ln bias] per hidden layer, then [last weight, offset]."""
+        out: List[torch.Tensor] = []
+        for layer in self.net:
+            if isinstance(layer, torch.nn.Linear):
+                out.append(layer.weight)
+                if layer.bias is not None:
+                    out.append(layer.bias)
+            elif isinstance(layer, torch.nn.LayerNorm):
+                out.append(layer.weight)
+                out.append(layer.bias)
+        out.append(self.offset)
+        return out
+
+
+def radial_profiles(x: torch.Tensor, params: List[List[torch.Tensor]], perms: List[torch.Tensor], eps: float = 1e-5) -> List[torch.Tensor]:
+    """Several `RadialProfile`s of the same shape on the same input, batched: one batched matmul per
+    layer for all of them. `params[g]` is profile g's `flat_params()`; `perms[g]` reorders its outputs
+    (`out[:, perms[g]]`, applied to the last layer's weights, not to the edges). Returns [E, out] each."""
+    n_hidden = (len(params[0]) - 2) // 4
+    h = x.unsqueeze(0).expand(len(params), x.shape[0], x.shape[1])
+    for layer in range(n_hidden):
+        k = 4 * layer
+        weight = torch.stack([p[k] for p in params]).transpose(1, 2)
+        bias = torch.stack([p[k + 1] for p in params]).unsqueeze(1)
+        h = torch.baddbmm(bias, h, weight)
+        h = torch.nn.functional.layer_norm(h, [h.shape[-1]], None, None, eps)
+        gamma = torch.stack([p[k + 2] for p in params]).unsqueeze(1)
+        beta = torch.stack([p[k + 3] for p in params]).unsqueeze(1)
+        h = torch.nn.functional.silu(torch.addcmul(beta, h, gamma))
+    weight = torch.stack([p[-2].index_select(0, perm) for p, perm in zip(params, perms)]).transpose(1, 2)
+    offset = torch.stack([p[-1].index_select(0, perm) for p, perm in zip(params, perms)]).unsqueeze(1)
+    return torch.baddbmm(offset, h, weight).unbind(0)
