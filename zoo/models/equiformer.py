@@ -1,7 +1,7 @@
 """The Equiformer network: one module for every variant, configured by an `EquiformerConfig`."""
 
 
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from e3nn import o3
@@ -131,6 +131,50 @@ class Equiformer(ExactConstants):
     def extra_repr(self) -> str:
         return f"variant={self.config.name!r}, r_max={self.r_max}, forces={self.compute_forces}"
 
+    def _outputs(
+        self, edge_vec: torch.Tensor, species: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, batch: torch.Tensor,
+        tags: Optional[torch.Tensor], num_graphs: int,
+    ) -> Dict[str, torch.Tensor]:
+        """Per-structure and per-atom outputs (and the auxiliary head) from the edge vectors."""
+        num_nodes = species.shape[0]
+        sh = self.sh(edge_vec)
+        radial = self.rbf(torch.linalg.vector_norm(edge_vec, dim=1))
+        tp_weights = self._radial_weights(radial)
+        xs = self.atom_embed(self.type_lookup.index_select(0, species), edge_vec.dtype)
+        tag_embed = self.tag_embed
+        if tag_embed is not None:
+            if tags is None:
+                raise RuntimeError("this model needs per-atom tags (0 subsurface, 1 surface, 2 adsorbate)")
+            xs = [x + t for x, t in zip(xs, tag_embed(tags, edge_vec.dtype))]
+        xs = [x + d for x, d in zip(xs, self.edge_deg_embed(num_nodes, edge_dst, sh, tp_weights[0]))]
+        for i, block in enumerate(self.blocks):
+            xs = block(xs, edge_src, edge_dst, sh, tp_weights[i + 1], batch, num_graphs)
+        xs = self.norm(xs)
+        ys = xs
+        for layer in self.head:
+            ys = layer(ys)
+        atomic = ys[0].view(num_nodes) * self.inv_sqrt_num_nodes
+        total = scatter_sum(atomic, batch, num_graphs)
+        out: Dict[str, torch.Tensor] = {self.output_key: total, self.atomic_key: atomic}
+        aux_head = self.aux_head
+        if aux_head is not None:
+            out[keys.AUX_DISPLACEMENT] = blocks_to_flat(aux_head(xs, edge_src, edge_dst, sh, tp_weights[-1]))
+        return out
+
+    @torch.jit.unused
+    def _graded_outputs(
+        self, edge_vec: torch.Tensor, species: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, batch: torch.Tensor,
+        tags: Optional[torch.Tensor], num_graphs: int,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """(dE/d edge_vec, outputs) as a functional gradient: how forces are taken inside `torch.compile`
+        (dynamo traces `torch.func.grad` into the graph; eager and TorchScript use `torch.autograd.grad`)."""
+
+        def energy(vec: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+            out = self._outputs(vec, species, edge_src, edge_dst, batch, tags, num_graphs)
+            return out[self.output_key].sum(), out
+
+        return torch.func.grad(energy, has_aux=True)(edge_vec)
+
     def forward(
         self,
         pos: torch.Tensor,
@@ -154,33 +198,21 @@ class Equiformer(ExactConstants):
         if edge_shift is not None:
             edge_vec = edge_vec + edge_shift
         need_grad = want_forces or want_virial
-        if need_grad and not edge_vec.requires_grad:
-            edge_vec.requires_grad_(True)
-
-        sh = self.sh(edge_vec)
-        radial = self.rbf(torch.linalg.vector_norm(edge_vec, dim=1))
-        tp_weights = self._radial_weights(radial)
-        xs = self.atom_embed(self.type_lookup.index_select(0, species), pos.dtype)
-        tag_embed = self.tag_embed
-        if tag_embed is not None:
-            if tags is None:
-                raise RuntimeError("this model needs per-atom tags (0 subsurface, 1 surface, 2 adsorbate)")
-            xs = [x + t for x, t in zip(xs, tag_embed(tags, pos.dtype))]
-        xs = [x + d for x, d in zip(xs, self.edge_deg_embed(num_nodes, edge_dst, sh, tp_weights[0]))]
-        for i, block in enumerate(self.blocks):
-            xs = block(xs, edge_src, edge_dst, sh, tp_weights[i + 1], batch, num_graphs)
-        xs = self.norm(xs)
-        atomic = self.head(xs)[0].view(num_nodes) * self.inv_sqrt_num_nodes
-        total = scatter_sum(atomic, batch, num_graphs)
-        out: Dict[str, torch.Tensor] = {self.output_key: total, self.atomic_key: atomic}
-        aux_head = self.aux_head
-        if aux_head is not None:
-            out[keys.AUX_DISPLACEMENT] = blocks_to_flat(aux_head(xs, edge_src, edge_dst, sh, tp_weights[-1]))
+        g = torch.zeros(0)
+        functional = False
+        if not torch.jit.is_scripting():
+            functional = need_grad and torch.compiler.is_dynamo_compiling()
+        if functional:
+            g, out = self._graded_outputs(edge_vec, species, edge_src, edge_dst, batch, tags, num_graphs)
+        else:
+            if need_grad and not edge_vec.requires_grad:
+                edge_vec.requires_grad_(True)
+            out = self._outputs(edge_vec, species, edge_src, edge_dst, batch, tags, num_graphs)
+            if need_grad:
+                grads = torch.autograd.grad([out[self.output_key].sum()], [edge_vec], create_graph=self.training)
+                grad = grads[0]
+                g = torch.zeros_like(edge_vec) if grad is None else grad
         if need_grad:
-            grads = torch.autograd.grad([total.sum()], [edge_vec], create_graph=self.training)
-            g = grads[0]
-            if g is None:
-                g = torch.zeros_like(edge_vec)
             if want_forces:
                 out[keys.FORCES] = scatter_sum(g, edge_dst, num_nodes) - scatter_sum(g, edge_src, num_nodes)
             if want_virial:

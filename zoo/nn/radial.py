@@ -83,6 +83,22 @@ class ExpNormalBasis(torch.nn.Module):
         return cutoff * torch.exp(-self.betas * (torch.exp(self.alpha * (-d)) - self.means) ** 2)
 
 
+class _Linear(torch.nn.Linear):
+    def flat_params(self) -> List[torch.Tensor]:
+        bias = self.bias
+        return [self.weight] if bias is None else [self.weight, bias]
+
+
+class _LayerNorm(torch.nn.LayerNorm):
+    def flat_params(self) -> List[torch.Tensor]:
+        return [self.weight, self.bias]
+
+
+class _SiLU(torch.nn.SiLU):
+    def flat_params(self) -> List[torch.Tensor]:
+        return []
+
+
 class RadialProfile(torch.nn.Module):
     """Radial MLP: Linear -> LayerNorm -> SiLU per hidden layer, then a bias-free Linear plus a learned
     offset (initialised U(+-1/sqrt(fan_in))). The reference's `RadialProfile`."""
@@ -92,10 +108,10 @@ class RadialProfile(torch.nn.Module):
         layers: list[torch.nn.Module] = []
         for i in range(1, len(channels)):
             last = i == len(channels) - 1
-            layers.append(torch.nn.Linear(channels[i - 1], channels[i], bias=not last))
+            layers.append(_Linear(channels[i - 1], channels[i], bias=not last))
             if not last:
-                layers.append(torch.nn.LayerNorm(channels[i]))
-                layers.append(torch.nn.SiLU())
+                layers.append(_LayerNorm(channels[i]))
+                layers.append(_SiLU())
         self.net = torch.nn.Sequential(*layers)
         bound = 1.0 / math.sqrt(channels[-2])
         self.offset = torch.nn.Parameter(torch.empty(channels[-1]).uniform_(-bound, bound))
@@ -107,13 +123,7 @@ class RadialProfile(torch.nn.Module):
         """[weight, bias, ln weight, ln bias] per hidden layer, then [last weight, offset]."""
         out: List[torch.Tensor] = []
         for layer in self.net:
-            if isinstance(layer, torch.nn.Linear):
-                out.append(layer.weight)
-                if layer.bias is not None:
-                    out.append(layer.bias)
-            elif isinstance(layer, torch.nn.LayerNorm):
-                out.append(layer.weight)
-                out.append(layer.bias)
+            out.extend(layer.flat_params())
         out.append(self.offset)
         return out
 
