@@ -10,10 +10,9 @@ from zoo.nn.cg import SIGMOID_NORM, SILU_NORM, SMOOTH_LEAKY_RELU_02_NORM
 from zoo.nn.constants import ExactConstants
 
 
-class SmoothLeakyReLU(ExactConstants):
+class SmoothLeakyReLU(torch.nn.Module):
     """f(x) = (1+a)/2 x + (1-a)/2 x (2 sigmoid(x) - 1), a smooth leaky ReLU (the reference's attention
-    non-linearity), times its second-moment normalisation constant; computed as x (A + B sigmoid(x)) with
-    A = a cst, B = (1-a) cst."""
+    non-linearity), times its second-moment normalisation constant."""
 
     def __init__(self, negative_slope: float = 0.2) -> None:
         super().__init__()
@@ -21,14 +20,14 @@ class SmoothLeakyReLU(ExactConstants):
             raise ValueError("only negative_slope=0.2 (the published setting) has a recorded normalisation constant")
         self.alpha = negative_slope
         self.cst = SMOOTH_LEAKY_RELU_02_NORM
-        self.register_constant("a_cst", torch.tensor(negative_slope * SMOOTH_LEAKY_RELU_02_NORM, dtype=torch.float64))
-        self.register_constant("b_cst", torch.tensor((1.0 - negative_slope) * SMOOTH_LEAKY_RELU_02_NORM, dtype=torch.float64))
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.alpha}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * (torch.sigmoid(x) * self.b_cst + self.a_cst)
+        x1 = ((1 + self.alpha) / 2) * x
+        x2 = ((1 - self.alpha) / 2) * x * (2 * torch.sigmoid(x) - 1)
+        return (x1 + x2) * self.cst
 
 
 class ScalarActivation(ExactConstants):

@@ -42,7 +42,10 @@ class SeparableTP(torch.nn.Module):
         self.irreps_out = irreps_out
 
     def forward(self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
-        out = self.lin(self.dtp(xs, sh, weight))
+        if weight is None:  # internal weights: scale the linear map's rows instead of the TP's outputs
+            out = self.lin(self.dtp(xs, sh, None, weighted=False), self.dtp.output_weights())
+        else:
+            out = self.lin(self.dtp(xs, sh, weight))
         gate = self.gate
         if gate is not None:
             out = gate(out)

@@ -137,14 +137,20 @@ class DepthwiseTensorProduct(ExactConstants):
         kind = "internal" if self.internal_weights else "per-edge"
         return f"{self.__class__.__name__}({self.irreps_in} x {self.irreps_sh} -> {self.irreps_out.simplify()}, {kind} weights={self.weight_numel})"
 
-    def forward(self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    def output_weights(self) -> List[torch.Tensor]:
+        """The internal weights as one [channels] vector per output block (output order)."""
+        return torch.split(self.weight.index_select(0, self.weight_perm), self._out_channels)
+
+    def forward(
+        self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None, weighted: bool = True
+    ) -> List[torch.Tensor]:
         """Blocks [E, 2l+1, mul] of `irreps_in`, sh [E, dim_sh], weight [E, weight_numel] in output order
-        (None with internal weights) -> blocks of `irreps_out.simplify()`."""
+        (None with internal weights) -> blocks of `irreps_out.simplify()`. `weighted=False` leaves the
+        (internal) weights out, for a following linear map that folds them into its own weights."""
         e = sh.shape[0]
-        if weight is None:
-            ws = torch.split(self.weight.index_select(0, self.weight_perm), self._out_channels)
-        else:
-            ws = torch.split(weight.unsqueeze(1), self._out_channels, dim=2)
+        ws: List[torch.Tensor] = []
+        if weighted:
+            ws = self.output_weights() if weight is None else torch.split(weight.unsqueeze(1), self._out_channels, dim=2)
         ops = torch.split(sh @ self.op_matrix, self._op_sizes, dim=1)
         parts: List[List[torch.Tensor]] = []
         for g, (i, kdim, d1) in enumerate(self._groups):
@@ -154,5 +160,5 @@ class DepthwiseTensorProduct(ExactConstants):
         for o, sources in enumerate(self._outputs):
             pieces = [parts[g][s].reshape(e, d3, c) for g, s, d3, c in sources]
             y = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
-            out.append(y * ws[o])
+            out.append(y * ws[o] if weighted else y)
         return out

@@ -2,7 +2,7 @@
 
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from e3nn import o3
@@ -75,8 +75,11 @@ class IrrepsLinear(torch.nn.Module):
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out}, bias={self.use_bias}, weights={self.weight.numel()})"
 
-    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
-        """Blocks [N, dim, mul_in] of `irreps_in` -> blocks [N, dim, mul_out] of `irreps_out`."""
+    def forward(self, xs: List[torch.Tensor], row_scale: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
+        """Blocks [N, dim, mul_in] of `irreps_in` -> blocks [N, dim, mul_out] of `irreps_out`.
+
+        `row_scale[i]` [mul_in], if given, scales input block i's channels; it is applied to the weights,
+        not to the features."""
         ws = torch.split(self.weight, self._sizes)
         bs = torch.split(self.bias, self._bias_sizes) if self.use_bias else []
         n = xs[0].shape[0]
@@ -85,7 +88,10 @@ class IrrepsLinear(torch.nn.Module):
             y = torch.zeros(0)
             found = False
             for i_in, k, mul_in, mul_out in plan:
-                part = torch.matmul(xs[i_in], ws[k].view(mul_in, mul_out))
+                w = ws[k].view(mul_in, mul_out)
+                if row_scale is not None:
+                    w = w * row_scale[i_in].unsqueeze(1)
+                part = torch.matmul(xs[i_in], w)
                 y = y + part if found else part
                 found = True
             if not found:

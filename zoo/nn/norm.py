@@ -54,7 +54,7 @@ class EquivariantLayerNorm(ExactConstants):
                 y = torch.nn.functional.layer_norm(x, [self._muls[i]], weights[i], biases[ib], self.eps)
                 ib += 1
             else:
-                norm = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
-                y = x * (torch.rsqrt(norm * norm * inv_size[i] + self.eps_cst) * weights[i])
+                square = (x * x).sum(dim=(1, 2), keepdim=True)
+                y = x * (torch.rsqrt(square * inv_size[i] + self.eps_cst) * weights[i])
             out.append(y.to(dtype) if low else y)
         return out
