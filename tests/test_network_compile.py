@@ -51,8 +51,9 @@ def _structures(name: str) -> list[dict]:
         out = []
         for keep in (len(z), len(z) - 7):  # the adslab and the adslab without its last atoms
             batch = torch.zeros(keep, dtype=torch.long)
-            edge_index, _, shift = periodic_graph(pos[:keep], cell[None], torch.ones(1, 3, dtype=torch.bool), batch, 5.0)
-            out.append(dict(pos=pos[:keep], species=z[:keep], edge_index=edge_index, batch=batch, edge_shift=shift, tags=tags[:keep], num_graphs=1))
+            p = pos[:keep].clone()  # own storage: a view of a larger tensor would be a different input kind
+            edge_index, _, shift = periodic_graph(p, cell[None], torch.ones(1, 3, dtype=torch.bool), batch, 5.0)
+            out.append(dict(pos=p, species=z[:keep].clone(), edge_index=edge_index, batch=batch, edge_shift=shift, tags=tags[:keep].clone(), num_graphs=1))
         return out
     out = []
     for index in (5000, 100001):
