@@ -87,7 +87,7 @@ class Equiformer(ExactConstants):
         )
         self.norm = EquivariantLayerNorm(irreps_feature)
         scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_feature if ir.l == 0 and ir.p == 1])
-        self.head = torch.nn.Sequential(IrrepsLinear(irreps_feature, scalars), ScalarActivation(scalars), IrrepsLinear(scalars, "1x0e"))
+        self.head = torch.nn.ModuleList([IrrepsLinear(irreps_feature, scalars), ScalarActivation(scalars), IrrepsLinear(scalars, "1x0e")])
         self.avg_num_nodes = float(c.avg_num_nodes)
         self.aux_head: Optional[GraphAttention] = None
         if c.aux_head:
