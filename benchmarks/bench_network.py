@@ -130,7 +130,7 @@ def measure_compile(backend: str, repeats: int) -> dict:
 
 def _run_worker(src: Path, repeats: int, extra: tuple = ()) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--repeats", str(repeats), *extra]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--repeats", str(repeats), *(extra or ("--worker",))]
     proc = subprocess.run(cmd, env=env, cwd=str(src), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"measurement in {src} failed:\n{proc.stderr[-4000:]}")
