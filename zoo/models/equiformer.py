@@ -1,7 +1,7 @@
 """The Equiformer network: one module for every variant, configured by an `EquiformerConfig`."""
 
 
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from e3nn import o3
@@ -12,14 +12,16 @@ from zoo.nn.activation import ScalarActivation
 from zoo.nn.attention import GraphAttention
 from zoo.nn.dtp import DepthwiseTensorProduct
 from zoo.nn.blocks import EdgeDegreeEmbedding, NodeEmbedding, TransBlock
+from zoo.nn.constants import ExactConstants
+from zoo.nn.irreps import blocks_to_flat
 from zoo.nn.linear import IrrepsLinear
 from zoo.nn.norm import EquivariantLayerNorm
-from zoo.nn.radial import BesselBasis, ExpNormalBasis, GaussianBasis
+from zoo.nn.radial import BesselBasis, ExpNormalBasis, GaussianBasis, radial_profiles
 from zoo.nn.scatter import scatter_sum
 from zoo.nn.sh import SphericalHarmonics
 
 
-class Equiformer(torch.nn.Module):
+class Equiformer(ExactConstants):
     """Equivariant graph attention transformer on a given graph.
 
     Inputs: `pos` [N, 3] (Å), `species` [N] atomic numbers, `edge_index` [2, E] as (src = neighbour,
@@ -35,6 +37,7 @@ class Equiformer(torch.nn.Module):
 
     compute_forces: bool
     compute_virial: bool
+    _radial_groups: List[List[int]]
 
     def __init__(self, config: EquiformerConfig) -> None:
         super().__init__()
@@ -84,7 +87,7 @@ class Equiformer(torch.nn.Module):
         )
         self.norm = EquivariantLayerNorm(irreps_feature)
         scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_feature if ir.l == 0 and ir.p == 1])
-        self.head = torch.nn.Sequential(IrrepsLinear(irreps_feature, scalars), ScalarActivation(scalars), IrrepsLinear(scalars, "1x0e"))
+        self.head = torch.nn.ModuleList([IrrepsLinear(irreps_feature, scalars), ScalarActivation(scalars), IrrepsLinear(scalars, "1x0e")])
         self.avg_num_nodes = float(c.avg_num_nodes)
         self.aux_head: Optional[GraphAttention] = None
         if c.aux_head:
@@ -93,14 +96,84 @@ class Equiformer(torch.nn.Module):
                 irreps_feature, c.irreps_sh, aux_out, radial, c.irreps_head, c.num_heads,
                 irreps_pre_attn=c.irreps_pre_attn, nonlinear_message=c.attention == "mlp_nonlinear", alpha_drop=c.alpha_drop,
             )  # fmt: skip
+        self.register_constant("inv_sqrt_num_nodes", torch.tensor(1.0 / self.avg_num_nodes**0.5, dtype=torch.float64))
+        # radial MLPs with the same layer sizes are evaluated together
+        shapes = [tuple(p.shape for p in self.edge_deg_embed.rad.flat_params())]
+        shapes += [tuple(p.shape for p in block.attn.radial_params()) for block in self.blocks]
+        if self.aux_head is not None:
+            shapes.append(tuple(p.shape for p in self.aux_head.radial_params()))
+        self._radial_groups = [[i for i, s in enumerate(shapes) if s == key] for key in dict.fromkeys(shapes)]
         self.apply(_init_torch_layers)
         if c.cg_float32:
             for m in self.modules():
                 if isinstance(m, DepthwiseTensorProduct):
                     m.set_cg_float32(True)
 
+    def _radial_weights(self, radial: torch.Tensor) -> List[torch.Tensor]:
+        """Every radially weighted TP's weights (edge-degree embedding, each block, the auxiliary head), in
+        the TPs' output order: radial MLPs of the same shape run as one batched MLP."""
+        params: List[List[torch.Tensor]] = [self.edge_deg_embed.rad.flat_params()]
+        perms: List[torch.Tensor] = [self.edge_deg_embed.dw.weight_perm]
+        for block in self.blocks:
+            params.append(block.attn.radial_params())
+            perms.append(block.attn.radial_perm())
+        aux_head = self.aux_head
+        if aux_head is not None:
+            params.append(aux_head.radial_params())
+            perms.append(aux_head.radial_perm())
+        weights: List[torch.Tensor] = [radial for _ in range(len(params))]
+        for group in self._radial_groups:
+            outs = radial_profiles(radial, [params[i] for i in group], [perms[i] for i in group])
+            for k, i in enumerate(group):
+                weights[i] = outs[k]
+        return weights
+
     def extra_repr(self) -> str:
         return f"variant={self.config.name!r}, r_max={self.r_max}, forces={self.compute_forces}"
+
+    def _outputs(
+        self, edge_vec: torch.Tensor, species: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, batch: torch.Tensor,
+        tags: Optional[torch.Tensor], num_graphs: int,
+    ) -> Dict[str, torch.Tensor]:
+        """Per-structure and per-atom outputs (and the auxiliary head) from the edge vectors."""
+        num_nodes = species.shape[0]
+        sh = self.sh(edge_vec)
+        radial = self.rbf(torch.linalg.vector_norm(edge_vec, dim=1))
+        tp_weights = self._radial_weights(radial)
+        xs = self.atom_embed(self.type_lookup.index_select(0, species), edge_vec.dtype)
+        tag_embed = self.tag_embed
+        if tag_embed is not None:
+            if tags is None:
+                raise RuntimeError("this model needs per-atom tags (0 subsurface, 1 surface, 2 adsorbate)")
+            xs = [x + t for x, t in zip(xs, tag_embed(tags, edge_vec.dtype))]
+        xs = [x + d for x, d in zip(xs, self.edge_deg_embed(num_nodes, edge_dst, sh, tp_weights[0]))]
+        for i, block in enumerate(self.blocks):
+            xs = block(xs, edge_src, edge_dst, sh, tp_weights[i + 1], batch, num_graphs)
+        xs = self.norm(xs)
+        ys = xs
+        for layer in self.head:
+            ys = layer(ys)
+        atomic = ys[0].view(num_nodes) * self.inv_sqrt_num_nodes
+        total = scatter_sum(atomic, batch, num_graphs)
+        out: Dict[str, torch.Tensor] = {self.output_key: total, self.atomic_key: atomic}
+        aux_head = self.aux_head
+        if aux_head is not None:
+            out[keys.AUX_DISPLACEMENT] = blocks_to_flat(aux_head(xs, edge_src, edge_dst, sh, tp_weights[-1]))
+        return out
+
+    @torch.jit.unused
+    def _graded_outputs(
+        self, edge_vec: torch.Tensor, species: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, batch: torch.Tensor,
+        tags: Optional[torch.Tensor], num_graphs: int,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """(dE/d edge_vec, outputs) as a functional gradient: how forces are taken inside `torch.compile`
+        (dynamo traces `torch.func.grad` into the graph; eager and TorchScript use `torch.autograd.grad`)."""
+
+        def energy(vec: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+            out = self._outputs(vec, species, edge_src, edge_dst, batch, tags, num_graphs)
+            return out[self.output_key].sum(), out
+
+        return torch.func.grad(energy, has_aux=True)(edge_vec)
 
     def forward(
         self,
@@ -125,32 +198,21 @@ class Equiformer(torch.nn.Module):
         if edge_shift is not None:
             edge_vec = edge_vec + edge_shift
         need_grad = want_forces or want_virial
-        if need_grad and not edge_vec.requires_grad:
-            edge_vec.requires_grad_(True)
-
-        sh = self.sh(edge_vec)
-        radial = self.rbf(torch.linalg.vector_norm(edge_vec, dim=1))
-        x = self.atom_embed(self.type_lookup.index_select(0, species), pos.dtype)
-        tag_embed = self.tag_embed
-        if tag_embed is not None:
-            if tags is None:
-                raise RuntimeError("this model needs per-atom tags (0 subsurface, 1 surface, 2 adsorbate)")
-            x = x + tag_embed(tags, pos.dtype)
-        x = x + self.edge_deg_embed(num_nodes, edge_src, edge_dst, sh, radial)
-        for block in self.blocks:
-            x = block(x, edge_src, edge_dst, sh, radial, batch, num_graphs)
-        x = self.norm(x)
-        atomic = self.head(x).squeeze(-1) / (self.avg_num_nodes**0.5)
-        total = scatter_sum(atomic, batch, num_graphs)
-        out: Dict[str, torch.Tensor] = {self.output_key: total, self.atomic_key: atomic}
-        aux_head = self.aux_head
-        if aux_head is not None:
-            out[keys.AUX_DISPLACEMENT] = aux_head(x, edge_src, edge_dst, sh, radial)
+        g = torch.zeros(0)
+        functional = False
+        if not torch.jit.is_scripting():
+            functional = need_grad and torch.compiler.is_dynamo_compiling()
+        if functional:
+            g, out = self._graded_outputs(edge_vec, species, edge_src, edge_dst, batch, tags, num_graphs)
+        else:
+            if need_grad and not edge_vec.requires_grad:
+                edge_vec.requires_grad_(True)
+            out = self._outputs(edge_vec, species, edge_src, edge_dst, batch, tags, num_graphs)
+            if need_grad:
+                grads = torch.autograd.grad([out[self.output_key].sum()], [edge_vec], create_graph=self.training)
+                grad = grads[0]
+                g = torch.zeros_like(edge_vec) if grad is None else grad
         if need_grad:
-            grads = torch.autograd.grad([total.sum()], [edge_vec], create_graph=self.training)
-            g = grads[0]
-            if g is None:
-                g = torch.zeros_like(edge_vec)
             if want_forces:
                 out[keys.FORCES] = scatter_sum(g, edge_dst, num_nodes) - scatter_sum(g, edge_src, num_nodes)
             if want_virial:

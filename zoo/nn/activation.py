@@ -1,10 +1,13 @@
 """Normalised activations and the equivariant gate."""
 
 
+from typing import List
+
 import torch
 from e3nn import o3
 
 from zoo.nn.cg import SIGMOID_NORM, SILU_NORM, SMOOTH_LEAKY_RELU_02_NORM
+from zoo.nn.constants import ExactConstants
 
 
 class SmoothLeakyReLU(torch.nn.Module):
@@ -27,7 +30,7 @@ class SmoothLeakyReLU(torch.nn.Module):
         return (x1 + x2) * self.cst
 
 
-class ScalarActivation(torch.nn.Module):
+class ScalarActivation(ExactConstants):
     """SiLU on scalar features, normalised to unit second moment (e3nn `Activation` with one act)."""
 
     def __init__(self, irreps) -> None:
@@ -36,20 +39,24 @@ class ScalarActivation(torch.nn.Module):
         self.irreps_out = self.irreps_in
         if any(ir.l != 0 or ir.p != 1 for _, ir in self.irreps_in):
             raise ValueError(f"ScalarActivation takes even scalars only, got {self.irreps_in}")
-        self.cst = SILU_NORM
+        self.register_constant("cst", torch.tensor(SILU_NORM, dtype=torch.float64))
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.irreps_in}, silu)"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.silu(x) * self.cst
+    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        return [torch.nn.functional.silu(x) * self.cst for x in xs]
 
 
-class Gate(torch.nn.Module):
+class Gate(ExactConstants):
     """Input [scalars | gates | gated]; output [silu(scalars) | sigmoid(gates) * gated], normalised.
 
-    Each gated irrep (one channel of one block) is scaled by its own gate scalar.
+    Each gated irrep (one channel of one block) is scaled by its own gate scalar. Block layout: the input's
+    first block holds scalars and gates side by side ([N, 1, n_scalars + n_gates]); each gated block
+    [N, 2l+1, mul] is multiplied by its [N, 1, mul] slice of the gates.
     """
+
+    _gated_muls: List[int]
 
     def __init__(self, irreps_scalars, irreps_gates, irreps_gated) -> None:
         super().__init__()
@@ -62,23 +69,22 @@ class Gate(torch.nn.Module):
         self.irreps_out = self.irreps_scalars + self.irreps_gated
         self.num_scalars = self.irreps_scalars.dim
         self.num_gates = self.irreps_gates.dim
-        index = []
-        gate = 0
-        for mul, ir in self.irreps_gated:
-            for _ in range(mul):
-                index.extend([gate] * ir.dim)
-                gate += 1
-        self.register_buffer("gate_index", torch.tensor(index, dtype=torch.long), persistent=False)
-        self.silu_cst = SILU_NORM
-        self.sigmoid_cst = SIGMOID_NORM
+        expected = o3.Irreps(f"{self.num_scalars + self.num_gates}x0e") + self.irreps_gated if self.num_scalars + self.num_gates else self.irreps_gated
+        if list(self.irreps_in) != list(expected) or self.num_scalars == 0:
+            raise ValueError(f"Gate needs even scalars, 0e gates and non-0e gated irreps, got {self.irreps_in}")
+        self._gated_muls = [mul for mul, _ in self.irreps_gated]
+        self.register_constant("silu_cst", torch.tensor(SILU_NORM, dtype=torch.float64))
+        self.register_constant("sigmoid_cst", torch.tensor(SIGMOID_NORM, dtype=torch.float64))
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out})"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scalars = torch.nn.functional.silu(x[:, : self.num_scalars]) * self.silu_cst
+    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
         if self.num_gates == 0:
-            return scalars
-        gates = torch.sigmoid(x[:, self.num_scalars : self.num_scalars + self.num_gates]) * self.sigmoid_cst
-        gated = x[:, self.num_scalars + self.num_gates :] * gates.index_select(1, self.gate_index)
-        return torch.cat([scalars, gated], dim=1)
+            return [torch.nn.functional.silu(xs[0]) * self.silu_cst]
+        scalars, gates = torch.split(xs[0], [self.num_scalars, self.num_gates], dim=2)
+        out = [torch.nn.functional.silu(scalars) * self.silu_cst]
+        gates = torch.sigmoid(gates) * self.sigmoid_cst
+        for i, g in enumerate(torch.split(gates, self._gated_muls, dim=2)):
+            out.append(xs[i + 1] * g)
+        return out

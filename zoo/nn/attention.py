@@ -3,14 +3,15 @@ attention (the paper's ablation)."""
 
 
 import math
-from typing import Final, List, Tuple
+from typing import Final, List, Optional
 
 import torch
 from e3nn import o3
 
 from zoo.nn.activation import Gate, SmoothLeakyReLU
+from zoo.nn.constants import ExactConstants
 from zoo.nn.dtp import DepthwiseTensorProduct
-from zoo.nn.irreps import block_slices, num_even_scalars, sort_irreps_e3nn, sort_irreps_even_first, split_gate
+from zoo.nn.irreps import num_even_scalars, sort_irreps_e3nn, sort_irreps_even_first, split_gate
 from zoo.nn.linear import IrrepsLinear
 from zoo.nn.radial import RadialProfile
 from zoo.nn.scatter import scatter_sum, segment_softmax
@@ -18,7 +19,12 @@ from zoo.nn.scatter import scatter_sum, segment_softmax
 
 class SeparableTP(torch.nn.Module):
     """Depthwise TP with radially weighted (or internal) weights, then an equivariant linear map, then
-    optionally a gate (the reference's `SeparableFCTP` without its unused norm)."""
+    optionally a gate (the reference's `SeparableFCTP` without its unused norm).
+
+    `forward(xs, sh, weight)`: `weight` [E, dtp.weight_numel] are the radial MLP's outputs in the TP's
+    output order (`dtp_rad` reordered by `dtp.weight_perm`, see `zoo.nn.radial.radial_profiles`); None
+    for internal weights.
+    """
 
     def __init__(self, irreps_in, irreps_sh, irreps_out, radial_channels, gate: bool = False) -> None:
         super().__init__()
@@ -35,50 +41,29 @@ class SeparableTP(torch.nn.Module):
         self.irreps_in = self.dtp.irreps_in
         self.irreps_out = irreps_out
 
-    def forward(self, x: torch.Tensor, sh: torch.Tensor, radial: torch.Tensor) -> torch.Tensor:
-        if self.dtp_rad is not None:
-            out = self.dtp(x, sh, self.dtp_rad(radial))
+    def forward(self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        if weight is None:  # internal weights: scale the linear map's rows instead of the TP's outputs
+            out = self.lin(self.dtp(xs, sh, None, weighted=False), self.dtp.output_weights())
         else:
-            out = self.dtp(x, sh)
-        out = self.lin(out)
-        if self.gate is not None:
-            out = self.gate(out)
+            out = self.lin(self.dtp(xs, sh, weight))
+        gate = self.gate
+        if gate is not None:
+            out = gate(out)
         return out
 
-
-def _head_slices(irreps_head: o3.Irreps, num_heads: int) -> List[Tuple[int, int]]:
-    """(start, width per head) of each block of `irreps_head * num_heads` laid out block by block."""
-    return [(start * num_heads, mul * d) for start, mul, d in block_slices(irreps_head)]
-
-
-class _Heads(torch.nn.Module):
-    """Reshape between [N, blocks of (mul*H)] and [N, H, irreps_head] (`Vec2AttnHeads`/`AttnHeads2Vec`)."""
-
-    _slices: List[Tuple[int, int]]
-
-    def __init__(self, irreps_head, num_heads: int) -> None:
-        super().__init__()
-        self.irreps_head = o3.Irreps(irreps_head)
-        self.num_heads = num_heads
-        self._slices = _head_slices(self.irreps_head, num_heads)
-
-    def split(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        return torch.cat([x[:, s : s + self.num_heads * w].reshape(n, self.num_heads, w) for s, w in self._slices], dim=2)
-
-    def merge(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        out: List[torch.Tensor] = []
-        start = 0
-        for _, w in self._slices:
-            out.append(x[:, :, start : start + w].reshape(n, self.num_heads * w))
-            start += w
-        return torch.cat(out, dim=1)
+    def radial_params(self) -> List[torch.Tensor]:
+        rad = self.dtp_rad
+        assert rad is not None
+        return rad.flat_params()
 
 
 class _PairAttention(torch.nn.Module):
     """What both attentions share: merged pair features m_ij = W_src x_i + W_dst x_j, and the
-    softmax-weighted sum of per-head values over the incoming edges of each node."""
+    softmax-weighted sum of per-head values over the incoming edges of each node.
+
+    Heads in the block layout: a block of `irreps_head * num_heads` is [E, 2l+1, num_heads * mul] with
+    head h on channels [h mul, (h+1) mul), so splitting into heads is a view.
+    """
 
     def __init__(self, irreps_in, irreps_out, irreps_pre_attn, irreps_head, num_heads: int, alpha_drop: float) -> None:
         super().__init__()
@@ -91,12 +76,20 @@ class _PairAttention(torch.nn.Module):
         self.merge_dst = IrrepsLinear(self.irreps_in, self.irreps_pre_attn, bias=False)
         self.alpha_dropout = torch.nn.Dropout(alpha_drop) if alpha_drop > 0 else torch.nn.Identity()
 
-    def merge(self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor) -> torch.Tensor:
-        return self.merge_src(x).index_select(0, edge_src) + self.merge_dst(x).index_select(0, edge_dst)
+    def merge(self, xs: List[torch.Tensor], edge_src: torch.Tensor, edge_dst: torch.Tensor) -> List[torch.Tensor]:
+        src = self.merge_src(xs)
+        dst = self.merge_dst(xs)
+        return [a.index_select(0, edge_src) + b.index_select(0, edge_dst) for a, b in zip(src, dst)]
 
-    def aggregate(self, logits: torch.Tensor, value: torch.Tensor, edge_dst: torch.Tensor, num_nodes: int) -> torch.Tensor:
-        attn = self.alpha_dropout(segment_softmax(logits, edge_dst, num_nodes).unsqueeze(-1))
-        return scatter_sum(value * attn, edge_dst, num_nodes)
+    def aggregate(self, logits: torch.Tensor, values: List[torch.Tensor], edge_dst: torch.Tensor, num_nodes: int) -> List[torch.Tensor]:
+        """Softmax of logits [E, H] over incoming edges; sum of value blocks [E, 2l+1, H mul] weighted per head."""
+        e, h = logits.shape[0], logits.shape[1]
+        attn = self.alpha_dropout(segment_softmax(logits, edge_dst, num_nodes)).view(e, 1, h, 1)
+        out: List[torch.Tensor] = []
+        for v in values:
+            d, c = v.shape[1], v.shape[2]
+            out.append(scatter_sum((v.view(e, d, h, c // h) * attn).view(e, d, c), edge_dst, num_nodes))
+        return out
 
 
 class GraphAttention(_PairAttention):
@@ -106,6 +99,9 @@ class GraphAttention(_PairAttention):
     attention logits from its scalars (linear -> SmoothLeakyReLU -> dot with a per-head vector); values
     from gate(linear(m)) -> DTP with learned weights -> linear. Linear messages: one radial separable TP
     gives logits and values. Softmax over incoming edges, sum, project.
+
+    `forward(xs, edge_src, edge_dst, sh, weight)`: `weight` are the radial TP weights in output order
+    (`radial_params()` / `radial_perm()` describe the radial MLP that makes them).
     """
 
     nonlinear_message: Final[bool]
@@ -127,42 +123,52 @@ class GraphAttention(_PairAttention):
         irreps_attn_heads = sort_irreps_even_first(self.irreps_head * num_heads)[0].simplify()
         mul_alpha = num_even_scalars(irreps_attn_heads)
         self.mul_alpha_head = mul_alpha // num_heads
+        self.mul_scalar_head = self.irreps_head[0].mul if self.irreps_head[0].ir == o3.Irrep("0e") else 0
         irreps_alpha = o3.Irreps(f"{mul_alpha}x0e")
         if nonlinear_message:
             self.sep_act = SeparableTP(self.irreps_pre_attn, irreps_sh, self.irreps_pre_attn, radial_channels, gate=True)
-            self.sep_alpha = IrrepsLinear(self.sep_act.dtp.irreps_out, irreps_alpha)
+            self.sep_alpha = IrrepsLinear(self.sep_act.dtp.irreps_out.simplify(), irreps_alpha)
             self.sep_value = SeparableTP(self.irreps_pre_attn, irreps_sh, irreps_attn_heads, None)
-            self.heads_alpha = _Heads(o3.Irreps(f"{self.mul_alpha_head}x0e"), num_heads)
-            self.heads_value = _Heads(self.irreps_head, num_heads)
         else:
             self.sep = SeparableTP(self.irreps_pre_attn, irreps_sh, (irreps_alpha + irreps_attn_heads).simplify(), radial_channels)
-            self.heads_all = _Heads((o3.Irreps(f"{self.mul_alpha_head}x0e") + self.irreps_head).simplify(), num_heads)
-        self.heads_out = _Heads(self.irreps_head, num_heads)
         self.alpha_act = SmoothLeakyReLU(0.2)
         bound = math.sqrt(6.0 / (num_heads + self.mul_alpha_head))
         self.alpha_dot = torch.nn.Parameter(torch.empty(1, num_heads, self.mul_alpha_head).uniform_(-bound, bound))
         self.proj = IrrepsLinear(irreps_attn_heads, self.irreps_out)
 
-    def forward(self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, sh: torch.Tensor, radial: torch.Tensor) -> torch.Tensor:
-        message = self.merge(x, edge_src, edge_dst)
+    def radial_params(self) -> List[torch.Tensor]:
         if self.nonlinear_message:
-            message = self.sep_act.dtp(message, sh, self.sep_act.dtp_rad(radial))
-            alpha = self.heads_alpha.split(self.sep_alpha(message))
-            value = self.sep_act.gate(self.sep_act.lin(message))
-            value = self.heads_value.split(self.sep_value(value, sh, radial))
+            return self.sep_act.radial_params()
+        return self.sep.radial_params()
+
+    def radial_perm(self) -> torch.Tensor:
+        if self.nonlinear_message:
+            return self.sep_act.dtp.weight_perm
+        return self.sep.dtp.weight_perm
+
+    def forward(self, xs: List[torch.Tensor], edge_src: torch.Tensor, edge_dst: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor) -> List[torch.Tensor]:
+        message = self.merge(xs, edge_src, edge_dst)
+        e = edge_src.shape[0]
+        h = self.num_heads
+        if self.nonlinear_message:
+            message = self.sep_act.dtp(message, sh, weight)
+            alpha = self.sep_alpha(message)[0].view(e, h, self.mul_alpha_head)
+            gate = self.sep_act.gate
+            assert gate is not None
+            values = self.sep_value(gate(self.sep_act.lin(message)), sh, None)
         else:
-            message = self.heads_all.split(self.sep(message, sh, radial))
-            alpha = message[:, :, : self.mul_alpha_head]
-            value = message[:, :, self.mul_alpha_head :]
+            blocks = self.sep(message, sh, weight)
+            # the first 0e block holds, per head, the head's alpha channels then its 0e value channels
+            first = blocks[0].view(e, h, self.mul_alpha_head + self.mul_scalar_head)
+            alpha, scalars = torch.split(first, [self.mul_alpha_head, self.mul_scalar_head], dim=2)
+            values = [scalars.reshape(e, 1, h * self.mul_scalar_head)] + blocks[1:]
         logits = (self.alpha_act(alpha) * self.alpha_dot).sum(-1)
-        return self.proj(self.heads_out.merge(self.aggregate(logits, value, edge_dst, x.shape[0])))
+        return self.proj(self.aggregate(logits, values, edge_dst, xs[0].shape[0]))
 
 
-class DotProductAttention(_PairAttention):
+class DotProductAttention(_PairAttention, ExactConstants):
     """Dot-product attention ablation: q from the destination node, k and v from one radial separable TP
     of the merged pair features; logit = <q, k> over all components with per-irrep scaling."""
-
-    _scale_blocks: List[Tuple[int, int, float]]
 
     def __init__(
         self,
@@ -180,17 +186,28 @@ class DotProductAttention(_PairAttention):
         irreps_kv = sort_irreps_e3nn(self.irreps_head * (num_heads * 2)).simplify()
         self.query = IrrepsLinear(self.irreps_in, irreps_attn_heads)
         self.key_value = SeparableTP(self.irreps_pre_attn, irreps_sh, irreps_kv, radial_channels)
-        self.heads_q = _Heads(self.irreps_head, num_heads)
-        self.heads_kv = _Heads(self.irreps_head, 2 * num_heads)
         channel = 1.0 / self.irreps_head.num_irreps**0.5
-        self._scale_blocks = [(s, mul * d, channel * (1.0 / d**0.5)) for s, mul, d in block_slices(self.irreps_head)]
+        scale = {ir: channel * (1.0 / ir.dim**0.5) for _, ir in self.irreps_head}
+        self.register_constant("q_scale", torch.tensor([scale[ir] for _, ir in irreps_attn_heads], dtype=torch.float64))
         self.proj = IrrepsLinear(irreps_attn_heads, self.irreps_out)
 
-    def forward(self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, sh: torch.Tensor, radial: torch.Tensor) -> torch.Tensor:
-        q = self.heads_q.split(self.query(x))
-        q = torch.cat([q[:, :, s : s + w] * f for s, w, f in self._scale_blocks], dim=2)
-        kv = self.heads_kv.split(self.key_value(self.merge(x, edge_src, edge_dst), sh, radial))
-        k = kv[:, : self.num_heads]
-        v = kv[:, self.num_heads :]
-        logits = (q.index_select(0, edge_dst) * k).sum(-1)
-        return self.proj(self.heads_q.merge(self.aggregate(logits, v, edge_dst, x.shape[0])))
+    def radial_params(self) -> List[torch.Tensor]:
+        return self.key_value.radial_params()
+
+    def radial_perm(self) -> torch.Tensor:
+        return self.key_value.dtp.weight_perm
+
+    def forward(self, xs: List[torch.Tensor], edge_src: torch.Tensor, edge_dst: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor) -> List[torch.Tensor]:
+        e = edge_src.shape[0]
+        h = self.num_heads
+        scales = self.q_scale.unbind(0)
+        kv = self.key_value(self.merge(xs, edge_src, edge_dst), sh, weight)
+        logits = torch.zeros(0)
+        values: List[torch.Tensor] = []
+        for i, q in enumerate(self.query(xs)):
+            d, c = q.shape[1], q.shape[2]
+            pair = kv[i].view(e, d, 2, c)
+            values.append(pair[:, :, 1])
+            dot = ((q * scales[i]).index_select(0, edge_dst) * pair[:, :, 0]).view(e, d, h, c // h).sum(dim=(1, 3))
+            logits = dot if i == 0 else logits + dot
+        return self.proj(self.aggregate(logits, values, edge_dst, xs[0].shape[0]))

@@ -9,6 +9,7 @@ from e3nn import o3
 
 from zoo.nn.activation import Gate
 from zoo.nn.attention import DotProductAttention, GraphAttention
+from zoo.nn.constants import ExactConstants
 from zoo.nn.dtp import DepthwiseTensorProduct
 from zoo.nn.irreps import split_gate
 from zoo.nn.linear import IrrepsLinear
@@ -28,14 +29,16 @@ class NodeEmbedding(torch.nn.Module):
             self.lin.weight.mul_(num_types**0.5)
         self.irreps_out = self.lin.irreps_out
 
-    def forward(self, types: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return self.lin(torch.nn.functional.one_hot(types, self.num_types).to(dtype))
+    def forward(self, types: torch.Tensor, dtype: torch.dtype) -> List[torch.Tensor]:
+        one_hot = torch.nn.functional.one_hot(types, self.num_types).to(dtype)
+        return self.lin([one_hot.view(types.shape[0], 1, self.num_types)])
 
 
-class EdgeDegreeEmbedding(torch.nn.Module):
+class EdgeDegreeEmbedding(ExactConstants):
     """Sum over neighbours of DTP(constant node vector, Y; radial weights), projected, / sqrt(avg degree).
 
-    Independent of atom types: it encodes the geometry of each atom's neighbourhood.
+    Independent of atom types: it encodes the geometry of each atom's neighbourhood. The constant node
+    vector is the same for every node, so it is computed on the edges directly.
     """
 
     def __init__(self, irreps_node, irreps_sh, radial_channels: List[int], avg_degree: float) -> None:
@@ -45,16 +48,17 @@ class EdgeDegreeEmbedding(torch.nn.Module):
         self.rad = RadialProfile(list(radial_channels) + [self.dw.weight_numel])
         self.proj = IrrepsLinear(self.dw.irreps_out.simplify(), irreps_node)
         self.avg_degree = float(avg_degree)
+        self.register_constant("inv_sqrt_degree", torch.tensor(1.0 / self.avg_degree**0.5, dtype=torch.float64))
         self.irreps_out = o3.Irreps(irreps_node)
 
     def extra_repr(self) -> str:
         return f"avg_degree={self.avg_degree}"
 
-    def forward(self, num_nodes: int, edge_src: torch.Tensor, edge_dst: torch.Tensor, sh: torch.Tensor, radial: torch.Tensor) -> torch.Tensor:
-        ones = torch.ones(num_nodes, 1, dtype=sh.dtype, device=sh.device)
-        node = self.exp(ones)
-        edge = self.proj(self.dw(node.index_select(0, edge_src), sh, self.rad(radial)))
-        return scatter_sum(edge, edge_dst, num_nodes) / (self.avg_degree**0.5)
+    def forward(self, num_nodes: int, edge_dst: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor) -> List[torch.Tensor]:
+        """`weight`: the radial TP weights in the TP's output order (`rad` reordered by `dw.weight_perm`)."""
+        ones = torch.ones(sh.shape[0], 1, 1, dtype=sh.dtype, device=sh.device)
+        edge = self.proj(self.dw(self.exp([ones]), sh, weight))
+        return [scatter_sum(y, edge_dst, num_nodes) * self.inv_sqrt_degree for y in edge]
 
 
 class FeedForward(torch.nn.Module):
@@ -66,8 +70,8 @@ class FeedForward(torch.nn.Module):
         self.fctp_1 = IrrepsLinear(irreps_in, self.gate.irreps_in)
         self.fctp_2 = IrrepsLinear(self.gate.irreps_out, irreps_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fctp_2(self.gate(self.fctp_1(x)))
+    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        return self.fctp_2(self.gate(self.fctp_1(xs)))
 
 
 class GraphDropPath(torch.nn.Module):
@@ -80,12 +84,13 @@ class GraphDropPath(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"rate={self.rate}"
 
-    def forward(self, x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    def forward(self, xs: List[torch.Tensor], batch: torch.Tensor, num_graphs: int) -> List[torch.Tensor]:
         if not self.training or self.rate == 0.0:
-            return x
+            return xs
         keep = 1.0 - self.rate
-        mask = torch.floor(keep + torch.rand(num_graphs, dtype=x.dtype, device=x.device)) / keep
-        return x * mask.index_select(0, batch).unsqueeze(-1)
+        mask = torch.floor(keep + torch.rand(num_graphs, dtype=xs[0].dtype, device=xs[0].device)) / keep
+        node_mask = mask.index_select(0, batch).view(-1, 1, 1)
+        return [x * node_mask for x in xs]
 
 
 class TransBlock(torch.nn.Module):
@@ -127,11 +132,13 @@ class TransBlock(torch.nn.Module):
             self.ffn_shortcut = IrrepsLinear(self.irreps_in, self.irreps_out)
 
     def forward(
-        self, x: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, sh: torch.Tensor, radial: torch.Tensor, batch: torch.Tensor, num_graphs: int
-    ) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm_1(x), edge_src, edge_dst, sh, radial), batch, num_graphs)
-        update = self.drop_path(self.ffn(self.norm_2(x)), batch, num_graphs)
+        self, xs: List[torch.Tensor], edge_src: torch.Tensor, edge_dst: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, batch: torch.Tensor, num_graphs: int
+    ) -> List[torch.Tensor]:
+        """Blocks of `irreps_in` -> blocks of `irreps_out`; `weight`: the attention's radial TP weights."""
+        attn = self.drop_path(self.attn(self.norm_1(xs), edge_src, edge_dst, sh, weight), batch, num_graphs)
+        xs = [x + a for x, a in zip(xs, attn)]
+        update = self.drop_path(self.ffn(self.norm_2(xs)), batch, num_graphs)
         shortcut = self.ffn_shortcut
         if shortcut is not None:
-            x = shortcut(x)
-        return x + update
+            xs = shortcut(xs)
+        return [x + u for x, u in zip(xs, update)]

@@ -1,6 +1,16 @@
-"""Irreps bookkeeping shared by the blocks (the reference's sorting and gate-splitting rules)."""
+"""Irreps bookkeeping shared by the blocks (the reference's sorting and gate-splitting rules) and the
+block layout of features.
+
+Features travel through the network as a list of blocks, one per irrep block of their irreps, each a
+tensor [N, 2l+1, mul] (components, then channels): equivariant linear maps are one matmul per block and
+element-wise operations never slice or concatenate. e3nn's flat layout [N, sum mul*(2l+1)] (channel-major
+within a block) is only used at the boundaries (`flat_to_blocks`, `blocks_to_flat`).
+"""
 
 
+from typing import List, Tuple
+
+import torch
 from e3nn import o3
 
 
@@ -38,3 +48,23 @@ def block_slices(irreps: o3.Irreps) -> list[tuple[int, int, int]]:
         out.append((start, mul, ir.dim))
         start += mul * ir.dim
     return out
+
+
+def block_shapes(irreps: o3.Irreps) -> list[tuple[int, int]]:
+    """(dim, mul) of every block: the shape [N, dim, mul] it has in the block layout."""
+    return [(ir.dim, mul) for mul, ir in irreps]
+
+
+def flat_to_blocks(x: torch.Tensor, shapes: List[Tuple[int, int]]) -> List[torch.Tensor]:
+    """e3nn's flat layout [N, sum mul*dim] (channel-major blocks) -> blocks [N, dim, mul] (views)."""
+    out: List[torch.Tensor] = []
+    start = 0
+    for d, mul in shapes:
+        out.append(x[:, start : start + mul * d].reshape(x.shape[0], mul, d).transpose(1, 2))
+        start += mul * d
+    return out
+
+
+def blocks_to_flat(xs: List[torch.Tensor]) -> torch.Tensor:
+    """Blocks [N, dim, mul] -> e3nn's flat layout [N, sum mul*dim] (one copy, at the network's boundary)."""
+    return torch.cat([x.transpose(1, 2).reshape(x.shape[0], -1) for x in xs], dim=1)

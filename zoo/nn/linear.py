@@ -2,12 +2,12 @@
 
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from e3nn import o3
 
-from zoo.nn.irreps import block_slices
+from zoo.nn.irreps import block_shapes
 
 
 class IrrepsLinear(torch.nn.Module):
@@ -17,17 +17,20 @@ class IrrepsLinear(torch.nn.Module):
     per pair of input and output blocks of the same irrep), initialised N(0, 1/fan_in) and used without a
     runtime normalisation factor, exactly as the reference's `LinearRS` (an e3nn TensorProduct with a
     constant 1x0e second input and `path_normalization='none'`). The bias sits on the 0e blocks of the
-    simplified output irreps.
+    output irreps (in order). Works on the block layout: one matmul per instruction, on a view of the
+    weight, no copies.
     """
 
-    _segments: List[Tuple[int, int, int, int, int, int]]
-    _blocks: List[Tuple[int, int]]
+    _sizes: List[int]
+    _plan: List[List[Tuple[int, int, int, int]]]
+    _out_shapes: List[Tuple[int, int]]
+    _bias_sizes: List[int]
+    _bias_piece: List[int]
 
     def __init__(self, irreps_in, irreps_out, bias: bool = True) -> None:
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
         self.irreps_out = o3.Irreps(irreps_out)
-        in_slices = block_slices(self.irreps_in)
         instructions = []  # (i_in, i_out, weight_start)
         numel = 0
         for i_in, (mul_in, ir_in) in enumerate(self.irreps_in):
@@ -44,64 +47,58 @@ class IrrepsLinear(torch.nn.Module):
             weight[w0 : w0 + n] /= math.sqrt(fan_in[i_out])
         self.weight = torch.nn.Parameter(weight)
 
-        # merge instructions into one matmul where the input rows and weights are contiguous
-        segments: list[list[int]] = []  # [in_start, mul_in, dim, w_start, mul_out, i_out]
-        for i_in, i_out, w0 in sorted(instructions, key=lambda t: (t[1], t[0])):
-            start, mul_in, dim = in_slices[i_in]
-            mul_out = self.irreps_out[i_out].mul
-            last = segments[-1] if segments else None
-            if (
-                last is not None
-                and last[5] == i_out
-                and last[0] + last[1] * dim == start
-                and last[3] + last[1] * mul_out == w0
-            ):
-                last[1] += mul_in
-            else:
-                segments.append([start, mul_in, dim, w0, mul_out, i_out])
-        self._segments = [tuple(s) for s in segments]
-        self._blocks = [(mul, ir.dim) for mul, ir in self.irreps_out]
+        # per output block: the instructions feeding it, as (input block, weight piece, mul_in, mul_out)
+        self._sizes = [self.irreps_in[i_in].mul * self.irreps_out[i_out].mul for i_in, i_out, _ in instructions]
+        self._plan = [
+            [(i_in, k, self.irreps_in[i_in].mul, mul_out) for k, (i_in, i_out, _) in enumerate(instructions) if i_out == o]
+            for o, (mul_out, _) in enumerate(self.irreps_out)
+        ]
+        self._out_shapes = block_shapes(self.irreps_out)
 
-        bias_positions: list[int] = []
-        start = 0
-        for mul, ir in self.irreps_out.simplify():
-            if ir.l == 0 and ir.p == 1:
-                bias_positions.extend(range(start, start + mul))
-            start += mul * ir.dim
-        self.use_bias = bias and len(bias_positions) > 0
+        scalar_blocks = [mul for mul, ir in self.irreps_out if ir.l == 0 and ir.p == 1]
+        self.use_bias = bias and sum(scalar_blocks) > 0
         if self.use_bias:
-            self.bias = torch.nn.Parameter(torch.zeros(len(bias_positions)))
+            self.bias = torch.nn.Parameter(torch.zeros(sum(scalar_blocks)))
         else:
             self.register_buffer("bias", torch.zeros(0), persistent=False)
-        self.register_buffer("bias_index", torch.tensor(bias_positions if self.use_bias else [], dtype=torch.long), persistent=False)
-        self.dim_out = self.irreps_out.dim
+        # per output block: which piece of the bias it gets (-1: none); the bias follows the 0e blocks in order
+        self._bias_sizes = scalar_blocks if self.use_bias else []
+        piece = 0
+        self._bias_piece = []
+        for mul, ir in self.irreps_out:
+            if self.use_bias and ir.l == 0 and ir.p == 1:
+                self._bias_piece.append(piece)
+                piece += 1
+            else:
+                self._bias_piece.append(-1)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out}, bias={self.use_bias}, weights={self.weight.numel()})"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
+    def forward(self, xs: List[torch.Tensor], row_scale: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
+        """Blocks [N, dim, mul_in] of `irreps_in` -> blocks [N, dim, mul_out] of `irreps_out`.
+
+        `row_scale[i]` [mul_in], if given, scales input block i's channels; it is applied to the weights,
+        not to the features."""
+        ws = torch.split(self.weight, self._sizes)
+        bs = torch.split(self.bias, self._bias_sizes) if self.use_bias else []
+        n = xs[0].shape[0]
         outs: List[torch.Tensor] = []
-        acc: List[torch.Tensor] = []
-        for i_out, (mul_out, dim) in enumerate(self._blocks):
+        for o, plan in enumerate(self._plan):
             y = torch.zeros(0)
             found = False
-            for in_start, mul_in, d, w0, m_out, seg_out in self._segments:
-                if seg_out != i_out:
-                    continue
-                w = self.weight[w0 : w0 + mul_in * m_out].view(mul_in, m_out)
-                xs = x[:, in_start : in_start + mul_in * d]
-                if d == 1:
-                    part = xs @ w
-                else:
-                    part = torch.matmul(xs.reshape(n, mul_in, d).transpose(1, 2), w).transpose(1, 2).reshape(n, m_out * d)
-                y = part if not found else y + part
+            for i_in, k, mul_in, mul_out in plan:
+                w = ws[k].view(mul_in, mul_out)
+                if row_scale is not None:
+                    w = w * row_scale[i_in].unsqueeze(1)
+                part = torch.matmul(xs[i_in], w)
+                y = y + part if found else part
                 found = True
             if not found:
-                y = x.new_zeros(n, mul_out * dim)
+                d, mul = self._out_shapes[o]
+                y = xs[0].new_zeros(n, d, mul)
+            piece = self._bias_piece[o]
+            if piece >= 0:
+                y = y + bs[piece]
             outs.append(y)
-        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
-        if self.use_bias:
-            full = self.bias.new_zeros(self.dim_out).index_copy(0, self.bias_index, self.bias)
-            out = out + full
-        return out
+        return outs

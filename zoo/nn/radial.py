@@ -83,6 +83,22 @@ class ExpNormalBasis(torch.nn.Module):
         return cutoff * torch.exp(-self.betas * (torch.exp(self.alpha * (-d)) - self.means) ** 2)
 
 
+class _Linear(torch.nn.Linear):
+    def flat_params(self) -> List[torch.Tensor]:
+        bias = self.bias
+        return [self.weight] if bias is None else [self.weight, bias]
+
+
+class _LayerNorm(torch.nn.LayerNorm):
+    def flat_params(self) -> List[torch.Tensor]:
+        return [self.weight, self.bias]
+
+
+class _SiLU(torch.nn.SiLU):
+    def flat_params(self) -> List[torch.Tensor]:
+        return []
+
+
 class RadialProfile(torch.nn.Module):
     """Radial MLP: Linear -> LayerNorm -> SiLU per hidden layer, then a bias-free Linear plus a learned
     offset (initialised U(+-1/sqrt(fan_in))). The reference's `RadialProfile`."""
@@ -92,13 +108,41 @@ class RadialProfile(torch.nn.Module):
         layers: list[torch.nn.Module] = []
         for i in range(1, len(channels)):
             last = i == len(channels) - 1
-            layers.append(torch.nn.Linear(channels[i - 1], channels[i], bias=not last))
+            layers.append(_Linear(channels[i - 1], channels[i], bias=not last))
             if not last:
-                layers.append(torch.nn.LayerNorm(channels[i]))
-                layers.append(torch.nn.SiLU())
+                layers.append(_LayerNorm(channels[i]))
+                layers.append(_SiLU())
         self.net = torch.nn.Sequential(*layers)
         bound = 1.0 / math.sqrt(channels[-2])
         self.offset = torch.nn.Parameter(torch.empty(channels[-1]).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x) + self.offset
+
+    def flat_params(self) -> List[torch.Tensor]:
+        """[weight, bias, ln weight, ln bias] per hidden layer, then [last weight, offset]."""
+        out: List[torch.Tensor] = []
+        for layer in self.net:
+            out.extend(layer.flat_params())
+        out.append(self.offset)
+        return out
+
+
+def radial_profiles(x: torch.Tensor, params: List[List[torch.Tensor]], perms: List[torch.Tensor], eps: float = 1e-5) -> List[torch.Tensor]:
+    """Several `RadialProfile`s of the same shape on the same input, batched: one batched matmul per
+    layer for all of them. `params[g]` is profile g's `flat_params()`; `perms[g]` reorders its outputs
+    (`out[:, perms[g]]`, applied to the last layer's weights, not to the edges). Returns [E, out] each."""
+    n_hidden = (len(params[0]) - 2) // 4
+    h = x.unsqueeze(0).expand(len(params), x.shape[0], x.shape[1])
+    for layer in range(n_hidden):
+        k = 4 * layer
+        weight = torch.stack([p[k] for p in params]).transpose(1, 2)
+        bias = torch.stack([p[k + 1] for p in params]).unsqueeze(1)
+        h = torch.baddbmm(bias, h, weight)
+        h = torch.nn.functional.layer_norm(h, [h.shape[-1]], None, None, eps)
+        gamma = torch.stack([p[k + 2] for p in params]).unsqueeze(1)
+        beta = torch.stack([p[k + 3] for p in params]).unsqueeze(1)
+        h = torch.nn.functional.silu(torch.addcmul(beta, h, gamma))
+    weight = torch.stack([p[-2].index_select(0, perm) for p, perm in zip(params, perms)]).transpose(1, 2)
+    offset = torch.stack([p[-1].index_select(0, perm) for p, perm in zip(params, perms)]).unsqueeze(1)
+    return torch.baddbmm(offset, h, weight).unbind(0)

@@ -1,0 +1,226 @@
+"""The network alone on CPU: aten calls per call and eager latency, against a baseline commit in one run.
+
+Two calls are measured, single-threaded, float32, eager, random weights (seed 0):
+  md17-l2 energy+forces of one MD17 aspirin frame (21 atoms, ../shared/data/md17/mdbenchgnn/aspirin/test.npz)
+  qm9-l2 inference (no grad) of 128 QM9 molecules (../shared/data/qm9/qm9_reduced_100.xyz, cycled)
+Each is profiled once with torch.profiler (every `aten::` event, nested ones included) and timed as the
+median of `--repeats` calls after one warm-up. The same measurement runs, in the same invocation, on the
+network as of `--baseline` (checked out in a temporary `git worktree`, imported through PYTHONPATH in a
+subprocess). The table fits 80 columns; `--json` saves the numbers.
+
+`--compile` also compiles the full md17-l2 energy+forces call of this checkout with
+`torch.compile(fullgraph=True, dynamic=True)` (`--compile-backend`, default inductor) and reports the cold
+compile time, the compiled latency and the largest relative difference from eager.
+
+Usage: python benchmarks/bench_network.py [--baseline 9e9c3c0] [--repeats 5] [--json bench_network.json]
+       [--no-baseline] [--compile] [--compile-backend inductor]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EQUIZOO_SHARED_DATA", ROOT.parent / "shared" / "data"))
+ASPIRIN = SHARED / "md17" / "mdbenchgnn" / "aspirin" / "test.npz"
+QM9 = SHARED / "qm9" / "qm9_reduced_100.xyz"
+CASES = ("md17-l2 energy+forces, 1 aspirin", "qm9-l2 inference, 128 QM9")
+
+
+def _aten_calls(fn) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+
+def _latency_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return 1000.0 * times[len(times) // 2]
+
+
+def _inputs():
+    """(md17 args, qm9 args) as keyword dicts of float32 tensors with their radius graphs."""
+    import numpy as np
+    import torch
+    from ase.io import read
+
+    from zoo.graph import radius_graph
+
+    frame = np.load(ASPIRIN)
+    z = torch.from_numpy(frame["atomic_numbers"].reshape(-1)).long()
+    pos = torch.from_numpy(frame["pos"][0]).float()
+    batch = torch.zeros(len(z), dtype=torch.long)
+    md17 = {"pos": pos, "species": z, "edge_index": radius_graph(pos, batch, 5.0), "batch": batch, "num_graphs": 1}
+
+    mols = read(QM9, index=":")
+    mols = [mols[i % len(mols)] for i in range(128)]
+    z = torch.cat([torch.from_numpy(m.numbers).long() for m in mols])
+    pos = torch.cat([torch.from_numpy(m.positions).float() for m in mols])
+    batch = torch.cat([torch.full((len(m),), i, dtype=torch.long) for i, m in enumerate(mols)])
+    qm9 = {"pos": pos, "species": z, "edge_index": radius_graph(pos, batch, 5.0), "batch": batch, "num_graphs": 128}
+    return md17, qm9
+
+
+def measure(repeats: int) -> dict:
+    """Measure both calls with the `zoo` found on sys.path (this checkout or the baseline's)."""
+    import torch
+
+    from zoo.models import build_model
+
+    torch.set_num_threads(1)
+    md17_in, qm9_in = _inputs()
+    torch.manual_seed(0)
+    md17 = build_model("md17-l2").eval()
+    torch.manual_seed(0)
+    qm9 = build_model("qm9-l2").eval()
+
+    def md17_call():
+        return md17(**md17_in)
+
+    def qm9_call():
+        with torch.no_grad():
+            return qm9(**qm9_in)
+
+    out = {}
+    for name, fn, n_atoms, n_edges in (
+        (CASES[0], md17_call, len(md17_in["pos"]), md17_in["edge_index"].shape[1]),
+        (CASES[1], qm9_call, len(qm9_in["pos"]), qm9_in["edge_index"].shape[1]),
+    ):
+        fn()
+        out[name] = {"aten_calls": _aten_calls(fn), "latency_ms": _latency_ms(fn, repeats), "atoms": n_atoms, "edges": n_edges}
+    result = md17_call()
+    out["_check"] = {"md17_energy": result["energy"].tolist(), "md17_forces_sum_abs": float(result["forces"].abs().sum())}
+    return out
+
+
+def measure_compile(backend: str, repeats: int) -> dict:
+    """Cold compile time, latency and largest relative difference from eager of the compiled md17-l2
+    energy+forces call (this checkout only: forces inside torch.compile need its functional gradient)."""
+    import torch
+
+    from zoo.models import build_model
+
+    torch.set_num_threads(1)
+    md17_in, _ = _inputs()
+    torch.manual_seed(0)
+    model = build_model("md17-l2").eval()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=backend)
+    start = time.perf_counter()
+    out = compiled(**md17_in)
+    cold = time.perf_counter() - start
+    eager = model(**md17_in)
+    diff = max(float((out[k] - eager[k]).abs().max() / eager[k].abs().max()) for k in eager)
+    return {"backend": backend, "cold_compile_s": cold, "latency_ms": _latency_ms(lambda: compiled(**md17_in), repeats), "max_rel_diff": diff}
+
+
+def _run_worker(src: Path, repeats: int, extra: tuple = ()) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--repeats", str(repeats), *(extra or ("--worker",))]
+    proc = subprocess.run(cmd, env=env, cwd=str(src), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"measurement in {src} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _baseline(commit: str, repeats: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="equizoo-baseline-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True, capture_output=True)
+        try:
+            return _run_worker(tree, repeats)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False, capture_output=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", default="9e9c3c0", help="commit to compare against (default: 9e9c3c0)")
+    parser.add_argument("--no-baseline", action="store_true", help="measure this checkout only")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default="bench_network.json", help="where to save the numbers")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of md17-l2 energy+forces")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-compile", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if args.worker:
+        print(json.dumps(measure(args.repeats)))
+        return
+    if args.worker_compile:
+        print(json.dumps(measure_compile(args.compile_backend, args.repeats)))
+        return
+    for path in (ASPIRIN, QM9):
+        if not path.exists():
+            parser.error(f"benchmark data {path} is missing: set EQUIZOO_SHARED_DATA to the shared data folder")
+
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    results = {}
+    with Progress(transient=True) as progress:
+        task = progress.add_task("measuring", total=(1 if args.no_baseline else 2) + args.compile)
+        progress.update(task, description="this checkout")
+        results["this"] = _run_worker(ROOT, args.repeats)
+        progress.advance(task)
+        if not args.no_baseline:
+            progress.update(task, description=f"baseline {args.baseline}")
+            results["baseline"] = _baseline(args.baseline, args.repeats)
+            progress.advance(task)
+        if args.compile:
+            progress.update(task, description=f"torch.compile ({args.compile_backend})")
+            results["compile"] = _run_worker(ROOT, args.repeats, ("--worker-compile", "--compile-backend", args.compile_backend))
+            progress.advance(task)
+
+    table = Table(title="equizoo network, CPU, 1 thread, float32, eager", width=80)
+    table.add_column("call", max_width=22)
+    table.add_column("aten calls", justify="right")
+    table.add_column("ms", justify="right")
+    table.add_column("base aten", justify="right")
+    table.add_column("base ms", justify="right")
+    table.add_column("speed-up", justify="right")
+    for case in CASES:
+        now = results["this"][case]
+        base = results.get("baseline", {}).get(case)
+        row = [case, f"{now['aten_calls']:,}", f"{now['latency_ms']:.1f}"]
+        if base:
+            row += [f"{base['aten_calls']:,}", f"{base['latency_ms']:.1f}", f"{base['latency_ms'] / now['latency_ms']:.2f}x"]
+        else:
+            row += ["", "", ""]
+        table.add_row(*row)
+    Console().print(table)
+    if args.compile:
+        c = results["compile"]
+        Console().print(
+            f"md17-l2 energy+forces, torch.compile(fullgraph=True, dynamic=True, backend={c['backend']!r}): cold compile "
+            f"{c['cold_compile_s']:.1f} s, {c['latency_ms']:.1f} ms per call, largest relative difference from eager {c['max_rel_diff']:.1e}"
+        )
+    import platform
+
+    import torch
+
+    record = {"baseline_commit": None if args.no_baseline else args.baseline, "machine": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "repeats": args.repeats, "results": results}
+    Path(args.json).write_text(json.dumps(record, indent=2))
+    Console().print(f"saved {args.json}")
+
+
+if __name__ == "__main__":
+    main()
