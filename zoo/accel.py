@@ -24,9 +24,9 @@ import torch
 from zoo import keys
 
 PER_ATOM_OUTPUTS = (keys.FORCES, keys.AUX_DISPLACEMENT)
-# torch.compile(fullgraph=True) once the network traces forces without a graph break; until then a
-# graph break at the force gradient is allowed (see `compile_model`).
-FULLGRAPH = False
+# torch.compile(fullgraph=True): the network traces forces (torch.func.grad under dynamo) without a graph
+# break; `compile_model(fullgraph=False)` allows breaks for debugging.
+FULLGRAPH = True
 # The torch.compile backend: $EQUIZOO_COMPILE_BACKEND, default inductor (generated kernels). `aot_eager`
 # traces the same graphs (Dynamo + AOTAutograd, forces included) without code generation: minutes less
 # of cold compile on a small CPU, for tests and debugging.
