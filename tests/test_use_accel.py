@@ -172,12 +172,13 @@ def test_cuda_graph_runner_replays_buckets_and_matches_eager():
     eager = load_runner(model, device="cuda")
     frames = read_structures(ASPIRIN)
     info = runner.info
+    checked = len(runner.module.graphs)  # the buckets the check against eager captured
     for count in (1, 1, 2, 3, 1):
         inputs, n = model_inputs(frames[:count], info, runner.device, runner.dtype)
         ref, got = eager(inputs, n), runner(inputs, n)
         for name, diff in accel.relative_difference(ref, got).items():
             assert diff <= 1e-5, (name, diff)
-    assert len(runner.module.graphs) <= 4  # one capture per bucket, replayed for repeated sizes
+    assert len(runner.module.graphs) - checked <= 3  # at most one new capture per size (1, 2, 3 frames), replayed when repeated
     atoms = ase.io.read(ASPIRIN, index=0)
     atoms.calc = EquiformerCalculator(model, device="cuda", cuda_graphs=True, skin=0.5)
     f0 = atoms.get_forces()
