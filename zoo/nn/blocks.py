@@ -1,7 +1,6 @@
 """Embeddings, feed-forward network and the pre-norm transformer block."""
 
 
-import math
 from typing import List, Optional
 
 import torch
