@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# GPU check of AOTInductor packages (expected 2-4 minutes on one GPU; not yet run on a GPU by its author): export a CUDA .pt2 of a small float64
+# GPU check of AOTInductor packages (expected 2-4 minutes on one GPU): export a CUDA .pt2 of a small float64
 # force field and compare it with eager in Python; if cmake, a C++ compiler and libtorch headers are there,
 # build examples/cpp and check that it prints the same energy and forces from the CUDA package.
 # Results go to $OUT (default ./gpu-aoti-check): python.json, cpp.txt, cpp.json, summary.txt.
+# Its first run (H200, torch 2.11) died of a segfault before printing anything, so each step now prints a
+# stage line as it starts and a crash prints the Python stack (faulthandler) to python.txt.
 #   Usage: OUT=/some/dir bash benchmarks/gpu-aoti-check.sh      (needs torch with CUDA, e3nn, ase, equizoo's deps)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +14,7 @@ mkdir -p "$OUT"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1 || true
 
-timeout 200 "$PY" benchmarks/gpu_aoti_check.py "$OUT" > "$OUT/python.txt" 2>&1
+PYTHONFAULTHANDLER=1 timeout 200 "$PY" -u benchmarks/gpu_aoti_check.py "$OUT" > "$OUT/python.txt" 2>&1
 py_rc=$?
 echo "python check: rc $py_rc" | tee "$OUT/summary.txt"
 tail -25 "$OUT/python.txt"

@@ -7,6 +7,7 @@ Writes OUT_DIR/model-cuda.pt2, OUT_DIR/check.xyz, OUT_DIR/python.json (energies,
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import sys
 import time
@@ -26,8 +27,14 @@ TINY = dict(irreps_sh="1x0e+1x1e", irreps_node_embedding="16x0e+8x1e", irreps_he
             irreps_mlp_mid="32x0e+16x1e", irreps_feature="32x0e", num_basis=8, radial_hidden=(16, 16))  # fmt: skip
 
 
+def stage(name: str) -> None:
+    """Print the step about to run, flushed, so that a crash in native code still shows where it happened."""
+    print(f"stage: {name}", flush=True)
+
+
 def main(out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
+    faulthandler.enable()  # a segfault in compiled code prints the Python stack of the crashing step
     report: dict = {"torch": torch.__version__, "cuda": torch.version.cuda, "device_name": None}
     if not torch.cuda.is_available():
         report["error"] = "CUDA is not available"
@@ -38,15 +45,18 @@ def main(out: Path) -> int:
     torch.manual_seed(1)
     net = build_model("md17-l2", num_layers=2, **TINY)
     model = ZooModel({"energy": net}, [TargetInfo("energy", "eV", -17000.0, 0.5, forces_unit="eV/Å")]).double().eval()
+    stage("eager on the CPU")
     cpu_checks = check_inputs(model, torch.float64, torch.device("cpu"))
     cpu_ref = [eager_outputs(model, c) for c in cpu_checks]
 
+    stage("export and check on the GPU")
     start = time.perf_counter()
     result = export_aoti(model.to("cuda"), out / "model-cuda.pt2", "cuda")  # checks against eager on the GPU
     report["export_seconds"] = round(time.perf_counter() - start, 1)
     report["max_abs_error_vs_gpu_eager"] = result.max_abs_error
     report["tolerance"] = result.tolerance
 
+    stage("load the package again and compare with CPU eager")
     runner = load_aoti(out / "model-cuda.pt2", "cuda")
     worst = {}
     for c, ref in zip(cpu_checks, cpu_ref):
@@ -55,6 +65,7 @@ def main(out: Path) -> int:
             rel = ((got[key].cpu() - ref[key]).abs().max() / ref[key].abs().max()).item()
             worst[key] = max(worst.get(key, 0.0), rel)
     report["max_rel_error_vs_cpu_eager"] = worst
+    stage("refusal on the CPU")
     try:
         load_aoti(out / "model-cuda.pt2", "cpu")
         report["refused_on_cpu"] = False
