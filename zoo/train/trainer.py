@@ -636,7 +636,7 @@ class _Run:
                 self._sync_device()
                 now = time.perf_counter()
                 flags[2] = float(self._replan(step, now, measured))
-            flags[1] = 1.0 if b.expired(now) and step < self.stop else 0.0
+            flags[1] = 1.0 if b.expired(now) and step < (flags[2] or self.stop) else 0.0
         if env.world > 1:
             shared = torch.tensor(flags, dtype=torch.float64, device=env.device)
             torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MAX)
