@@ -201,3 +201,37 @@ def test_sigterm_mid_run_leaves_the_model_of_the_last_step(shared_data, tmp_path
     assert f"resuming at step {step}" in resumed.stdout
     final = json.loads((run / "summary.json").read_text())
     assert final["steps"] == step + 2 and "stopped" not in final and math.isfinite(final["test"]["force_mae"])
+
+
+# --- the one-call script -------------------------------------------------------------------------------------
+
+
+def test_gpu_train_script_trains_and_releases_within_its_window_on_cpu(shared_data, tmp_path):
+    """scripts/gpu-train.sh with a 1-minute window on the CPU (a micro network, TorchScript only: the ONNX export
+    of even the 2-block network takes minutes on 2 cores and has its own tests): a training run, a release
+    folder whose evaluation is the trained model's, its TorchScript checked against eager, and the record."""
+    source = shared_data / "md17" / "mdbenchgnn" / "ethanol"
+    sets = [f"data.cache_dir={tmp_path / 'cache'}", f"data.source={source}", "data.val_limit=20", "data.test_limit=100", *QUICK,
+            *[f"model.overrides.{k}={v}" for k, v in MICRO.items()]]  # fmt: skip
+    out = tmp_path / "out"
+    cmd = ["bash", str(REPO / "scripts" / "gpu-train.sh"), "budget/cpu-md17-l2-ethanol-29m", "1", str(out), "--formats", "torchscript", *_sets(sets)]
+    done = subprocess.run(cmd, env=dict(_env(), PYTHON=sys.executable), capture_output=True, text=True, timeout=600, check=False)
+    print("\n" + "\n".join(line for line in done.stdout.splitlines() if not line.startswith("epoch")))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads((out / "gpu-train.json").read_text())
+    assert set(record["phases_s"]) == {"prepare", "train", "release"} and record["window_s"] == 60
+    release = out / "releases" / "equiformer-cpu-md17-l2-ethanol-1m"
+    for name in ("config.json", "model.safetensors", "model.torchscript.pt", "exports.json", "README.md", "manifest.json"):
+        assert (release / name).is_file(), name
+    exports = json.loads((release / "exports.json").read_text())["exports"]
+    assert exports["torchscript"]["max_abs_error"] <= exports["torchscript"]["tolerance"]
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    rows = {(r["split"], r["quantity"]): r for r in record["release_evaluation"]}
+    assert set(rows) == {("val[:20]", "energy"), ("val[:20]", "forces"), ("test[:100]", "energy"), ("test[:100]", "forces")}
+    for (split, quantity), row in rows.items():  # the release evaluated the trained weights: the run's numbers, to float32 round-off
+        trained = 1000 * summary[split.split("[")[0]]["energy_mae" if quantity == "energy" else "force_mae"]  # eV -> meV
+        assert abs(row["value"] - trained) <= row["roundoff"], (split, quantity, row, trained)
+    assert json.loads((out / "registry.json").read_text())  # the release's registry entry, outside the packaged registry
+    bad = subprocess.run(["bash", str(REPO / "scripts" / "gpu-train.sh"), "budget/cpu-md17-l2-ethanol-29m", "ten", str(tmp_path / "x")],
+                         env=dict(_env(), PYTHON=sys.executable), capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert bad.returncode == 2 and "MINUTES must be a number of minutes" in bad.stderr
