@@ -3,6 +3,8 @@ recipes and overrides fail with one clear message."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from typer.testing import CliRunner
 
@@ -29,10 +31,41 @@ EXPECTED = (
     + ["oc20/is2re-l1", "oc20/is2re-l1-aux18-noisy-nodes"]
 )
 CPU = [f"cpu/qm9-{t}-small" for t in ("gap", "homo", "lumo")] + [f"cpu/md17-{m}-l2-small" for m in ("aspirin", "ethanol", "naphthalene", "salicylic_acid")]
+BUDGET = {  # budget recipe -> (the recipe it shortens, minutes)
+    **{f"budget/md17-l2-{m}-{t}m": (f"md17/l2/{m}", t) for m in MOLECULES for t in (10, 60)},
+    **{f"budget/qm9-{q}-{t}m": (f"qm9/{q}", t) for q in ("homo", "lumo", "gap") for t in (10, 60)},
+    "budget/cpu-md17-l2-ethanol-29m": ("cpu/md17-ethanol-l2-small", 29), "budget/cpu-md17-l2-aspirin-46m": ("cpu/md17-aspirin-l2-small", 46),
+    "budget/cpu-qm9-gap-19m": ("cpu/qm9-gap-small", 19), "budget/cpu-qm9-homo-24m": ("cpu/qm9-homo-small", 24),
+    "budget/cpu-qm9-lumo-21m": ("cpu/qm9-lumo-small", 21),
+}  # fmt: skip
+SHORT_RUN_KEYS = {"description", "optim.lr", "optim.batch_size", "optim.eval_batch_size", "optim.max_epochs", "optim.ema_decay",
+                  "data.num_workers", "data.train_limit", "data.val_limit", "data.test_limit", "eval.final_weights", "eval.test_every_epochs"}  # fmt: skip
 
 
 def test_every_published_setting_has_a_recipe():
-    assert sorted(list_recipes()) == sorted(EXPECTED + CPU)
+    assert sorted(list_recipes()) == sorted(EXPECTED + CPU + list(BUDGET))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "overrides" else {f"{prefix}{k}": v})
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(BUDGET))
+def test_budget_recipes_say_their_accuracy_and_change_only_what_a_short_run_needs(name):
+    from zoo.train.recipe import RECIPES_DIR
+
+    text = (RECIPES_DIR / f"{name}.yml").read_text()
+    assert re.search(r"^# accuracy: (not yet run|.*measured)", text, re.M), "every budget recipe states the accuracy it reached, or that it was not yet run"
+    source, minutes = BUDGET[name]
+    r, full = _flat(load_recipe(name)), _flat(load_recipe(source))
+    assert r["budget.wall_time"] == 60 * minutes and r["optim.ema_decay"] == 0.999 and r["model.overrides"] == full["model.overrides"]
+    changed = {k for k in r if r[k] != full[k] and not k.startswith("budget.")}
+    assert changed <= SHORT_RUN_KEYS, changed - SHORT_RUN_KEYS
+    if name.startswith("budget/md17"):
+        assert r["optim.lr"] == pytest.approx(2 * full["optim.lr"]) and r["optim.batch_size"] == 4 * full["optim.batch_size"]
 
 
 def test_every_recipe_loads_and_builds_its_model():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -21,11 +22,18 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the recipe, build the model, print the resolved recipe and stop."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast for the forward and loss (same as --set optim.amp=true; float32 models)."),
     tf32: bool = typer.Option(False, "--tf32", help="TF32 matrix products on CUDA (same as --set optim.tf32=true; float32 models)."),
+    budget: str | None = typer.Option(None, "--budget", help="Wall-clock budget, e.g. 90s, 9m, 1h30m (same as --set budget.wall_time=9m): the step count and the schedule are fitted to it."),
+    device_data: bool | None = typer.Option(None, "--device-data/--no-device-data", help="Hold the splits on the device with neighbour lists built once (default: the recipe's data.on_device, auto = where they fit)."),
 ) -> None:
     """Train an Equiformer from a recipe; ends with a model directory in <run>/model.
 
-    Multi-GPU / multi-node: torchrun --nproc_per_node=G -m zoo.cli train RECIPE (optim.batch_size is global).
+    Multi-GPU / multi-node: torchrun --nproc_per_node=G -m zoo.cli train RECIPE (optim.batch_size is global;
+    a --budget is global too: rank 0 times the steps and every process follows its step count).
+    SIGTERM or Ctrl-C ends the run after the current step with a checkpoint and a model directory.
     """
+    from zoo.train.budget import process_age
+
+    origin = time.perf_counter() - process_age()
     from zoo.data import DataError
     from zoo.train import RecipeError, TrainError, build_network, dump_recipe, load_recipe, resume_recipe
     from zoo.train import train as run_training
@@ -33,6 +41,7 @@ def train(
     console = Console(soft_wrap=True)
     err = Console(stderr=True, soft_wrap=True)
     set_ = list(set_) + (["optim.amp=true"] if bf16 else []) + (["optim.tf32=true"] if tf32 else [])
+    set_ += ([f"budget.wall_time={budget}"] if budget is not None else []) + ([f"data.on_device={str(device_data).lower()}"] if device_data is not None else [])
     try:
         if recipe is not None:
             resolved = load_recipe(recipe, set_)
@@ -49,15 +58,20 @@ def train(
             console.print(dump_recipe(resolved), markup=False, highlight=False)
             console.print(f"model {network.config.name}: {count_parameters(network):,} parameters")
             return
-        result = run_training(resolved, out=out, resume=resume, console=console)
+        result = run_training(resolved, out=out, resume=resume, console=console, origin=origin)
     except (RecipeError, TrainError, DataError) as exc:
         err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         raise typer.Exit(2)
-    if result.model_dir is not None:
+    if result.model_dir is not None and result.stopped is not None:
+        console.print(f"stopped by {result.stopped} after step {result.metrics['steps']}: checkpoint and model directory written "
+                      f"([bold]{result.model_dir}[/bold], not evaluated); continue with --resume {result.run_dir}")
+    elif result.model_dir is not None:
         m = result.metrics
         summary = ", ".join(f"{split} {k} {v:.5g} {m['units'].get(k, '')}" for split in ("val", "test") for k, v in m[split].items())
         console.print(f"done: {m['steps']} steps ({m['epochs']:g} epochs); {m['final_weights']} weights (step {m['weights_step']}): {summary}")
         console.print(f"model directory: [bold]{result.model_dir}[/bold]; metrics {result.run_dir / 'metrics.csv'}")
+    if result.stopped is not None:
+        raise typer.Exit(128 + result.signal_number)
 
 
 def recipes() -> None:

@@ -1,5 +1,6 @@
 """Data for training: the prepared dataset and its splits, target normalisation, the batch plan shared by all
-processes, noisy nodes and the loaders that collate batches and build their graphs.
+processes, noisy nodes, the loaders that collate batches and build their graphs, and splits held on the
+device with their neighbour lists built once (molecules: MD17, rMD17, MD22, QM9).
 
 Batches are planned globally: epoch e shuffles the training split with ``default_rng([seed, e])`` and cuts
 it into global batches of ``optim.batch_size``; process r of W takes the r-th of W contiguous shares of each
@@ -240,3 +241,130 @@ def loader(batches: torch.utils.data.Dataset, num_workers: int, pin: bool) -> to
     """A DataLoader that yields the prepared batches in order (one item = one batch)."""
     return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin,
                                        persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)  # fmt: skip
+
+
+DEVICE_SHARE = 0.25  # data on the device may take at most this share of the free device (or host) memory
+_GRAPH_CHUNK = 4096  # structures per neighbour-list build when a split moves to the device
+
+
+class DeviceSplit:
+    """A split as tensors on the device, with every structure's neighbour list built once.
+
+    Positions are fixed per structure (no noisy nodes, no periodic cell), so the graph a batch needs is the
+    union of its structures' own graphs: built here with :func:`zoo.graph.attach_graph` on the CPU (as the
+    loader does), kept as per-structure local indices, and batched by index: gather the atoms and edges of
+    the chosen structures and add each structure's atom offset in the batch. :meth:`batch` returns the dict
+    the loader path gives for the same structures, with the same keys, values, dtypes and edge order.
+    """
+
+    def __init__(self, view: PreparedDataset, targets: list[str], dtype: torch.dtype, r_max: float, max_neighbors: int | None,
+                 device: torch.device) -> None:  # fmt: skip
+        n = len(view)
+        self.device, self.dtype = device, dtype
+        host = model_inputs(view.collate(np.arange(n), targets, torch.float64), dtype)
+        counts = host[keys.NUM_ATOMS]
+        atom_ptr = torch.zeros(n + 1, dtype=torch.int64)
+        atom_ptr[1:] = torch.cumsum(counts, 0)
+        srcs, dsts, edge_counts = [], [], []
+        for a in range(0, n, _GRAPH_CHUNK):
+            b = min(a + _GRAPH_CHUNK, n)
+            lo, hi = int(atom_ptr[a]), int(atom_ptr[b])
+            part = {keys.POSITIONS: host[keys.POSITIONS][lo:hi], keys.BATCH: host[keys.BATCH][lo:hi] - a}
+            edges = attach_graph(part, r_max, max_neighbors)[keys.EDGE_INDEX]
+            owner = part[keys.BATCH][edges[1]]
+            local_start = atom_ptr[a:b][owner] - lo
+            srcs.append((edges[0] - local_start).to(torch.int32))
+            dsts.append((edges[1] - local_start).to(torch.int32))
+            edge_counts.append(torch.bincount(owner, minlength=b - a))
+        edge_counts_t = torch.cat(edge_counts)
+        edge_ptr = torch.zeros(n + 1, dtype=torch.int64)
+        edge_ptr[1:] = torch.cumsum(edge_counts_t, 0)
+        self.natoms_host = counts.numpy().copy()
+        self.nedges_host = edge_counts_t.numpy().copy()
+        per_atom = {keys.POSITIONS, keys.SPECIES, keys.TAGS, keys.FIXED} | {t for t in targets if view.manifest["targets"][t]["per_atom"]}
+        self.atom_fields = {k: v.to(device) for k, v in host.items() if k in per_atom}
+        self.graph_fields = {k: v.to(device) for k, v in host.items() if k not in per_atom and k != keys.BATCH}
+        self.atom_ptr, self.edge_ptr = atom_ptr.to(device), edge_ptr.to(device)
+        self.src, self.dst = torch.cat(srcs).to(device), torch.cat(dsts).to(device)
+        self.nedges = edge_counts_t.to(device)
+        self.order = list(host)  # the loader's key order, then the graph keys
+
+    def __len__(self) -> int:
+        return len(self.natoms_host)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.atom_fields.values(), *self.graph_fields.values(), self.atom_ptr, self.edge_ptr, self.src, self.dst, self.nedges]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def batch(self, ids: np.ndarray) -> dict:
+        """The structures ``ids`` (in this order) as one batch with its graph, on the device."""
+        ids = np.asarray(ids, dtype=np.int64)
+        total = int(self.natoms_host[ids].sum())
+        edges = int(self.nedges_host[ids].sum())
+        dev = self.device
+        index = torch.from_numpy(ids).to(dev, non_blocking=True)
+        counts = self.graph_fields[keys.NUM_ATOMS].index_select(0, index)
+        first = torch.cumsum(counts, 0) - counts
+        atom = torch.repeat_interleave(self.atom_ptr.index_select(0, index) - first, counts, output_size=total)
+        atom += torch.arange(total, device=dev)
+        ecounts = self.nedges.index_select(0, index)
+        efirst = torch.cumsum(ecounts, 0) - ecounts
+        edge = torch.repeat_interleave(self.edge_ptr.index_select(0, index) - efirst, ecounts, output_size=edges)
+        edge += torch.arange(edges, device=dev)
+        shift = torch.repeat_interleave(first, ecounts, output_size=edges)
+        out = {}
+        for key in self.order:
+            if key == keys.BATCH:
+                out[key] = torch.repeat_interleave(torch.arange(len(ids), device=dev), counts, output_size=total)
+            elif key in self.atom_fields:
+                out[key] = self.atom_fields[key].index_select(0, atom)
+            else:
+                out[key] = self.graph_fields[key].index_select(0, index)
+        out[keys.EDGE_INDEX] = torch.stack([self.src.index_select(0, edge).long() + shift, self.dst.index_select(0, edge).long() + shift])
+        out[keys.CELL_OFFSETS] = torch.zeros(edges, 3, dtype=torch.long, device=dev)
+        out[keys.EDGE_SHIFT] = torch.zeros(edges, 3, dtype=self.dtype, device=dev)
+        return out
+
+
+def device_data_estimate(views: list[PreparedDataset], targets: list[str], dtype: torch.dtype) -> int:
+    """Bytes the splits take on the device, counting every pair of atoms of a structure as an edge (an upper
+    bound: molecules of MD17 and QM9 are nearly fully connected at a 5 Å cutoff)."""
+    size = torch.finfo(dtype).bits // 8
+    total = 0
+    for view in views:
+        natoms = view.natoms.astype(np.int64)
+        per_atom = 3 * size + 8 + 8 + 1 + 3 * 8 * sum(1 for t in targets if t == keys.FORCES)
+        total += int(natoms.sum()) * per_atom + int((natoms * (natoms - 1)).sum()) * 4 * 2 + len(natoms) * (9 * size + 3 + 8 + 8 + 8 * len(targets) + 24)
+    return total
+
+
+def memory_room(device: torch.device) -> int:
+    """Free bytes of the device (CUDA) or of the host (Linux MemAvailable; else 4 GiB assumed)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 4 << 30
+
+
+def device_data_choice(recipe: Mapping, data: TaskData, periodic: bool, device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
+    """Whether the splits go to the device (data.on_device: auto / true / false) and why, in words."""
+    setting = recipe["data"]["on_device"]
+    if setting is False:
+        return False, "loader (data.on_device=false)"
+    views = [v for v in (data.train, data.val, data.test) if v is not None]
+    if recipe["task"] == "oc20" or periodic or recipe["noisy_nodes"]["enabled"]:
+        return False, "loader (periodic structures are batched by the loader)"
+    need, room = device_data_estimate(views, data.targets, dtype), memory_room(device)
+    if need > DEVICE_SHARE * room:
+        if setting is True:
+            raise TrainError(f"data.on_device=true: the splits need about {need / 2**30:.2f} GiB, more than {DEVICE_SHARE:.0%} of the "
+                             f"{room / 2**30:.1f} GiB free on {device}; set data.on_device to auto or false")  # fmt: skip
+        return False, f"loader (the splits need ~{need / 2**30:.2f} GiB, more than {DEVICE_SHARE:.0%} of the free {room / 2**30:.1f} GiB)"
+    return True, f"on {device} (~{need / 2**20:.0f} MiB, neighbour lists built once)"

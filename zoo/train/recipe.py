@@ -33,7 +33,7 @@ _REQUIRED = object()
 class Field:
     """One recipe knob: accepted type, default (``_REQUIRED`` if none) and allowed values."""
 
-    kind: str  # int, float, bool, str, floats (list of float), mapping
+    kind: str  # int, float, bool, str, floats (list of float), mapping, switch (true/false/auto), duration (seconds)
     default: Any = None
     choices: tuple | None = None
 
@@ -63,6 +63,7 @@ SCHEMA: dict = {
         "shuffle": Field("bool", True),
         "drop_last": Field("bool", True),
         "num_workers": Field("int", 0),
+        "on_device": Field("switch", "auto"),
     },
     "normalization": {
         "mode": Field("str", "train_stats", ("train_stats", "fixed", "none")),
@@ -112,6 +113,13 @@ SCHEMA: dict = {
         "test_max_batches": Field("int", None),
         "final_weights": Field("str", "best_val", ("best_val", "last")),
     },
+    "budget": {
+        "wall_time": Field("duration", None),
+        "warmup_fraction": Field("float", None),
+        "measure_steps": Field("int", 8),
+        "evals": Field("int", 10),
+        "margin": Field("float", 0.02),
+    },
     "checkpoint": {
         "every_steps": Field("int", 1000),
         "keep": Field("int", 2),
@@ -125,12 +133,39 @@ SCHEMA: dict = {
 
 _POSITIVE = {"optim.lr", "optim.batch_size", "optim.eval_batch_size", "optim.max_epochs", "optim.max_steps",
              "checkpoint.every_steps", "checkpoint.keep", "log.every_steps", "eval.every_epochs", "eval.every_steps",
-             "data.train_limit", "data.val_limit", "data.test_limit", "normalization.std", "loss.aux_position_std"}  # fmt: skip
+             "data.train_limit", "data.val_limit", "data.test_limit", "normalization.std", "loss.aux_position_std",
+             "budget.wall_time", "budget.measure_steps", "budget.evals"}  # fmt: skip
 _NON_NEGATIVE = {"optim.weight_decay", "optim.eps", "optim.clip_grad_norm", "data.num_workers", "schedule.warmup_epochs",
                  "loss.energy_weight", "loss.force_weight", "loss.aux_weight", "loss.aux_min_weight",
                  "noisy_nodes.noise_std", "eval.test_every_epochs", "eval.test_max_batches"}  # fmt: skip
 _FRACTIONS = {"noisy_nodes.probability", "noisy_nodes.min_factor", "optim.ema_decay", "schedule.warmup_factor",
-              "schedule.lr_min_factor"}  # fmt: skip
+              "schedule.lr_min_factor", "budget.warmup_fraction", "budget.margin"}  # fmt: skip
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"9m"``, ``"1h"``, ``"1h30m"`` or ``"1h30m15s"`` (a ValueError says why not)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration; write seconds or e.g. 90s, 9m, 1h30m")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        try:
+            seconds = float(text)
+        except ValueError:
+            match = _DURATION.fullmatch(text)
+            if not text or match is None or not any(match.groups()):
+                raise ValueError(f"{value!r} is not a duration; write seconds or e.g. 90s, 9m, 1h30m") from None
+            h, m, s = (float(g) if g else 0.0 for g in match.groups())
+            seconds = 3600.0 * h + 60.0 * m + s
+    else:
+        raise ValueError(f"{value!r} is not a duration; write seconds or e.g. 90s, 9m, 1h30m")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{value!r} is not a positive duration; write seconds or e.g. 90s, 9m, 1h30m")
+    return seconds
 
 
 def find_recipe(name: str | Path) -> Path:
@@ -230,6 +265,14 @@ def _coerce(value: Any, field: Field, key: str, origin: str) -> Any:
         if not isinstance(value, Mapping):
             raise bad
         value = dict(value)
+    elif kind == "switch":
+        if value != "auto" and not isinstance(value, bool):
+            raise bad
+    elif kind == "duration":
+        try:
+            value = parse_duration(value)
+        except ValueError as exc:
+            raise RecipeError(f"{origin}: {key}: {exc}") from None
     if field.choices is not None and value not in field.choices:
         raise RecipeError(f"{origin}: {key} must be one of {list(field.choices)}, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -244,7 +287,8 @@ def _coerce(value: Any, field: Field, key: str, origin: str) -> Any:
 
 def _describe(field: Field) -> str:
     return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-            "floats": "a list of numbers", "mapping": "a mapping"}[field.kind] + " (or null)"  # fmt: skip
+            "floats": "a list of numbers", "mapping": "a mapping", "switch": "true, false or auto",
+            "duration": "a duration"}[field.kind] + " (or null)"  # fmt: skip
 
 
 def _check_known(tree: Mapping, schema: Mapping, origin: str, prefix: str = "") -> None:
@@ -438,6 +482,12 @@ def _check(r: dict, origin: str) -> None:
             fail(f"loss.aux_weight/aux_position_std only apply to task oc20 (task is {task})")
         if r["noisy_nodes"]["enabled"]:
             fail(f"noisy_nodes only applies to task oc20 (task is {task})")
+    if r["data"]["on_device"] is True and (task == "oc20" or config.periodic):
+        fail("data.on_device=true holds molecules with precomputed neighbour lists (md17, qm9); periodic cells and noisy nodes "
+             "need the loader: set data.on_device to auto or false")
+    fraction = r["budget"]["warmup_fraction"]
+    if fraction is not None and fraction >= 1.0:
+        fail(f"budget.warmup_fraction is the share of the budgeted steps spent warming up; it must be below 1, got {fraction}")
     if r["noisy_nodes"]["enabled"] and not config.aux_head:
         fail("noisy_nodes.enabled needs a variant with the IS2RS auxiliary head (its target is the relaxed position)")
 

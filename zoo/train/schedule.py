@@ -9,6 +9,10 @@
   k <= W: f = warmup_factor (1 - k/W) + k/W; k >= T: f = lr_min_factor;
   else f = lr_min_factor + (1 - lr_min_factor)(1 + cos(pi k / T)) / 2; lr = lr_initial f.
 - ``constant``: lr.
+
+A wall-clock budget (zoo.train.budget) runs the same shapes over the training progress p in [0, 1]
+instead of epochs or steps (:meth:`LRSchedule.at_progress`): a warm-up over the first ``w`` of the
+progress, then the cosine of pi p, so the learning rate reaches its minimum exactly at p = 1, the last step.
 """
 
 from __future__ import annotations
@@ -59,6 +63,31 @@ class LRSchedule:
         if step >= total:
             return self.lr_min_factor
         return self.lr_min_factor + 0.5 * (1.0 - self.lr_min_factor) * (1.0 + math.cos(math.pi * (step / total)))
+
+    def at_progress(self, p: float, warmup: float) -> float:
+        """The schedule compressed onto progress ``p`` in [0, 1] with a warm-up over the first ``warmup`` of it
+        (epoch_cosine: warmup_lr -> lr, then min_lr + (lr - min_lr)(1 + cos(pi p)) / 2; step_cosine: factor
+        warmup_factor -> 1, then lr_min_factor + (1 - lr_min_factor)(1 + cos(pi p)) / 2; constant: lr)."""
+        p = min(max(float(p), 0.0), 1.0)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * p))
+        if self.kind == "epoch_cosine":
+            if p < warmup:
+                return self.warmup_lr + (p / warmup) * (self.lr - self.warmup_lr)
+            return self.min_lr + (self.lr - self.min_lr) * cosine
+        if self.kind == "step_cosine":
+            if p < warmup:
+                return self.lr * (self.warmup_factor * (1.0 - p / warmup) + p / warmup)
+            return self.lr * (self.lr_min_factor + (1.0 - self.lr_min_factor) * cosine)
+        return self.lr
+
+    @property
+    def floor(self) -> float:
+        """The schedule's minimum learning rate (reached at the end of a budgeted run)."""
+        if self.kind == "epoch_cosine":
+            return float(self.min_lr)
+        if self.kind == "step_cosine":
+            return self.lr * self.lr_min_factor
+        return self.lr
 
     def __call__(self, step: int) -> float:
         if self.kind == "epoch_cosine":
