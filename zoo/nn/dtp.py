@@ -152,7 +152,7 @@ class DepthwiseTensorProduct(ExactConstants):
 
     def forward(self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None) -> List[List[torch.Tensor]]:
         """Blocks [E, 2l+1, mul] of `irreps_in`, sh [E, dim_sh], per-edge weights [E, weight_numel] in
-        output order -> every block of `irreps_out.simplify()` as its pieces [E, 2l+1, paths * mul] (one
+        output order -> every block of `irreps_out.simplify()` as its pieces [E (2l+1), paths * mul] (one
         per input block feeding it, channels in order), for `IrrepsLinear.forward_pieces`. Without
         `weight` the pieces are unweighted: the internal weights (`piece_weights`) go to the linear map's
         rows instead. A scalar input block needs no contraction (operator rows times channels); the
@@ -176,7 +176,7 @@ class DepthwiseTensorProduct(ExactConstants):
                     a = torch.bmm(ops[q].view(e, d3 * p, d1), xs[i])
                     if weight is not None:
                         a = a.view(e, d3, p, mul) * ws[j].view(e, 1, p, mul)
-                row.append(a.view(e, d3, p * mul))
+                row.append(a.view(e * d3, p * mul))
                 j += 1
             out.append(row)
         return out

@@ -77,15 +77,15 @@ class IrrepsLinear(torch.nn.Module):
 
     def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
         """Blocks [N, dim, mul_in] of `irreps_in` -> blocks [N, dim, mul_out] of `irreps_out`."""
-        return self.forward_pieces([[x] for x in xs])
+        n = xs[0].shape[0]
+        return self.forward_pieces([[x.reshape(n * x.shape[1], x.shape[2])] for x in xs], n)
 
-    def forward_pieces(self, parts: List[List[torch.Tensor]], row_scale: Optional[List[List[torch.Tensor]]] = None) -> List[torch.Tensor]:
-        """Like `forward`, with input block i given as pieces [N, dim, c_j] whose channels, in order, make
-        up the block: each piece meets its own rows of the weight, so the block is never concatenated.
+    def forward_pieces(self, parts: List[List[torch.Tensor]], n: int, row_scale: Optional[List[List[torch.Tensor]]] = None) -> List[torch.Tensor]:
+        """Like `forward` for N = `n`, with input block i given as pieces [N dim, c_j] whose channels, in
+        order, make up the block: each piece meets its own rows of the weight, never concatenated.
         `row_scale[i][j]` [c_j], if given, scales piece j's channels, applied to the weight's rows."""
         ws = torch.split(self.weight, self._sizes)
         bs = torch.split(self.bias, self._bias_sizes) if self.use_bias else []
-        n = parts[0][0].shape[0]
         outs: List[torch.Tensor] = []
         for o, plan in enumerate(self._plan):
             d, mul = self._out_shapes[o]
@@ -94,12 +94,11 @@ class IrrepsLinear(torch.nn.Module):
                 w = ws[k].view(mul_in, mul_out)
                 r0 = 0
                 for jp, p in enumerate(parts[i_in]):
-                    c = p.shape[2]
-                    a = p.reshape(n * d, c)
+                    c = p.shape[1]
                     wp = w if c == mul_in else w.narrow(0, r0, c)
                     if row_scale is not None:
                         wp = wp * row_scale[i_in][jp].unsqueeze(1)
-                    y = torch.mm(a, wp) if y is None else y + torch.mm(a, wp)
+                    y = torch.mm(p, wp) if y is None else y + torch.mm(p, wp)
                     r0 += c
             if y is None:
                 y = parts[0][0].new_zeros(n * d, mul)
