@@ -43,7 +43,7 @@ class SeparableTP(torch.nn.Module):
 
     def forward(self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         if weight is None:  # internal weights: scale the linear map's rows instead of the TP's outputs
-            out = self.lin.forward_pieces(self.dtp(xs, sh, None), sh.shape[0], self.dtp.piece_weights())
+            out = self.lin.forward_pieces(self.dtp(xs, sh, None), sh.shape[0], self.dtp.output_weights())
         else:
             out = self.lin.forward_pieces(self.dtp(xs, sh, weight), sh.shape[0])
         gate = self.gate

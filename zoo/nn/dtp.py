@@ -34,6 +34,7 @@ class DepthwiseTensorProduct(ExactConstants):
     _pieces: List[List[Tuple[int, int, int, int, int, int]]]
     _piece_sizes: List[int]
     _op_piece_sizes: List[int]
+    _out_channels: List[int]
 
     def __init__(self, irreps_in, irreps_sh, irreps_target, internal_weights: bool = False) -> None:
         super().__init__()
@@ -90,6 +91,7 @@ class DepthwiseTensorProduct(ExactConstants):
                 op_piece_sizes.append(out_irs[o].dim * len(sel) * d1)
         self._op_piece_sizes = op_piece_sizes
         self._piece_sizes = [p * mul for pieces in self._pieces for *_, p, mul in pieces]
+        self._out_channels = [sum(p * mul for *_, p, mul in pieces) for pieces in self._pieces]
         # output channel (block by block, path by path, channel) -> weight index in path order
         perm = []
         for o in range(len(out_irs)):
@@ -140,21 +142,15 @@ class DepthwiseTensorProduct(ExactConstants):
         kind = "internal" if self.internal_weights else "per-edge"
         return f"{self.__class__.__name__}({self.irreps_in} x {self.irreps_sh} -> {self.irreps_out.simplify()}, {kind} weights={self.weight_numel})"
 
-    def piece_weights(self) -> List[List[torch.Tensor]]:
-        """The internal weights, split like the pieces of `forward`: [paths * mul] each."""
-        ws = torch.split(self.weight.index_select(0, self.weight_perm), self._piece_sizes)
-        out: List[List[torch.Tensor]] = []
-        j = 0
-        for pieces in self._pieces:
-            out.append(list(ws[j : j + len(pieces)]))
-            j += len(pieces)
-        return out
+    def output_weights(self) -> List[torch.Tensor]:
+        """The internal weights as one [channels] vector per output block (output order)."""
+        return torch.split(self.weight.index_select(0, self.weight_perm), self._out_channels)
 
     def forward(self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None) -> List[List[torch.Tensor]]:
         """Blocks [E, 2l+1, mul] of `irreps_in`, sh [E, dim_sh], per-edge weights [E, weight_numel] in
         output order -> every block of `irreps_out.simplify()` as its pieces [E (2l+1), paths * mul] (one
         per input block feeding it, channels in order), for `IrrepsLinear.forward_pieces`. Without
-        `weight` the pieces are unweighted: the internal weights (`piece_weights`) go to the linear map's
+        `weight` the pieces are unweighted: the internal weights (`output_weights`) go to the linear map's
         rows instead. A scalar input block needs no contraction (operator rows times channels); the
         others take one batched matmul per piece."""
         e = sh.shape[0]

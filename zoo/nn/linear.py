@@ -80,10 +80,10 @@ class IrrepsLinear(torch.nn.Module):
         n = xs[0].shape[0]
         return self.forward_pieces([[x.reshape(n * x.shape[1], x.shape[2])] for x in xs], n)
 
-    def forward_pieces(self, parts: List[List[torch.Tensor]], n: int, row_scale: Optional[List[List[torch.Tensor]]] = None) -> List[torch.Tensor]:
+    def forward_pieces(self, parts: List[List[torch.Tensor]], n: int, row_scale: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
         """Like `forward` for N = `n`, with input block i given as pieces [N dim, c_j] whose channels, in
         order, make up the block: each piece meets its own rows of the weight, never concatenated.
-        `row_scale[i][j]` [c_j], if given, scales piece j's channels, applied to the weight's rows."""
+        `row_scale[i]` [mul_in], if given, scales input block i's channels, applied to the weight's rows."""
         ws = torch.split(self.weight, self._sizes)
         bs = torch.split(self.bias, self._bias_sizes) if self.use_bias else []
         outs: List[torch.Tensor] = []
@@ -92,14 +92,12 @@ class IrrepsLinear(torch.nn.Module):
             y: Optional[torch.Tensor] = None
             for i_in, k, mul_in, mul_out in plan:
                 w = ws[k].view(mul_in, mul_out)
-                r0 = 0
-                for jp, p in enumerate(parts[i_in]):
-                    c = p.shape[1]
-                    wp = w if c == mul_in else w.narrow(0, r0, c)
-                    if row_scale is not None:
-                        wp = wp * row_scale[i_in][jp].unsqueeze(1)
+                if row_scale is not None:
+                    w = w * row_scale[i_in].unsqueeze(1)
+                ps = parts[i_in]
+                w_rows = [w] if len(ps) == 1 else torch.split(w, [p.shape[1] for p in ps])
+                for p, wp in zip(ps, w_rows):
                     y = torch.mm(p, wp) if y is None else y + torch.mm(p, wp)
-                    r0 += c
             if y is None:
                 y = parts[0][0].new_zeros(n * d, mul)
             piece = self._bias_piece[o]
