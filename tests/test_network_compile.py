@@ -19,9 +19,11 @@ from zoo.models import build_model, get_variant
 # one variant per family: attention kind, radial basis, parity, periodic + tags + auxiliary head
 FAMILIES = ["qm9-l2-bessel", "qm9-l2-linear", "qm9-l2-dot", "md17-l3-e3", "oc20-l1-aux"]
 REL_TOL = 1e-10  # float64: the functional gradient reorders sums, nothing more
-# aten calls of the eager md17-l2 energy+forces call on 21 atoms with torch 2.13 (10,239 measured; 22,808
-# before the block layout): a guard against per-irrep loops and copies creeping back
-ATEN_MD17 = 10_300
+# aten calls of eager calls with torch 2.13 (md17-l2 energy+forces on 21 atoms: 10,305 measured, 22,808
+# before the block layout; qm9-l2 inference of 4 molecules: 4,731 measured): a guard against per-irrep
+# loops and copies creeping back
+ATEN_MD17 = 10_400
+ATEN_QM9 = 4_800
 
 
 def _narrow(name: str) -> dict:
@@ -109,3 +111,17 @@ def test_aten_call_count_of_md17_energy_and_forces():
     edge_index = radius_graph(pos, batch, 5.0)
     calls = _aten_calls(lambda: model(pos, z, edge_index, batch, num_graphs=1))
     assert calls <= ATEN_MD17
+
+
+def test_aten_call_count_of_qm9_inference():
+    """torch.profiler's aten calls of one qm9-l2 inference call (no gradient) on a batch of molecules."""
+    torch.manual_seed(0)
+    model = build_model("qm9-l2").eval()
+    mols = [qm9_molecule(index) for index in (5000, 100001, 5000, 100001)]
+    z = torch.cat([m[0] for m in mols])
+    pos = torch.cat([m[1].float() for m in mols])
+    batch = torch.cat([torch.full((len(m[0]),), i, dtype=torch.long) for i, m in enumerate(mols)])
+    edge_index = radius_graph(pos, batch, 5.0)
+    with torch.no_grad():
+        calls = _aten_calls(lambda: model(pos, z, edge_index, batch, num_graphs=len(mols)))
+    assert calls <= ATEN_QM9

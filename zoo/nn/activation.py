@@ -10,9 +10,9 @@ from zoo.nn.cg import SIGMOID_NORM, SILU_NORM, SMOOTH_LEAKY_RELU_02_NORM
 from zoo.nn.constants import ExactConstants
 
 
-class SmoothLeakyReLU(torch.nn.Module):
-    """f(x) = (1+a)/2 x + (1-a)/2 x (2 sigmoid(x) - 1), a smooth leaky ReLU (the reference's attention
-    non-linearity), times its second-moment normalisation constant."""
+class SmoothLeakyReLU(ExactConstants):
+    """f(x) = (1+a)/2 x + (1-a)/2 x (2 sigmoid(x) - 1) = x (a + (1-a) sigmoid(x)), a smooth leaky ReLU (the
+    reference's attention non-linearity), times its second-moment normalisation constant."""
 
     def __init__(self, negative_slope: float = 0.2) -> None:
         super().__init__()
@@ -20,14 +20,14 @@ class SmoothLeakyReLU(torch.nn.Module):
             raise ValueError("only negative_slope=0.2 (the published setting) has a recorded normalisation constant")
         self.alpha = negative_slope
         self.cst = SMOOTH_LEAKY_RELU_02_NORM
+        self.register_constant("offset", torch.tensor(negative_slope * self.cst, dtype=torch.float64))
+        self.register_constant("slope", torch.tensor((1 - negative_slope) * self.cst, dtype=torch.float64))
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.alpha}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1 = ((1 + self.alpha) / 2) * x
-        x2 = ((1 - self.alpha) / 2) * x * (2 * torch.sigmoid(x) - 1)
-        return (x1 + x2) * self.cst
+        return x * torch.addcmul(self.offset, self.slope, torch.sigmoid(x))
 
 
 class ScalarActivation(ExactConstants):

@@ -43,9 +43,9 @@ class SeparableTP(torch.nn.Module):
 
     def forward(self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         if weight is None:  # internal weights: scale the linear map's rows instead of the TP's outputs
-            out = self.lin(self.dtp(xs, sh, None, weighted=False), self.dtp.output_weights())
+            out = self.lin.forward_pieces(self.dtp(xs, sh, None), sh.shape[0], self.dtp.output_weights())
         else:
-            out = self.lin(self.dtp(xs, sh, weight))
+            out = self.lin.forward_pieces(self.dtp(xs, sh, weight), sh.shape[0])
         gate = self.gate
         if gate is not None:
             out = gate(out)
@@ -151,11 +151,11 @@ class GraphAttention(_PairAttention):
         e = edge_src.shape[0]
         h = self.num_heads
         if self.nonlinear_message:
-            message = self.sep_act.dtp(message, sh, weight)
-            alpha = self.sep_alpha(message)[0].view(e, h, self.mul_alpha_head)
+            pieces = self.sep_act.dtp(message, sh, weight)
+            alpha = self.sep_alpha.forward_pieces(pieces, e)[0].view(e, h, self.mul_alpha_head)
             gate = self.sep_act.gate
             assert gate is not None
-            values = self.sep_value(gate(self.sep_act.lin(message)), sh, None)
+            values = self.sep_value(gate(self.sep_act.lin.forward_pieces(pieces, e)), sh, None)
         else:
             blocks = self.sep(message, sh, weight)
             # the first 0e block holds, per head, the head's alpha channels then its 0e value channels

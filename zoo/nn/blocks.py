@@ -56,7 +56,7 @@ class EdgeDegreeEmbedding(ExactConstants):
     def forward(self, num_nodes: int, edge_dst: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor) -> List[torch.Tensor]:
         """`weight`: the radial TP weights in the TP's output order (`rad` reordered by `dw.weight_perm`)."""
         ones = torch.ones(sh.shape[0], 1, 1, dtype=sh.dtype, device=sh.device)
-        edge = self.proj(self.dw(self.exp([ones]), sh, weight))
+        edge = self.proj.forward_pieces(self.dw(self.exp([ones]), sh, weight), sh.shape[0])
         return [scatter_sum(y, edge_dst, num_nodes) * self.inv_sqrt_degree for y in edge]
 
 

@@ -22,17 +22,18 @@ class DepthwiseTensorProduct(ExactConstants):
     vector shared by all edges.
 
     Computation, on the block layout: one matmul Y @ `op_matrix` gives, per edge and input block, an
-    operator [K, 2 l_in + 1] for all paths of that block at once; one batched matmul per input block applies
-    it to the block's channels; the result is already in the order of the output blocks of
-    `irreps_out.simplify()` (paths of one output irrep side by side), so each output block is a view (or one
-    `cat` when several input blocks feed it) times its weights. `forward` takes the per-edge weights in
-    output order: `weight_perm` maps it to path order (`w_out = w_path[..., weight_perm]`).
+    operator [K, 2 l_in + 1] for all paths of that block at once; one batched matmul per non-scalar input
+    block applies it to the block's channels. Its rows come grouped by output block (paths of one output
+    irrep side by side), so the piece an input block gives an output block is a view, weighted in one
+    multiply; the pieces go to the following linear map unconcatenated. `forward` takes the per-edge
+    weights in output order: `weight_perm` maps it to path order (`w_out = w_path[..., weight_perm]`).
     """
 
     _groups: List[Tuple[int, int, int]]
-    _sections: List[List[int]]
-    _outputs: List[List[Tuple[int, int, int, int]]]
     _op_sizes: List[int]
+    _pieces: List[List[Tuple[int, int, int, int, int, int]]]
+    _piece_sizes: List[int]
+    _op_piece_sizes: List[int]
     _out_channels: List[int]
 
     def __init__(self, irreps_in, irreps_sh, irreps_target, internal_weights: bool = False) -> None:
@@ -61,32 +62,36 @@ class DepthwiseTensorProduct(ExactConstants):
 
         # per input block (group): its paths by output block, in path order
         self._layout = []  # (input block, d1, [(output block, [paths], k0)])
-        groups, sections, op_sizes = [], [], []
-        outputs: list[list[tuple[int, int, int, int]]] = [[] for _ in out_irs]
+        groups, op_sizes = [], []
         for i, (mul, ir_in) in enumerate(self.irreps_in):
             mine = [p for p in paths if p[0] == i]
             if not mine:
                 continue
             g = len(groups)
-            k0, entries, sizes = 0, [], []
+            k0, entries = 0, []
             for o, ir_o in enumerate(out_irs):
                 sel = [p for p in mine if p[2] == ir_o]
                 if not sel:
                     continue
                 entries.append((o, sel, k0))
-                sizes.append(ir_o.dim * len(sel))
-                outputs[o].append((g, len(sizes) - 1, ir_o.dim, len(sel) * mul))
                 k0 += ir_o.dim * len(sel)
             self._layout.append((i, ir_in.dim, entries))
             groups.append((i, k0, ir_in.dim))
-            sections.append(sizes)
             op_sizes.append(k0 * ir_in.dim)
         self._groups = groups
-        self._sections = sections
-        self._outputs = outputs
         self._op_sizes = op_sizes
         self._sh_starts = sh_starts
-        self._out_channels = [sum(c for _, _, _, c in outs) for outs in outputs]
+        # per output block, its pieces (one per input block feeding it), in output-channel order:
+        # (its columns of `op_matrix`, input block, d1, d3, paths, mul); columns go group by group
+        self._pieces = [[] for _ in out_irs]
+        op_piece_sizes = []
+        for i, d1, entries in self._layout:
+            for o, sel, _ in entries:
+                self._pieces[o].append((len(op_piece_sizes), i, d1, out_irs[o].dim, len(sel), self.irreps_in[i].mul))
+                op_piece_sizes.append(out_irs[o].dim * len(sel) * d1)
+        self._op_piece_sizes = op_piece_sizes
+        self._piece_sizes = [p * mul for pieces in self._pieces for *_, p, mul in pieces]
+        self._out_channels = [sum(p * mul for *_, p, mul in pieces) for pieces in self._pieces]
         # output channel (block by block, path by path, channel) -> weight index in path order
         perm = []
         for o in range(len(out_irs)):
@@ -141,24 +146,33 @@ class DepthwiseTensorProduct(ExactConstants):
         """The internal weights as one [channels] vector per output block (output order)."""
         return torch.split(self.weight.index_select(0, self.weight_perm), self._out_channels)
 
-    def forward(
-        self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None, weighted: bool = True
-    ) -> List[torch.Tensor]:
-        """Blocks [E, 2l+1, mul] of `irreps_in`, sh [E, dim_sh], weight [E, weight_numel] in output order
-        (None with internal weights) -> blocks of `irreps_out.simplify()`. `weighted=False` leaves the
-        (internal) weights out, for a following linear map that folds them into its own weights."""
+    def forward(self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None) -> List[List[torch.Tensor]]:
+        """Blocks [E, 2l+1, mul] of `irreps_in`, sh [E, dim_sh], per-edge weights [E, weight_numel] in
+        output order -> every block of `irreps_out.simplify()` as its pieces [E (2l+1), paths * mul] (one
+        per input block feeding it, channels in order), for `IrrepsLinear.forward_pieces`. Without
+        `weight` the pieces are unweighted: the internal weights (`output_weights`) go to the linear map's
+        rows instead. A scalar input block needs no contraction (operator rows times channels); the
+        others take one batched matmul per piece."""
         e = sh.shape[0]
+        ops = torch.split(sh @ self.op_matrix, self._op_piece_sizes, dim=1)
         ws: List[torch.Tensor] = []
-        if weighted:
-            ws = self.output_weights() if weight is None else torch.split(weight.unsqueeze(1), self._out_channels, dim=2)
-        ops = torch.split(sh @ self.op_matrix, self._op_sizes, dim=1)
-        parts: List[List[torch.Tensor]] = []
-        for g, (i, kdim, d1) in enumerate(self._groups):
-            r = torch.bmm(ops[g].view(e, kdim, d1), xs[i])
-            parts.append(torch.split(r, self._sections[g], dim=1))
-        out: List[torch.Tensor] = []
-        for o, sources in enumerate(self._outputs):
-            pieces = [parts[g][s].reshape(e, d3, c) for g, s, d3, c in sources]
-            y = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
-            out.append(y * ws[o] if weighted else y)
+        if weight is not None:
+            ws = torch.split(weight, self._piece_sizes, dim=1)
+        out: List[List[torch.Tensor]] = []
+        j = 0
+        for pieces in self._pieces:
+            row: List[torch.Tensor] = []
+            for q, i, d1, d3, p, mul in pieces:
+                if d1 == 1:
+                    x = xs[i].view(e, 1, 1, mul)
+                    if weight is not None:
+                        x = x * ws[j].view(e, 1, p, mul)
+                    a = ops[q].view(e, d3, p, 1) * x
+                else:
+                    a = torch.bmm(ops[q].view(e, d3 * p, d1), xs[i])
+                    if weight is not None:
+                        a = a.view(e, d3, p, mul) * ws[j].view(e, 1, p, mul)
+                row.append(a.view(e * d3, p * mul))
+                j += 1
+            out.append(row)
         return out

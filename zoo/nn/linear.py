@@ -18,7 +18,7 @@ class IrrepsLinear(torch.nn.Module):
     runtime normalisation factor, exactly as the reference's `LinearRS` (an e3nn TensorProduct with a
     constant 1x0e second input and `path_normalization='none'`). The bias sits on the 0e blocks of the
     output irreps (in order). Works on the block layout: one matmul per instruction, on a view of the
-    weight, no copies.
+    weight, no copies; plus a bias.
     """
 
     _sizes: List[int]
@@ -75,30 +75,33 @@ class IrrepsLinear(torch.nn.Module):
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out}, bias={self.use_bias}, weights={self.weight.numel()})"
 
-    def forward(self, xs: List[torch.Tensor], row_scale: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
-        """Blocks [N, dim, mul_in] of `irreps_in` -> blocks [N, dim, mul_out] of `irreps_out`.
+    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Blocks [N, dim, mul_in] of `irreps_in` -> blocks [N, dim, mul_out] of `irreps_out`."""
+        n = xs[0].shape[0]
+        return self.forward_pieces([[x.reshape(n * x.shape[1], x.shape[2])] for x in xs], n)
 
-        `row_scale[i]` [mul_in], if given, scales input block i's channels; it is applied to the weights,
-        not to the features."""
+    def forward_pieces(self, parts: List[List[torch.Tensor]], n: int, row_scale: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
+        """Like `forward` for N = `n`, with input block i given as pieces [N dim, c_j] whose channels, in
+        order, make up the block: each piece meets its own rows of the weight, never concatenated.
+        `row_scale[i]` [mul_in], if given, scales input block i's channels, applied to the weight's rows."""
         ws = torch.split(self.weight, self._sizes)
         bs = torch.split(self.bias, self._bias_sizes) if self.use_bias else []
-        n = xs[0].shape[0]
         outs: List[torch.Tensor] = []
         for o, plan in enumerate(self._plan):
-            y = torch.zeros(0)
-            found = False
+            d, mul = self._out_shapes[o]
+            y: Optional[torch.Tensor] = None
             for i_in, k, mul_in, mul_out in plan:
                 w = ws[k].view(mul_in, mul_out)
                 if row_scale is not None:
                     w = w * row_scale[i_in].unsqueeze(1)
-                part = torch.matmul(xs[i_in], w)
-                y = y + part if found else part
-                found = True
-            if not found:
-                d, mul = self._out_shapes[o]
-                y = xs[0].new_zeros(n, d, mul)
+                ps = parts[i_in]
+                w_rows = [w] if len(ps) == 1 else torch.split(w, [p.shape[1] for p in ps])
+                for p, wp in zip(ps, w_rows):
+                    y = torch.mm(p, wp) if y is None else y + torch.mm(p, wp)
+            if y is None:
+                y = parts[0][0].new_zeros(n * d, mul)
             piece = self._bias_piece[o]
             if piece >= 0:
                 y = y + bs[piece]
-            outs.append(y)
+            outs.append(y.view(n, d, mul))
         return outs

@@ -17,5 +17,5 @@ def segment_softmax(logits: torch.Tensor, index: torch.Tensor, dim_size: int) ->
     amax = logits.new_full((dim_size,) + logits.shape[1:], float("-inf"))
     amax = amax.scatter_reduce(0, idx, logits.detach(), reduce="amax", include_self=True)
     e = torch.exp(logits - amax.index_select(0, index))
-    denom = e.new_zeros((dim_size,) + logits.shape[1:]).index_add(0, index, e) + 1e-16
+    denom = e.new_full((dim_size,) + logits.shape[1:], 1e-16).index_add(0, index, e)
     return e / denom.index_select(0, index)

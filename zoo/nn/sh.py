@@ -47,6 +47,7 @@ class SphericalHarmonics(ExactConstants):
             offsets.append(start)
             start += coeff.numel()
         self._offsets = offsets
+        self.register_constant("sqrt3", torch.tensor(math.sqrt(3.0), dtype=torch.float64))
         self.register_constant("coeff", torch.cat(coeffs) if coeffs else torch.zeros(0, dtype=torch.float64))
 
     def __repr__(self) -> str:
@@ -55,7 +56,7 @@ class SphericalHarmonics(ExactConstants):
     def forward(self, vec: torch.Tensor) -> torch.Tensor:
         unit = torch.nn.functional.normalize(vec, dim=-1)
         e = vec.shape[0]
-        ys: List[torch.Tensor] = [torch.ones(e, 1, dtype=vec.dtype, device=vec.device), math.sqrt(3.0) * unit]
+        ys: List[torch.Tensor] = [torch.ones(e, 1, dtype=vec.dtype, device=vec.device), unit * self.sqrt3]
         for l in range(2, self.lmax + 1):
             d_prev = 2 * l - 1
             d = 2 * l + 1
