@@ -88,6 +88,19 @@ def test_budget_keys_and_bad_budgets():
         load_recipe("qm9/gap", ["data.on_device=sometimes"])
 
 
+def test_a_budget_already_spent_ends_after_the_timed_steps_with_a_model(shared_data, tmp_path):
+    """A budget that cannot hold even the final evaluation (here: counted from 2 minutes ago) trains only its
+    timed steps, says why, and still writes a complete model directory and summary."""
+    source = shared_data / "md17" / "mdbenchgnn" / "aspirin"
+    sets = [f"data.cache_dir={tmp_path / 'cache'}", f"data.source={source}", "data.train_limit=16", "data.val_limit=4", "data.test_limit=4",
+            "optim.batch_size=2", "budget.wall_time=60", "budget.measure_steps=3", *[f"model.overrides.{k}={v}" for k, v in MICRO.items()], *QUICK]  # fmt: skip
+    text = io.StringIO()
+    result = train(load_recipe("md17/l2/aspirin", sets), out=tmp_path / "run", console=Console(file=text, width=200), origin=time.perf_counter() - 120)
+    assert "holds no more training: the final evaluation alone takes" in text.getvalue()
+    assert result.metrics["steps"] == 3 and result.metrics["budget"]["planned_steps"] == 3 and result.stopped is None
+    assert math.isfinite(result.metrics["test"]["force_mae"]) and load_model_dir(tmp_path / "run" / "model").target("energy").unit == "eV"
+
+
 # --- data on the device --------------------------------------------------------------------------------
 
 

@@ -89,44 +89,66 @@ class Budget:
                  checkpoint_every: int, plot_every: float | None) -> None:  # fmt: skip
         self.seconds = float(seconds)
         self.deadline = origin + self.seconds
-        self.margin = max(1.0, margin * self.seconds)
+        self.margin = max(2.0, margin * self.seconds)
         self.evals, self.measure_steps, self.cap = int(evals), int(measure_steps), int(cap)
         self.checkpoint_every, self.plot_every = int(checkpoint_every), plot_every
         self.costs = Costs()
         self.measured = False
         self.check_every = max(2.0, self.seconds / 100.0)
+        self.span = max(5.0, self.seconds / 30.0)  # the step time is measured over at least this much recent training
         self.last_check = -math.inf
-        self.window: tuple[int, float] | None = None  # (step, time) where the step-time window starts
-        self.other = 0.0  # seconds since the window start spent outside training steps
+        self.other = 0.0  # seconds spent outside training steps (evaluations, checkpoints, plots)
+        self.samples: list[tuple[int, float]] = []  # (step, training seconds so far) at each check
 
     def left(self, now: float) -> float:
         return self.deadline - now
-
-    def open_window(self, step: int, now: float) -> None:
-        self.window, self.other = (step, now), 0.0
 
     def exclude(self, seconds: float) -> None:
         """Time spent on evaluations, checkpoints and plots: not step time."""
         self.other += seconds
 
+    def sample(self, step: int, now: float) -> None:
+        """Record where the training clock stands at ``step`` (older samples than needed are dropped)."""
+        clock = now - self.other
+        self.samples.append((step, clock))
+        while len(self.samples) > 2 and clock - self.samples[1][1] >= self.span:
+            self.samples.pop(0)
+
     def step_time(self, step: int, now: float) -> float | None:
-        """Seconds per training step over the window (None until it holds a step)."""
-        if self.window is None or step <= self.window[0]:
+        """Seconds per training step since the newest sample at least ``span`` of training ago (else the
+        oldest); None before any step after the first sample."""
+        clock = now - self.other
+        base = None
+        for s, t in reversed(self.samples):
+            if s < step:
+                base = (s, t)
+                if clock - t >= self.span:
+                    break
+        if base is None:
             return None
-        return max((now - self.window[1] - self.other) / (step - self.window[0]), 1e-6)
+        return max((clock - base[1]) / (step - base[0]), 1e-6)
+
+    def per_step(self) -> float:
+        """A training step with its share of the periodic checkpoints and plots."""
+        c = self.costs
+        out = c.step + c.checkpoint / self.checkpoint_every
+        if self.plot_every:
+            out += c.plot * c.step / self.plot_every
+        return out
 
     def steps_that_fit(self, step: int, now: float, evals_left: int) -> int:
         """The total step count that ends before the deadline, at most ``cap``."""
-        c = self.costs
-        per_step = c.step + c.checkpoint / self.checkpoint_every
-        if self.plot_every:
-            per_step += c.plot * c.step / self.plot_every
-        room = self.deadline - self.margin - now - c.end - evals_left * c.val
-        return min(self.cap, step + max(0, int(room // per_step)))
+        room = self.deadline - self.margin - now - self.costs.end - evals_left * self.costs.val
+        return min(self.cap, step + max(0, int(room // self.per_step())))
+
+    def behind(self, now: float, step: int, total: int, evals_left: int) -> bool:
+        """Whether the plan of ``total`` steps, at the current costs, now ends within half the margin of the deadline."""
+        end = now + (total - step) * self.per_step() + evals_left * self.costs.val + self.costs.end
+        return end > self.deadline - 0.5 * self.margin
 
     def expired(self, now: float) -> bool:
-        """Whether one more step would leave too little time to end the run."""
-        return now + self.costs.step + self.costs.end > self.deadline - 0.5 * self.margin
+        """Whether one more step would leave too little time to end the run before the deadline."""
+        return now + self.costs.step + self.costs.end > self.deadline
 
     def due(self, now: float) -> bool:
         return now - self.last_check >= self.check_every

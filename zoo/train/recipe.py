@@ -118,7 +118,7 @@ SCHEMA: dict = {
         "warmup_fraction": Field("float", None),
         "measure_steps": Field("int", 8),
         "evals": Field("int", 10),
-        "margin": Field("float", 0.02),
+        "margin": Field("float", 0.01),
     },
     "checkpoint": {
         "every_steps": Field("int", 1000),

@@ -501,6 +501,8 @@ class _Run:
                     if due:
                         self._evaluation_row(step, acc, test)
                         acc = None
+                        if self.budget is not None and self.budget.measured:  # the evaluation costs under the load of now
+                            self._evaluation_costs(time.perf_counter() - busy)
                     if step % r["checkpoint"]["every_steps"] == 0 or step == self.stop:
                         self._save_checkpoint(acc)
                         saved_at = step
@@ -511,7 +513,7 @@ class _Run:
                     elif self.budget is not None:
                         self.budget.exclude(time.perf_counter() - busy)
                         if step - self.first_step == self.skip_steps:
-                            self.budget.open_window(step, time.perf_counter())
+                            self.budget.sample(step, time.perf_counter())
                     stopped = self._control(step, measured)
                     if stopped is not None or step >= self.stop:
                         break
@@ -579,10 +581,10 @@ class _Run:
         left = seconds - self.state["wall_s"]
         plot_every = PLOT_EVERY_S if r["log"]["plot"] else None
         self.budget = Budget(left, self.origin, b["margin"], b["evals"], b["measure_steps"], cap, r["checkpoint"]["every_steps"], plot_every)
-        self.budget.margin = max(1.0, b["margin"] * seconds)
+        self.budget.margin = max(2.0, b["margin"] * seconds)
         self.skip_steps = min(2, b["measure_steps"] - 1)
         if self.skip_steps == 0:
-            self.budget.open_window(step, time.perf_counter())
+            self.budget.sample(step, time.perf_counter())
         self.schedule = CompressedSchedule(self.base_schedule, warmup_fraction(r), saved["total"], tuple(saved["anchor"]))
         self.stop = min(saved["total"], cap)
         self.objective.total_steps = self.stop
@@ -616,12 +618,22 @@ class _Run:
             self._plot()
         t4 = time.perf_counter()
         c = b.costs
-        c.val, c.checkpoint, c.plot = t2 - t1, t3 - t2, t4 - t3
-        if self.data.test is not None:
-            per = -(-len(self.data.test) // self.eval_bs) / max(1, -(-len(self.data.val) // self.eval_bs))
-            c.test = self.val_eval_s * per
+        c.checkpoint, c.plot = t3 - t2, t4 - t3
+        self._evaluation_costs(t2 - t1)
         b.measured = True
-        b.open_window(step, t4)
+        b.exclude(t4 - t0)
+
+    def _evaluation_costs(self, row_s: float) -> None:
+        """A validation row's seconds, and the final test evaluation's as the validation's scaled by batches;
+        later measurements are averaged in with weight 1/2 (the test estimate multiplies the noise)."""
+        b = self.budget
+        c, first = b.costs, not b.measured
+        evaluation = self.val_eval_s
+        if not first:
+            row_s, evaluation = 0.5 * (row_s + c.val), 0.5 * (evaluation + self.val_eval_avg)
+        c.val, self.val_eval_avg = row_s, evaluation
+        if self.data.test is not None:
+            c.test = evaluation * -(-len(self.data.test) // self.eval_bs) / max(1, -(-len(self.data.val) // self.eval_bs))
 
     def _control(self, step: int, measured: bool) -> str | None:
         """After each step: budget re-plans and whether to stop now (a signal, or the deadline is near).
@@ -632,7 +644,8 @@ class _Run:
         flags = [1.0 if self.signals.received else 0.0, 0.0, 0.0]
         if b is not None and b.measured and env.main:
             now = time.perf_counter()
-            if measured or b.due(now):
+            evals_left = max(0, b.evals - 1 - self.state["budget"]["evals_done"])
+            if measured or b.due(now) or b.behind(now, step, self.stop, evals_left):
                 self._sync_device()
                 now = time.perf_counter()
                 flags[2] = float(self._replan(step, now, measured))
@@ -656,10 +669,8 @@ class _Run:
         b = self.budget
         measured = b.step_time(step, now)
         if measured is not None and not first:
-            steps = step - b.window[0]
-            blend = min(1.0, steps / 5.0)  # a window of few (slow) steps counts partly
-            b.costs.step = blend * measured + (1.0 - blend) * b.costs.step
-            b.open_window(step, now)
+            b.costs.step = measured
+        b.sample(step, now)
         b.last_check = now
         evals_left = max(0, b.evals - 1 - self.state["budget"]["evals_done"])
         total = max(b.steps_that_fit(step, now, evals_left), step)
