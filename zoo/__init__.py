@@ -1,6 +1,6 @@
 """equizoo: the model zoo for Equiformer (Liao & Smidt, ICLR 2023)."""
 
-__version__ = "0.1.0"
+from zoo._version import __version__
 
 
 def load(spec, dtype=None, device="cpu"):

@@ -21,6 +21,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
+from zoo.errors import ZooError
 from zoo import keys
 
 PER_ATOM_OUTPUTS = (keys.FORCES, keys.AUX_DISPLACEMENT)
@@ -132,7 +133,7 @@ def compile_model(model: torch.nn.Module, fullgraph: Optional[bool] = None, back
     return CompiledModel(model, fullgraph, backend)
 
 
-class CaptureError(RuntimeError):
+class CaptureError(ZooError, RuntimeError):
     """The network cannot be captured as a CUDA graph (e.g. it synchronises with the host)."""
 
 

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Union
+from zoo.errors import ZooError
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 CARD = "README.md"
@@ -156,7 +157,7 @@ def code_licence() -> str:
 _TO_PAPER = {("eV", "meV"): 1000.0, ("eV/Å", "meV/Å"): 1000.0, ("eV/A", "meV/Å"): 1000.0}
 
 
-class CardError(ValueError):
+class CardError(ZooError, ValueError):
     """A model card cannot be rendered (missing template or model files)."""
 
 

@@ -31,7 +31,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from zoo import __version__, keys
+from zoo import keys, paper
+from zoo._version import __version__
 from zoo.data import DataError, Structure
 from zoo.data.units import energy_factor
 from zoo.io import atomic_write
@@ -41,37 +42,6 @@ QM9_ENERGY_TARGETS = ("homo", "lumo", "gap", "zpve", "U0", "U", "H", "G")
 EWT_THRESHOLD = 0.02  # eV
 DEFAULT_SPLITS = {"qm9": "test", "md17": "test", "oc20": "val_id"}
 
-PAPER_QM9 = {  # paper Table 1 (MAE): D, a0^3, meV, meV, meV, a0^2, meV, meV, meV, meV, meV, cal/mol K
-    "mu": 0.011, "alpha": 0.046, "homo": 15, "lumo": 14, "gap": 30, "r2": 0.251, "zpve": 1.26,
-    "U0": 6.59, "U": 6.74, "H": 6.63, "G": 7.63, "Cv": 0.023,
-}  # fmt: skip
-PAPER_QM9_ABLATION = {  # paper QM9 ablation table
-    "qm9-l2-linear": {"alpha": 0.051, "gap": 32, "homo": 16, "lumo": 16, "mu": 0.013, "Cv": 0.025},
-    "qm9-l2-dot": {"alpha": 0.053, "gap": 32, "homo": 17, "lumo": 16, "mu": 0.013, "Cv": 0.025},
-}
-PAPER_MD17 = {  # paper Table 2 (as repeated in DeNS Table 4): energy MAE meV, force MAE meV/Å
-    "l2": {
-        "aspirin": (5.3, 7.2), "benzene": (2.2, 6.6), "ethanol": (2.2, 3.1), "malonaldehyde": (3.3, 5.8),
-        "naphthalene": (3.7, 2.1), "salicylic_acid": (4.5, 4.1), "toluene": (3.8, 2.1), "uracil": (4.3, 3.3),
-    },
-    "l3": {
-        "aspirin": (5.3, 6.6), "benzene": (2.5, 8.1), "ethanol": (2.2, 2.9), "malonaldehyde": (3.2, 5.4),
-        "naphthalene": (4.4, 2.0), "salicylic_acid": (4.3, 3.9), "toluene": (3.7, 2.1), "uracil": (4.3, 3.4),
-    },
-}  # fmt: skip
-PAPER_OC20_VAL = {  # energy MAE (eV) on the IS2RE validation splits
-    "oc20-l1": {"val_id": 0.5088, "val_ood_ads": 0.6271, "val_ood_cat": 0.5051, "val_ood_both": 0.5545},
-    "oc20-l1-linear": {"val_id": 0.5168, "val_ood_ads": 0.6308, "val_ood_cat": 0.5088, "val_ood_both": 0.5657},
-    "oc20-l1-dot": {"val_id": 0.5386, "val_ood_ads": 0.6382, "val_ood_cat": 0.5297, "val_ood_both": 0.5692},
-    "oc20-l1-aux18": {"val_id": 0.4156},
-}
-PAPER_SOURCES = {
-    "qm9": "paper Table 1",
-    "qm9-ablation": "paper QM9 ablation table",
-    "md17": "paper Table 2 (DeNS Table 4)",
-    "oc20": "paper OC20 IS2RE validation (6 blocks)",
-    "oc20-l1-aux18": "authors' README (val ID, IS2RE+IS2RS+Noisy Nodes)",
-}
 METRIC_COLUMNS = ("dataset", "split", "quantity", "metric", "unit", "value", "paper", "paper_source", "n")
 
 
@@ -270,8 +240,8 @@ def _paper_md17(info: ModelInfo, molecule: str, dataset: str) -> tuple[Optional[
     if dataset.startswith("rmd17"):
         return None, ""
     variant = info.variants[0]
-    row = PAPER_MD17["l3" if variant.startswith("md17-l3") else "l2"]
-    return row.get(molecule), PAPER_SOURCES["md17"] if molecule in row else ""
+    row = paper.MD17["l3" if variant.startswith("md17-l3") else "l2"]
+    return row.get(molecule), paper.SOURCES["md17"] if molecule in row else ""
 
 
 def _row(data: EvalData, split: str, quantity: str, metric: str, unit: str, value: float, paper, source: str, n: int) -> dict:
@@ -287,7 +257,7 @@ def _qm9_metrics(data: EvalData, split: str, info: ModelInfo, items: list[Item])
     missing = [t for t in targets if t not in model_targets]
     if missing or not targets:
         raise UseError(f"model {info.name} does not predict QM9 target(s) {missing or '(none)'}; it predicts {[t.name for t in info.targets]}")
-    ablation = PAPER_QM9_ABLATION.get(info.variants[0])
+    ablation = paper.QM9_ABLATION.get(info.variants[0])
     rows, pairs = [], {}
     for name in targets:
         ref_unit = items[0].structure.units.get(name, QM9_UNITS[name])
@@ -296,9 +266,9 @@ def _qm9_metrics(data: EvalData, split: str, info: ModelInfo, items: list[Item])
         unit = ref_unit
         if name in QM9_ENERGY_TARGETS:
             ref, pred, unit = _convert(ref, ref_unit, "meV"), _convert(pred, ref_unit, "meV"), "meV"
-        paper = (ablation or PAPER_QM9).get(name)
-        source = PAPER_SOURCES["qm9-ablation" if ablation else "qm9"]
-        rows.append(_row(data, split, name, "MAE", unit, np.mean(np.abs(pred - ref)), paper, source, len(items)))
+        reported = ablation.get(name) if ablation else paper.QM9[name][0]
+        source = paper.SOURCES["qm9-ablation" if ablation else "qm9"]
+        rows.append(_row(data, split, name, "MAE", unit, np.mean(np.abs(pred - ref)), reported, source, len(items)))
         pairs[name] = (ref, pred, unit)
     return rows, pairs
 
@@ -313,10 +283,10 @@ def _md17_metrics(data: EvalData, split: str, info: ModelInfo, items: list[Item]
     f_ref = np.concatenate([item.structure.targets[keys.FORCES].reshape(-1) for item in items])
     f_pred = _convert(np.concatenate([item.per_atom[keys.FORCES].reshape(-1) for item in items]), force_unit.rsplit("/", 1)[0], "eV")
     e_ref, e_pred, f_ref, f_pred = (_convert(x, "eV", "meV") for x in (e_ref, e_pred, f_ref, f_pred))
-    paper, source = _paper_md17(info, data.molecule, data.name)
+    reported, source = _paper_md17(info, data.molecule, data.name)
     rows = [
-        _row(data, split, "energy", "MAE", "meV", np.mean(np.abs(e_pred - e_ref)), paper[0] if paper else None, source, len(items)),
-        _row(data, split, "forces", "MAE", "meV/Å", np.mean(np.abs(f_pred - f_ref)), paper[1] if paper else None, source, len(items)),
+        _row(data, split, "energy", "MAE", "meV", np.mean(np.abs(e_pred - e_ref)), reported[0] if reported else None, source, len(items)),
+        _row(data, split, "forces", "MAE", "meV/Å", np.mean(np.abs(f_pred - f_ref)), reported[1] if reported else None, source, len(items)),
     ]
     return rows, {"energy": (e_ref, e_pred, "meV"), "forces": (f_ref, f_pred, "meV/Å")}
 
@@ -337,10 +307,10 @@ def _oc20_metrics(data: EvalData, split: str, info: ModelInfo, items: list[Item]
     pred = _convert(np.array([item.values[name] for item in items]), info.target(name).unit, "eV")
     err = pred - ref
     variant = info.variants[0]
-    paper = PAPER_OC20_VAL.get(variant, {}).get(split)
-    source = PAPER_SOURCES.get(variant, PAPER_SOURCES["oc20"])
+    reported = paper.OC20.get(variant, {}).get(split) if split in paper.OC20_VAL_SPLITS else None
+    source = paper.SOURCES.get(variant, paper.SOURCES["oc20"])
     rows = [
-        _row(data, split, "energy", "MAE", "eV", np.mean(np.abs(err)), paper, source, len(items)),
+        _row(data, split, "energy", "MAE", "eV", np.mean(np.abs(err)), reported, source, len(items)),
         _row(data, split, "energy", "MSE", "eV^2", np.mean(err**2), None, "", len(items)),
         _row(data, split, "energy", f"EwT@{EWT_THRESHOLD:g}eV", "%", 100.0 * np.mean(np.abs(err) < EWT_THRESHOLD), None, "", len(items)),
     ]

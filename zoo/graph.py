@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from zoo.errors import ZooError
 from zoo import keys
 
 _DENSE_MAX_ATOMS = 1024  # larger molecules use the cell list
@@ -22,7 +23,7 @@ MAX_EDGES = 100_000_000  # more edges than any model can run on; refused before 
 MAX_CELL_LENGTH = 1.0e6  # Å; ASE's cell list overflows beyond ~1e7 Å
 
 
-class GraphError(ValueError):
+class GraphError(ZooError, ValueError):
     """A structure whose neighbour list cannot be built (absurd cell or coordinates)."""
 
 

@@ -36,8 +36,10 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from zoo import __version__, keys
+from zoo import keys
+from zoo._version import __version__
 from zoo.artifact import as_zoo_model, load_model_dir, read_config
+from zoo.errors import UseError
 from zoo.data import DataError, Structure, collate, read_structures, structure_from_atoms
 from zoo.graph import attach_graph, periodic_cell_problem, periodic_graph, radius_graph
 from zoo.io import atomic_write
@@ -50,10 +52,6 @@ VOIGT = ("xx", "yy", "zz", "yz", "xz", "xy")
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_ATOMS = 8192
 MIN_DISTANCE = 0.1  # Å: atoms closer than this are a broken structure (forces would be meaningless)
-
-
-class UseError(ValueError):
-    """Bad input to predict / eval / bench: the message names the input and says what to do."""
 
 
 # ---------------------------------------------------------------------------------------------- options

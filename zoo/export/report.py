@@ -44,7 +44,7 @@ def read_exports(model_dir: Union[str, Path]) -> Dict[str, dict]:
 
 def write_exports(model_dir: Union[str, Path], records: Dict[str, dict]) -> Path:
     """Write `exports.json` atomically."""
-    from zoo import __version__
+    from zoo._version import __version__
 
     import torch
 

@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from zoo.errors import ZooError
 from zoo import keys
 from zoo.export.metadata import INPUTS, OUTPUTS
 
@@ -40,7 +41,7 @@ NATOMS = keys.NUM_ATOMS
 ENERGY_WEIGHT = "energy_weight"
 
 
-class ExportError(RuntimeError):
+class ExportError(ZooError, RuntimeError):
     """A model cannot be exported to a format (or an exported file cannot be used as asked)."""
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Union
 
+from zoo.errors import ZooError
 from zoo.hub.manifest import MANIFEST, IntegrityError, read_manifest, sha256_file, verified_dir, verify_files, write_manifest
 
 HF_PREFIX = "hf-hub:"
@@ -26,7 +27,7 @@ _HF_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+)
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
-class HubError(RuntimeError):
+class HubError(ZooError, RuntimeError):
     """Publishing or pulling failed; the message says what and what to do."""
 
 

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 import yaml
 
-from zoo import __version__, keys
+from zoo import keys
+from zoo._version import __version__
 from zoo.train import checkpoint as ckpt
 from zoo.train.data import BatchPlan, EvalBatches, TaskData, TrainBatches, loader, mix_seed, open_data
 from zoo.train.dist import DistEnv, setup
