@@ -12,8 +12,8 @@ from test_use_support import QM9_TEST_TARGETS, model_dir, run_cli
 import zoo
 from zoo.data import load_dataset, read_mdbenchgnn
 from zoo import paper
-from zoo.evaluate import open_dataset, run_evaluation
-from zoo.predict import UseError
+from zoo.use.evaluate import open_dataset, run_evaluation
+from zoo.errors import UseError
 
 
 @pytest.fixture(autouse=True)

@@ -2,8 +2,8 @@
 inputs padded to capacity buckets.
 
 Both keep the ZooModel call signature (`pos, species, edge_index, batch, edge_shift, tags, num_graphs`
--> dict of outputs) and its `compute_virial` switch, so zoo.predict's Runner drives them like the eager
-module. zoo.predict.load_runner makes them and checks them against eager.
+-> dict of outputs) and its `compute_virial` switch, so zoo.use.runner's Runner drives them like the eager
+module. zoo.use.runner.load_runner makes them and checks them against eager.
 
 Padding (what the CUDA-graph runner replays on): atoms, edges and structures are padded up to capacity
 buckets (`bucket`: four steps per doubling, at most 25% padding). The padding atoms form one extra

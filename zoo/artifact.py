@@ -25,8 +25,12 @@ from zoo.models.config import EquiformerConfig
 from zoo.models.equiformer import Equiformer
 from zoo.models.zoo_model import TargetInfo, ZooModel, wrap
 
+# the files of a model directory (and of what is exported into it); every module names them through these
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+CARD = "README.md"
+EXPORTS = "exports.json"  # the record of checked exports (zoo.export.report)
+EXPORT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "aoti": "model.pt2"}
 FORMAT = "equizoo-model/1"
 
 

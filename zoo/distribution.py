@@ -19,7 +19,8 @@ from typing import Optional, Union
 
 from zoo.errors import ZooError
 from zoo._version import __version__
-from zoo.registry import MODELS_DISTRIBUTION, MODELS_PACKAGE, releases_dir
+from zoo.paths import releases_dir
+from zoo.registry import MODELS_DISTRIBUTION, MODELS_PACKAGE
 
 
 class DistributionError(ZooError, RuntimeError):

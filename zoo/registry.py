@@ -40,20 +40,25 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 from zoo import paper
 from zoo.data.qm9 import QM9_UNITS
 from zoo.errors import ZooError
+from zoo.paths import RELEASES_ENV, checkout_releases_dir, releases_dir  # noqa: F401 - releases_dir: the registry's view of it
 
 REGISTRY_FORMAT = "equizoo-registry/1"
 PACKAGED_REGISTRY = Path(__file__).resolve().parent / "hub" / "published.json"
 REGISTRY_ENV = "EQUIZOO_REGISTRY"
-RELEASES_ENV = "EQUIZOO_RELEASES"
 MODELS_PACKAGE = "equizoo_models"  # import name of the model distribution `equizoo-models`
 MODELS_DISTRIBUTION = "equizoo-models"
-_CHECKOUT = Path(__file__).resolve().parents[1]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")  # a file of a model directory: no '/', '..', absolute or hidden path
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 NOT_PUBLISHED = "not published yet"
+_SLICE = re.compile(r"\[[^\]]*\]$")
+
+
+def base_split(label: str) -> str:
+    """The split a metric's label names: `test[:1000]` -> `test`."""
+    return _SLICE.sub("", label)
 
 
 class RegistryError(ZooError, LookupError):
@@ -245,30 +250,6 @@ def _cpu_catalogue(full: Mapping[str, PretrainedModel]) -> Dict[str, PretrainedM
 
 
 # ------------------------------------------------------------------------------------- registry files
-def checkout_root() -> Optional[Path]:
-    """The source checkout this package is imported from (an editable install), else None: in an
-    ordinary install nothing of the repository lies beside the package."""
-    pyproject = _CHECKOUT / "pyproject.toml"
-    try:
-        ours = pyproject.is_file() and 'name = "equizoo"' in pyproject.read_text(encoding="utf-8")
-    except OSError:
-        ours = False
-    return _CHECKOUT if ours else None
-
-
-def checkout_releases_dir() -> Optional[Path]:
-    """`releases/` of the source checkout, if this is one and it has that folder."""
-    root = checkout_root()
-    return root / "releases" if root is not None and (root / "releases").is_dir() else None
-
-
-def releases_dir() -> Optional[Path]:
-    """Where local releases are read and written: $EQUIZOO_RELEASES, else the source checkout's
-    `releases/` (None when neither exists)."""
-    env = os.environ.get(RELEASES_ENV, "").strip()
-    return Path(env).expanduser() if env else checkout_releases_dir()
-
-
 def models_package_dir() -> Optional[Path]:
     """The folder of the installed model distribution (`pip install equizoo-models`), else None."""
     try:

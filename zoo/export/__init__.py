@@ -22,6 +22,7 @@ from typing import Dict, Iterable, Optional, Union
 
 import torch
 
+from zoo.artifact import EXPORT_FILES
 from zoo.device import dtype_name, parse_dtype, pick_device
 from zoo.export.metadata import model_metadata
 from zoo.export.report import EXPORTS, ExportResult, read_exports, write_exports
@@ -30,7 +31,7 @@ from zoo.export.trace import ExportError, quiet
 from zoo.io import make_temp_dir
 
 FORMATS = ("torchscript", "onnx", "aoti")
-FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "aoti": "model.pt2"}
+FILES = EXPORT_FILES
 WHERE_TO_USE = {
     "torchscript": "C++ (torch::jit::load) and LAMMPS; runs on CPU or GPU with any recent torch; deprecated by PyTorch",
     "onnx": "ONNX Runtime from any language, no torch needed; not for LAMMPS",

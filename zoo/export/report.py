@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Union
 
-EXPORTS = "exports.json"
+from zoo.artifact import EXPORTS
+
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
-import types
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -35,8 +33,12 @@ from zoo import keys, paper
 from zoo._version import __version__
 from zoo.data import DataError, Structure
 from zoo.data.units import energy_factor
+from zoo.errors import UseError
 from zoo.io import atomic_write
-from zoo.predict import DEFAULT_BATCH_SIZE, DEFAULT_MAX_ATOMS, Item, ModelInfo, Runner, UseError, load_runner, run_items
+from zoo.spec import ModelSpec
+from zoo.use.inputs import Item
+from zoo.use.predict import DEFAULT_BATCH_SIZE, DEFAULT_MAX_ATOMS, run_items
+from zoo.use.runner import Runner, load_runner
 
 QM9_ENERGY_TARGETS = ("homo", "lumo", "gap", "zpve", "U0", "U", "H", "G")
 EWT_THRESHOLD = 0.02  # eV
@@ -236,7 +238,7 @@ def _convert(value: np.ndarray, unit: str, to: str) -> np.ndarray:
         raise UseError(f"cannot convert {unit!r} to {to!r}; the model and the dataset disagree on units") from None
 
 
-def _paper_md17(info: ModelInfo, molecule: str, dataset: str) -> tuple[Optional[tuple], str]:
+def _paper_md17(info: ModelSpec, molecule: str, dataset: str) -> tuple[Optional[tuple], str]:
     if dataset.startswith("rmd17"):
         return None, ""
     variant = info.variants[0]
@@ -249,7 +251,7 @@ def _row(data: EvalData, split: str, quantity: str, metric: str, unit: str, valu
                 paper=float(paper) if paper is not None else math.nan, paper_source=source if paper is not None else "", n=int(n))  # fmt: skip
 
 
-def _qm9_metrics(data: EvalData, split: str, info: ModelInfo, items: list[Item]) -> tuple[list, dict]:
+def _qm9_metrics(data: EvalData, split: str, info: ModelSpec, items: list[Item]) -> tuple[list, dict]:
     from zoo.data import QM9_TARGETS, QM9_UNITS
 
     model_targets = [t.name for t in info.targets if t.name in QM9_TARGETS]
@@ -273,7 +275,7 @@ def _qm9_metrics(data: EvalData, split: str, info: ModelInfo, items: list[Item])
     return rows, pairs
 
 
-def _md17_metrics(data: EvalData, split: str, info: ModelInfo, items: list[Item]) -> tuple[list, dict]:
+def _md17_metrics(data: EvalData, split: str, info: ModelSpec, items: list[Item]) -> tuple[list, dict]:
     if not info.energy_target:
         raise UseError(f"model {info.name} predicts no energy with forces; MD17 evaluation needs a force-field model")
     t = info.target(info.energy_target)
@@ -291,7 +293,7 @@ def _md17_metrics(data: EvalData, split: str, info: ModelInfo, items: list[Item]
     return rows, {"energy": (e_ref, e_pred, "meV"), "forces": (f_ref, f_pred, "meV/Å")}
 
 
-def _oc20_target(info: ModelInfo) -> str:
+def _oc20_target(info: ModelSpec) -> str:
     names = [t.name for t in info.targets]
     if keys.Y_RELAXED in names:
         return keys.Y_RELAXED
@@ -301,7 +303,7 @@ def _oc20_target(info: ModelInfo) -> str:
     return energies[0]
 
 
-def _oc20_metrics(data: EvalData, split: str, info: ModelInfo, items: list[Item]) -> tuple[list, dict]:
+def _oc20_metrics(data: EvalData, split: str, info: ModelSpec, items: list[Item]) -> tuple[list, dict]:
     name = _oc20_target(info)
     ref = np.array([item.structure.targets[keys.Y_RELAXED] for item in items])
     pred = _convert(np.array([item.values[name] for item in items]), info.target(name).unit, "eV")
@@ -330,7 +332,7 @@ def kind_of_spec(spec) -> Optional[str]:
     return _KIND_OF_NAME.get(text.partition(":")[0])
 
 
-def check_model_fits(kind: str, info: ModelInfo, name: str, targets: Sequence[str] = ()) -> None:
+def check_model_fits(kind: str, info: ModelSpec, name: str, targets: Sequence[str] = ()) -> None:
     """UseError, before anything is computed, when the model cannot be evaluated on a dataset of `kind`."""
     predicts = ", ".join(t.name for t in info.targets)
     if kind == "md17" and not info.energy_target:
@@ -425,13 +427,3 @@ def evaluate(dataset, model=None, *, output=None, plot=None, **options):
     if plot is not None:
         result.plot(plot)
     return result.metrics
-
-
-class _CallableModule(types.ModuleType):
-    """Importing zoo.evaluate replaces the lazy `zoo.evaluate` function with this module; keep it callable."""
-
-    def __call__(self, *args, **kwargs):
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
