@@ -22,10 +22,10 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from zoo.bench import machine  # noqa: E402
+from zoo.use.bench import machine  # noqa: E402
 from zoo.models import build_model, list_variants  # noqa: E402
 from zoo.models.zoo_model import TargetInfo, ZooModel  # noqa: E402
-from zoo.predict import Predictor  # noqa: E402
+from zoo.use.predict import Predictor  # noqa: E402
 
 SHARED = Path(os.environ.get("EQUIZOO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

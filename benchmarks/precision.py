@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import sys
 import time
@@ -24,9 +23,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from zoo.bench import machine  # noqa: E402
+from zoo.use.bench import machine  # noqa: E402
 from zoo.data import read_structures  # noqa: E402
-from zoo.predict import load_runner, model_inputs  # noqa: E402
+from zoo.use.predict import model_inputs  # noqa: E402
+from zoo.use.runner import load_runner  # noqa: E402
 from zoo.train.trainer import tf32_matmuls  # noqa: E402
 
 DEFAULT_MODEL = REPO / "releases" / "equiformer-md17-aspirin-l2-small-cpu"
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=30)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    from zoo.predict import pick_device
+    from zoo.device import pick_device
 
     device = pick_device(args.device)
     modes = ["bf16"] + (["tf32"] if device.type == "cuda" else [])

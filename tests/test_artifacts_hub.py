@@ -168,7 +168,8 @@ def test_server_state_persists_across_restarts(tmp_path, monkeypatch):
 
 
 def test_publish_tags_and_pins_every_file(small_dir, hub):
-    from zoo.hub import copy_model, publish, pull, read_manifest, sha256_file
+    from zoo.hub import copy_model, pull, read_manifest, sha256_file
+    from zoo.publish import publish
 
     first = publish(small_dir, "org/small")
     assert first.tag == "v1" and len(first.revision) == 40 and first.hub_id == f"hf-hub:org/small@{first.revision}"
@@ -187,7 +188,8 @@ def test_publish_tags_and_pins_every_file(small_dir, hub):
 
 
 def test_publish_errors(small_dir, hub, tmp_path, monkeypatch):
-    from zoo.hub import HubError, publish
+    from zoo.hub import HubError
+    from zoo.publish import publish
 
     with pytest.raises(HubError, match="ORG/NAME"):
         publish(small_dir, "no-slash")
@@ -204,7 +206,8 @@ def test_publish_errors(small_dir, hub, tmp_path, monkeypatch):
 def test_pull_accepts_run_directories_and_checks_local_manifests(small_dir, hub, tmp_path):
     import shutil
 
-    from zoo.hub import IntegrityError, publish, pull
+    from zoo.hub import IntegrityError, pull
+    from zoo.publish import publish
 
     publish(small_dir, "org/small")
     run = tmp_path / "run"

@@ -46,7 +46,8 @@ def _plant(folder: Path) -> None:
 
 def _uses_no_uncovered_export(folder: Path, torchscript: bool = False) -> None:
     """No export reaches a backend: AOTInductor and ONNX need their file, TorchScript scripts the verified weights."""
-    from zoo.predict import UseError, load_runner
+    from zoo.errors import UseError
+    from zoo.use.runner import load_runner
 
     assert not any((folder / name).exists() for name in ("model.torchscript.pt", "model.pt2", "model.onnx"))
     for backend, name in (("aoti", "model.pt2"), ("onnx", "model.onnx")):
@@ -57,7 +58,8 @@ def _uses_no_uncovered_export(folder: Path, torchscript: bool = False) -> None:
 
 
 def test_a_pinned_registry_pull_holds_only_the_pinned_files(small_dir, api, hub):
-    from zoo.hub import hash_files, publish, pull
+    from zoo.hub import hash_files, pull
+    from zoo.publish import publish
     from zoo.registry import register
 
     pinned = hash_files(small_dir)  # config.json, model.safetensors (no card yet)
@@ -86,7 +88,8 @@ def test_a_local_release_with_an_extra_file_hands_out_only_the_verified_ones(sma
 
 
 def test_hub_ids_download_only_the_manifest_files_and_ignore_what_the_hub_adds(small_dir, api, hub, tmp_path):
-    from zoo.hub import publish, pull
+    from zoo.hub import pull
+    from zoo.publish import publish
 
     pub = publish(small_dir, "org/small")
     # what huggingface.co writes into every new repository, and an export added outside `equizoo publish`
@@ -102,7 +105,8 @@ def test_hub_ids_download_only_the_manifest_files_and_ignore_what_the_hub_adds(s
 
 @pytest.mark.parametrize("bad", ["ABSOLUTE", "../outside.txt", "sub/../../outside.txt", ".hidden"])
 def test_a_manifest_naming_a_path_outside_the_snapshot_is_refused(small_dir, api, hub, tmp_path, bad):
-    from zoo.hub import IntegrityError, publish, pull, sha256_file
+    from zoo.hub import IntegrityError, pull, sha256_file
+    from zoo.publish import publish
 
     outside = tmp_path / "outside.txt"
     outside.write_text("a local file the manifest points at")
@@ -134,7 +138,7 @@ def test_sources_are_tried_in_order_with_one_error_naming_each(small_dir, hub, t
     name = "equiformer-md17-ethanol-l2"
     register(name, hash_files(small_dir), repo_id="org/absent", revision="0" * 40, release=name)
     monkeypatch.delenv("EQUIZOO_RELEASES", raising=False)
-    monkeypatch.setattr("zoo.registry._CHECKOUT", tmp_path / "not-a-checkout")
+    monkeypatch.setattr("zoo.paths._CHECKOUT", tmp_path / "not-a-checkout")
     with pytest.raises(HubError) as exc:
         pull(name)
     text = str(exc.value)

@@ -18,7 +18,9 @@ from zoo.calculators import EquiformerCalculator
 from zoo.data import read_structures
 from zoo.models import build_model
 from zoo.models.zoo_model import TargetInfo, ZooModel
-from zoo.predict import Predictor, UseError, load_runner, model_inputs
+from zoo.errors import UseError
+from zoo.use.predict import Predictor, model_inputs
+from zoo.use.runner import load_runner
 
 ASPIRIN = REPO / "examples" / "aspirin_md17.extxyz"
 OC20 = REPO / "examples" / "oc20_adslab.json"
@@ -40,9 +42,9 @@ def test_buckets_grow_in_quarter_steps():
 
 def _padded_vs_plain(model, structures, virial=False, extra=(0, 0, 0)):
     info_model = model
-    from zoo.predict import ModelInfo
+    from zoo.spec import ModelSpec
 
-    info = ModelInfo.from_model(info_model)
+    info = ModelSpec.from_model(info_model)
     inputs, n = model_inputs(structures, info, torch.device("cpu"), torch.float64)
     model.compute_virial = virial
     try:
@@ -91,9 +93,9 @@ def test_padding_keeps_periodic_virials_tags_and_every_qm9_target():
 def test_pad_inputs_refuses_a_capacity_without_room():
     frames = read_structures(ASPIRIN)[:1]
     model = md17_model()
-    from zoo.predict import ModelInfo
+    from zoo.spec import ModelSpec
 
-    inputs, n = model_inputs(frames, ModelInfo.from_model(model), torch.device("cpu"), torch.float64)
+    inputs, n = model_inputs(frames, ModelSpec.from_model(model), torch.device("cpu"), torch.float64)
     with pytest.raises(ValueError, match="too small"):
         accel.pad_inputs(inputs, n, (21, 10_000, 2), 1, 2.5)
 

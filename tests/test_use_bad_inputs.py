@@ -11,7 +11,8 @@ import pytest
 import torch
 from test_use_support import REPO, model_dir
 
-from zoo.predict import MIN_DISTANCE, Predictor
+from zoo.use.inputs import MIN_DISTANCE
+from zoo.use.predict import Predictor
 
 ASPIRIN = REPO / "examples" / "aspirin_md17.extxyz"
 

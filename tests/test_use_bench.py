@@ -11,8 +11,9 @@ import pytest
 import torch
 from test_use_support import REPO, model_dir, run_cli
 
-from zoo.bench import BENCH_FIELDS, SUITES, bench, workload
-from zoo.predict import UseError, load_runner
+from zoo.use.bench import BENCH_FIELDS, SUITES, bench, workload
+from zoo.errors import UseError
+from zoo.use.runner import load_runner
 
 
 @pytest.fixture(autouse=True)

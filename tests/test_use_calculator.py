@@ -128,7 +128,7 @@ def test_a_calculator_needs_an_energy_model_or_an_explicit_target():
     unless the caller names the output to report as energy."""
     from ase.build import molecule
 
-    from zoo.predict import UseError
+    from zoo.errors import UseError
 
     with pytest.raises(UseError, match=r"predicts gap \[eV\], not a potential energy with forces.*target="):
         EquiformerCalculator()

@@ -169,7 +169,7 @@ def test_the_parity_plot_titles_the_metric_of_all_points(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from zoo.evaluate import Evaluation
+    from zoo.use.evaluate import Evaluation
 
     rng = np.random.default_rng(1)
     f_ref = rng.normal(size=30000)

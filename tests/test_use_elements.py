@@ -20,7 +20,7 @@ from test_use_support import model_dir
 
 import zoo
 from zoo.calculators import EquiformerCalculator
-from zoo.predict import ModelInfo
+from zoo.spec import ModelSpec
 
 HCO = [1, 6, 8]  # what an MD17 ethanol model saw
 
@@ -44,8 +44,8 @@ def _structures():
 def test_model_info_reads_the_training_elements(hco_model):
     from zoo.artifact import read_config
 
-    assert ModelInfo.from_config(read_config(hco_model), str(hco_model)).elements == tuple(HCO)
-    assert ModelInfo.from_config(read_config(model_dir("md17")), "x").elements is None
+    assert ModelSpec.from_config(read_config(hco_model), str(hco_model)).elements == tuple(HCO)
+    assert ModelSpec.from_config(read_config(model_dir("md17")), "x").elements is None
 
 
 def test_predict_refuses_unseen_elements_per_structure_and_predicts_the_others(hco_model):
@@ -73,8 +73,8 @@ def test_calculator_refuses_unseen_elements_unless_allowed(hco_model):
 
 
 def test_eval_refuses_a_dataset_with_unseen_elements(hco_model, shared_data):
-    from zoo.evaluate import run_evaluation
-    from zoo.predict import UseError
+    from zoo.use.evaluate import run_evaluation
+    from zoo.errors import UseError
 
     record = shutil.copytree(hco_model, hco_model.parent / "h-only")
     config = json.loads((record / "config.json").read_text())

@@ -11,8 +11,9 @@ from test_use_support import QM9_TEST_TARGETS, model_dir, run_cli
 
 import zoo
 from zoo.data import load_dataset, read_mdbenchgnn
-from zoo.evaluate import PAPER_MD17, PAPER_QM9, open_dataset, run_evaluation
-from zoo.predict import UseError
+from zoo import paper
+from zoo.use.evaluate import open_dataset, run_evaluation
+from zoo.errors import UseError
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +37,7 @@ def test_md17_metrics_equal_a_direct_computation(shared_data):
     energy, forces = _metric(metrics, "energy"), _metric(metrics, "forces")
     assert (energy["unit"], forces["unit"], energy["n"]) == ("meV", "meV/Å", 6)
     assert energy["value"] == pytest.approx(e_mae, rel=1e-10) and forces["value"] == pytest.approx(f_mae, rel=1e-10)
-    assert (energy["paper"], forces["paper"]) == PAPER_MD17["l2"]["aspirin"]
+    assert (energy["paper"], forces["paper"]) == paper.MD17["l2"]["aspirin"]
 
 
 def test_oc20_metrics_equal_a_direct_computation(shared_data, tmp_path):
@@ -78,7 +79,7 @@ def test_cli_eval_qm9_json_plot_and_paper_numbers(shared_data, tmp_path):
     payload = json.loads(out.read_text())
     rows = {r["quantity"]: r for r in payload["metrics"]}
     assert set(rows) == {"homo", "gap"} and payload["n_structures"] == 8 and payload["split"] == "train"
-    assert rows["gap"]["unit"] == "meV" and rows["gap"]["paper"] == PAPER_QM9["gap"]
+    assert rows["gap"]["unit"] == "meV" and rows["gap"]["paper"] == paper.QM9["gap"][0]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     train = load_dataset("qm9", cache_dir=tmp_path / "cache").split("train")
     molecules = [train[i] for i in range(8)]

@@ -17,7 +17,9 @@ import zoo
 from zoo.artifact import load_model_dir
 from zoo.data import read_structures
 from zoo.graph import periodic_graph, radius_graph
-from zoo.predict import Predictor, UseError, oc20_tags, plan_batches
+from zoo.errors import UseError
+from zoo.use.inputs import oc20_tags
+from zoo.use.predict import Predictor, plan_batches
 from zoo.pretrained import DefaultModelMissing, default_model_dir, install_default_model
 
 ASPIRIN_EXAMPLE = REPO / "examples" / "aspirin_md17.extxyz"

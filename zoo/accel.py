@@ -2,8 +2,8 @@
 inputs padded to capacity buckets.
 
 Both keep the ZooModel call signature (`pos, species, edge_index, batch, edge_shift, tags, num_graphs`
--> dict of outputs) and its `compute_virial` switch, so zoo.predict's Runner drives them like the eager
-module. zoo.predict.load_runner makes them and checks them against eager.
+-> dict of outputs) and its `compute_virial` switch, so zoo.use.runner's Runner drives them like the eager
+module. zoo.use.runner.load_runner makes them and checks them against eager.
 
 Padding (what the CUDA-graph runner replays on): atoms, edges and structures are padded up to capacity
 buckets (`bucket`: four steps per doubling, at most 25% padding). The padding atoms form one extra
@@ -21,6 +21,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
+from zoo.errors import ZooError
 from zoo import keys
 
 PER_ATOM_OUTPUTS = (keys.FORCES, keys.AUX_DISPLACEMENT)
@@ -132,7 +133,7 @@ def compile_model(model: torch.nn.Module, fullgraph: Optional[bool] = None, back
     return CompiledModel(model, fullgraph, backend)
 
 
-class CaptureError(RuntimeError):
+class CaptureError(ZooError, RuntimeError):
     """The network cannot be captured as a CUDA graph (e.g. it synchronises with the host)."""
 
 

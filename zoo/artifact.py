@@ -17,18 +17,24 @@ from typing import Any, Optional, Union
 
 import torch
 
-from zoo import __version__
+from zoo.device import DTYPES, dtype_name
+from zoo.errors import ZooError
+from zoo._version import __version__
 from zoo.io import replace_dir
 from zoo.models.config import EquiformerConfig
 from zoo.models.equiformer import Equiformer
 from zoo.models.zoo_model import TargetInfo, ZooModel, wrap
 
+# the files of a model directory (and of what is exported into it); every module names them through these
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+CARD = "README.md"
+EXPORTS = "exports.json"  # the record of checked exports (zoo.export.report)
+EXPORT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "aoti": "model.pt2"}
 FORMAT = "equizoo-model/1"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(ZooError, ValueError):
     """A model directory is missing, incomplete or inconsistent."""
 
 
@@ -43,7 +49,7 @@ def model_config(model: ZooModel, name: Optional[str] = None, metadata: Optional
         "name": name or "-".join(net.config.name for net in model.networks.values()),
         "equizoo_version": __version__,
         "torch_version": torch.__version__,
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": dtype_name(dtype),
         "targets": [t.to_dict() for t in model.targets],
         "networks": {k: net.config.to_dict() for k, net in model.networks.items()},
         "metadata": metadata or {},
@@ -91,7 +97,6 @@ def read_config(model_dir: Union[str, Path]) -> dict:
     return check_config(config, path)
 
 
-DTYPES = ("float32", "float64")
 _FIELD_TYPES = {
     "str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict,
     "Optional[str]": (str, type(None)), "Optional[int]": (int, type(None)), "Optional[float]": (int, float, type(None)),
@@ -288,7 +293,7 @@ def load_model_dir(model_dir: Union[str, Path], dtype: Optional[torch.dtype] = N
         if isinstance(exc, ArtifactError):
             raise
         raise ArtifactError(f"{model_dir / CONFIG}: the networks cannot be built ({type(exc).__name__}: {exc}); fix or re-export the model") from None
-    model = model.to(getattr(torch, config.get("dtype", "float32")))
+    model = model.to(DTYPES[config.get("dtype", "float32")])
     expected = model.state_dict()
     missing = [k for k, v in expected.items() if k not in header and v.numel() > 0]
     unexpected = [k for k in header if k not in expected]

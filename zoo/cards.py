@@ -19,8 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Union
 
+from zoo.artifact import CARD, read_config
+from zoo.errors import ZooError
+from zoo.export.report import read_exports
+from zoo.hub.frontmatter import FrontMatterError, load_front_matter
+from zoo.hub.manifest import MANIFEST, hash_files
+from zoo.io import atomic_write_text
+from zoo.models.config import EquiformerConfig
+from zoo.registry import base_split, get_model, metrics_from_config
+
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
-CARD = "README.md"
 LIBRARY = "equizoo"
 UNSEEN_FLAG = "--allow-unseen-elements"
 
@@ -156,7 +164,7 @@ def code_licence() -> str:
 _TO_PAPER = {("eV", "meV"): 1000.0, ("eV/Å", "meV/Å"): 1000.0, ("eV/A", "meV/Å"): 1000.0}
 
 
-class CardError(ValueError):
+class CardError(ZooError, ValueError):
     """A model card cannot be rendered (missing template or model files)."""
 
 
@@ -221,7 +229,6 @@ def _covered(metadata: dict) -> Optional[str]:
 
 def _files(model_dir: Path) -> List[dict]:
     """Size and sha256 of every file of the directory but the card itself and the manifest (which hash it)."""
-    from zoo.hub.manifest import MANIFEST, hash_files
 
     return [{"path": name, "size": f"{info['size']:,}", "sha256": info["sha256"]} for name, info in hash_files(model_dir).items() if name not in (CARD, MANIFEST)]
 
@@ -288,7 +295,6 @@ def _training(metadata: dict) -> List[tuple]:
 
 def _results(measured, paper) -> tuple:
     rows = []
-    from zoo.release import base_split
 
     paper_by = {(m.split, m.target): m for m in paper}
     seen = set()
@@ -339,9 +345,6 @@ def card_context(model_dir: Union[str, Path], entry=None) -> tuple:
     """(ModelCardData, template variables) for a model directory; `entry` a registry entry or name."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    from zoo.artifact import read_config
-    from zoo.export.report import read_exports
-    from zoo.registry import get_model, metrics_from_config
 
     model_dir = Path(model_dir)
     config = read_config(model_dir)
@@ -369,7 +372,6 @@ def card_context(model_dir: Union[str, Path], entry=None) -> tuple:
         datasets=[dataset] if dataset else None, model_name=name, eval_results=eval_results or None,
     )  # fmt: skip
     rows, paper_source = _results(measured, entry.paper if entry is not None else ())
-    from zoo.models.config import EquiformerConfig
 
     types = EquiformerConfig.from_dict(first).type_names
     exports = []
@@ -430,7 +432,6 @@ def write_card(model_dir: Union[str, Path], entry=None, template: Union[str, Pat
     """Render the card into `model_dir/README.md` atomically."""
     model_dir = Path(model_dir)
     text = str(render_card(model_dir, entry, template))
-    from zoo.io import atomic_write_text
 
     atomic_write_text(model_dir / CARD, text if text.endswith("\n") else text + "\n")
     return model_dir / CARD
@@ -441,7 +442,6 @@ def card_metrics(path: Union[str, Path]) -> List[dict]:
     matter passed zoo.hub.frontmatter: no YAML anchors or aliases, bounded size)."""
     from huggingface_hub import ModelCard
 
-    from zoo.hub.frontmatter import FrontMatterError, load_front_matter
 
     try:
         load_front_matter(Path(path).read_text(encoding="utf-8", errors="replace"), str(path))

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from zoo import cli_artifacts, cli_lammps, cli_train, cli_use
+from zoo.artifact import ArtifactError
+from zoo.convert import ConversionError, convert_reference_checkpoint
+from zoo.data.cli import app as data_app
+from zoo.errors import ZooError
+from zoo.extras import missing_extra
+from zoo.models.summary import variant_summaries
 
 app = typer.Typer(help="equizoo: trained, verified, fast Equiformer models.", no_args_is_help=True, pretty_exceptions_show_locals=False)
 convert_app = typer.Typer(help="Convert checkpoints from other code bases into equizoo model directories.", no_args_is_help=True)
@@ -34,51 +44,40 @@ def _hide_flag_placeholders() -> None:
 _hide_flag_placeholders()
 err_console = Console(stderr=True, soft_wrap=True)
 
-from zoo.data.cli import app as _data_app  # noqa: E402
-
-app.add_typer(_data_app, name="data")
+app.add_typer(data_app, name="data")
 
 
 def _register_commands() -> None:
     """Commands of the other areas live beside their code; each module has `register(app)`."""
-    import importlib
-
-    for module in ("zoo.cli_artifacts", "zoo.cli_use", "zoo.cli_train", "zoo.cli_lammps"):
-        try:
-            importlib.import_module(module).register(app)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-    _guard_extras(app)
+    for module in (cli_artifacts, cli_use, cli_train, cli_lammps):
+        module.register(app)
+    _guard(app)
 
 
-def _extras_guard(command):
-    """A missing optional package (huggingface_hub, onnx, lmdb, ...) is one line saying what to install."""
-    import functools
-
-    from zoo.extras import missing_extra
+def _handled(command):
+    """The one error handler of the command line: a ZooError (bad input, missing export, unknown name, ...)
+    and a missing optional package (huggingface_hub, onnx, lmdb, ...) are one line on stderr, no traceback,
+    exit code ZooError.exit_code (2)."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except ImportError as exc:
-            message = missing_extra(exc)
+        except (ZooError, ImportError) as exc:
+            message = missing_extra(exc) or (str(exc) if isinstance(exc, ZooError) else None)
             if message is None:
                 raise
-            from rich.markup import escape
-
             err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
-            raise typer.Exit(2) from None
+            raise typer.Exit(getattr(exc, "exit_code", ZooError.exit_code)) from None
 
     return run
 
 
-def _guard_extras(group: typer.Typer) -> None:
+def _guard(group: typer.Typer) -> None:
     for info in group.registered_commands:
-        info.callback = _extras_guard(info.callback)
+        info.callback = _handled(info.callback)
     for sub in group.registered_groups:
-        _guard_extras(sub.typer_instance)
+        _guard(sub.typer_instance)
 
 
 @app.command()
@@ -87,8 +86,6 @@ def variants(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the network variants (architectures) with their parameter counts and what they predict."""
-    from zoo.models.summary import variant_summaries
-
     rows = variant_summaries(pattern)
     if not rows:
         err_console.print(f"[red]error:[/red] no variant matches {pattern!r}; `equizoo variants` lists all")
@@ -117,14 +114,11 @@ def convert_reference(
     std: float = typer.Option(1.0, "--std", help="Target std the reference normalised with."),
 ) -> None:
     """Convert a reference Equiformer checkpoint into an equizoo model directory."""
-    from zoo.artifact import ArtifactError
-    from zoo.convert import ConversionError, convert_reference_checkpoint
-
     try:
         info = convert_reference_checkpoint(checkpoint, variant, out, dtype=dtype, overwrite=overwrite, target=target, unit=unit, mean=mean, std=std)
     except (ArtifactError, ConversionError, FileNotFoundError, KeyError, ValueError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     console.print(f"wrote [bold]{info['out']}[/bold]: variant {info['variant']}, {info['params']:,} parameters, {info['dtype']}")
 
 

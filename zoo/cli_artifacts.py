@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from zoo.errors import ZooError
+
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 hub_app = typer.Typer(help="A local Hugging Face Hub-compatible server (for tests and team hubs).", no_args_is_help=True)
@@ -26,18 +28,8 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _errors() -> tuple:
-    from zoo.artifact import ArtifactError
-    from zoo.cards import CardError
-    from zoo.export import ExportError, ExportMismatch
-    from zoo.hub import HubError, IntegrityError
-    from zoo.registry import RegistryError
-
-    return (ArtifactError, CardError, ExportError, ExportMismatch, HubError, IntegrityError, RegistryError)
-
-
 def _metric_text(entry, count: int = 3) -> str:
-    from zoo.release import base_split
+    from zoo.registry import base_split
 
     rows = [m for m in entry.metrics if base_split(m.split) == "test"] or list(entry.metrics)
     return ", ".join(f"{m.target} {m.value:.4g} {m.unit}" for m in rows[:count])
@@ -105,7 +97,7 @@ def info_command(
     elif m.status == "local release":
         console.print(f"local release: {m.release_dir()}", highlight=False)
         from zoo.artifact import read_config
-        from zoo.predict import element_names
+        from zoo.spec import element_names
 
         elements = (read_config(m.release_dir()).get("metadata") or {}).get("elements")
         seen = " ".join(element_names(elements)) if elements else "unknown (config.json has no metadata.elements; other elements are not refused)"
@@ -179,7 +171,7 @@ def export_command(
                 configs[key] = value
         model_dir = _model_dir_for(model, out)
         results = export_model(model_dir, chosen, dtype=dtype, device=device, inductor_configs=configs or None, onnx_optimize=onnx_optimize)
-    except _errors() as exc:
+    except ZooError as exc:
         _fail(str(exc))
     table = Table(title=f"exported {model_dir}")
     for col in ("format", "file", "dtype", "device", "max |Δ| vs eager", "tolerance", "seconds"):
@@ -201,17 +193,9 @@ def card_command(
 
     try:
         path = write_card(model_dir_of(model_dir), name)
-    except _errors() as exc:
+    except ZooError as exc:
         _fail(str(exc))
     console.print(f"wrote {path}", highlight=False)
-
-
-def _use_errors() -> tuple:
-    from zoo.data import DataError
-    from zoo.release import ReleaseError
-    from zoo.predict import UseError
-
-    return _errors() + (DataError, ReleaseError, UseError)
 
 
 def release_command(
@@ -249,12 +233,12 @@ def release_command(
             from zoo.pretrained import install_default_model
 
             installed = install_default_model(rel.path)
-    except _use_errors() as exc:
+    except ZooError as exc:
         _fail(str(exc))
     table = Table(title=f"released {rel.entry.name} in {rel.path}")
     for col in ("split", "output", "metric", "value", "paper"):
         table.add_column(col)
-    from zoo.release import base_split
+    from zoo.registry import base_split
 
     paper = {(m.split, m.target): m for m in rel.entry.paper}
     for r in rel.evaluation["results"]:
@@ -282,7 +266,7 @@ def restate_command(
 
     try:
         rel = restate_release(name, source=source, hardware_model=hardware_model, hardware_note=hardware_note, releases=releases, registry_file=registry_file)
-    except _use_errors() as exc:
+    except ZooError as exc:
         _fail(str(exc))
     console.print(f"restated {rel.entry.name} in {rel.path} ({len(rel.entry.files)} files with sha256 in {rel.entry.source})", highlight=False)
 
@@ -294,7 +278,7 @@ def verify_command(
 ) -> None:
     """Check a release: sha256 of its files, then re-run its recorded evaluation and compare with its card."""
     from zoo.extras import MissingExtra, require
-    from zoo.predict import check_output
+    from zoo.use.results import check_output
     from zoo.release import check_release
 
     try:
@@ -304,7 +288,7 @@ def verify_command(
         pairs = check_release(name, source=source, progress=True)
     except MissingExtra as exc:
         _fail(str(exc))
-    except _use_errors() as exc:
+    except ZooError as exc:
         _fail(str(exc), code=1)
     table = Table(title=f"{name}: card vs `equizoo eval` now")
     for col in ("split/output", "card", "measured now", "round-off bound"):
@@ -334,7 +318,8 @@ def publish_command(
 
     For a local release (`equizoo publish equiformer-md17-aspirin-l2-small-cpu --repo ORG/NAME`) the
     verified release folder is uploaded as it is, card included, and the registry entry moves to the Hub."""
-    from zoo.hub import model_dir_of, publish, pull
+    from zoo.hub import model_dir_of, pull
+    from zoo.publish import publish
     from zoo.registry import get_model, is_registry_name, metrics_from_config, register as register_entry
 
     try:
@@ -359,7 +344,7 @@ def publish_command(
             entry = register_entry(
                 register, pub.files, repo_id=pub.repo_id, revision=pub.revision, metrics=metrics_from_config(config), registry_file=registry_file, **meaning
             )
-    except _errors() as exc:
+    except ZooError as exc:
         _fail(str(exc))
     console.print(f"published [bold]{pub.repo_id}[/bold] at revision {pub.revision} (tag {pub.tag}) on {pub.endpoint}", highlight=False)
     table = Table(title="files")
@@ -384,7 +369,7 @@ def pull_command(
 
     try:
         path = pull(spec, endpoint_url=endpoint, force=force)
-    except _errors() as exc:
+    except ZooError as exc:
         _fail(str(exc))
     typer.echo(str(path))
 

@@ -7,9 +7,11 @@ from typing import Optional
 
 import typer
 
+from zoo.artifact import EXPORT_FILES
+
 lammps_app = typer.Typer(help="LAMMPS: build the pair_style equiformer plugin, write example inputs.", no_args_is_help=True)
 
-TORCHSCRIPT_NAME = "model.torchscript.pt"
+TORCHSCRIPT_NAME = EXPORT_FILES["torchscript"]
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -48,25 +50,17 @@ def _model_file(model: Path, out: Path, structure) -> Path:
         _fail(f"{model} is neither a TorchScript file nor a model directory")
     if (model / TORCHSCRIPT_NAME).is_file():
         return (model / TORCHSCRIPT_NAME).resolve()
-    import torch
-
     from zoo.artifact import ArtifactError, load_model_dir
+    from zoo.data import structure_from_atoms
     from zoo.export.torchscript import export_torchscript
-    from zoo.graph import periodic_graph, radius_graph
+    from zoo.forward import structure_inputs
 
     try:
         zm = load_model_dir(model)
     except ArtifactError as exc:
         _fail(str(exc))
     dtype = next(zm.parameters()).dtype
-    pos = torch.tensor(structure.positions, dtype=dtype)
-    b = torch.zeros(len(structure), dtype=torch.long)
-    example = dict(pos=pos, species=torch.tensor(structure.numbers).long(), batch=b)
-    if structure.pbc.all():
-        cell = torch.tensor(structure.cell.array, dtype=dtype)[None]
-        example["edge_index"], _, example["edge_shift"] = periodic_graph(pos, cell, torch.ones(1, 3, dtype=torch.bool), b, zm.r_max)
-    else:
-        example["edge_index"] = radius_graph(pos, b, zm.r_max)
+    example, _ = structure_inputs([structure_from_atoms(structure)], zm.r_max, None, "cpu", dtype)
     return export_torchscript(zm, out / TORCHSCRIPT_NAME, example).resolve()
 
 

@@ -1,4 +1,4 @@
-"""`equizoo predict`, `equizoo eval` and `equizoo bench`: parse, call zoo.predict / zoo.evaluate / zoo.bench,
+"""`equizoo predict`, `equizoo eval` and `equizoo bench`: parse, call zoo.use.predict / evaluate / bench,
 print a table, write the file.
 
 Exit codes (all three commands):
@@ -20,6 +20,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from zoo.errors import ZooError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_INPUT, EXIT_ALL_FAILED, EXIT_CRASH = 0, 1, 2, 3, 4
 MAX_ERROR_LINES = 10
@@ -46,8 +48,8 @@ def _guarded(command):
     def run(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
+        except (typer.Exit, typer.Abort, KeyboardInterrupt, ZooError):
+            raise  # a ZooError is the app-wide handler's (zoo.cli): one line, exit 2
         except Exception as exc:  # noqa: BLE001 - the point is to catch what nothing else did
             from zoo.extras import missing_extra
 
@@ -57,14 +59,6 @@ def _guarded(command):
             raise typer.Exit(EXIT_CRASH) from None
 
     return run
-
-
-def _input_errors():
-    from zoo.artifact import ArtifactError
-    from zoo.data import DataError
-    from zoo.predict import UseError
-
-    return (UseError, DataError, ArtifactError)
 
 
 def _fmt(value, digits: int = 6) -> str:
@@ -89,7 +83,8 @@ def predict_command(
     cuda_graphs: bool = CudaGraphsOption,
 ) -> None:
     """Predict the properties of every structure in FILES (energies, forces, QM9 targets, adsorption energies)."""
-    from zoo.predict import OUTPUT_FORMATS, Predictor, check_output, column, model_caveat
+    from zoo.use.predict import Predictor
+    from zoo.use.results import OUTPUT_FORMATS, check_output, column, model_caveat
 
     written = False
     try:
@@ -99,7 +94,7 @@ def predict_command(
         result = predictor.run(files, batch_size=batch_size, max_atoms=max_atoms, progress=True)
         if output is not None and (len(result.items) > result.n_failed or output.suffix.lower() in (".csv", ".json")):
             written = bool(result.write(output))
-    except _input_errors() as exc:
+    except ZooError as exc:
         _fail(exc)
     info = result.info
     if rows > 0:
@@ -155,8 +150,8 @@ def eval_command(
     allow_unseen_elements: bool = AllowUnseenOption,
 ) -> None:
     """Evaluate a model on a dataset split with the paper's metrics, beside the paper's numbers."""
-    from zoo.evaluate import run_evaluation
-    from zoo.predict import check_output
+    from zoo.use.evaluate import run_evaluation
+    from zoo.use.results import check_output
 
     try:
         if output is not None:
@@ -172,7 +167,7 @@ def eval_command(
             result.write_json(output)
         if plot is not None:
             result.plot(plot)
-    except _input_errors() as exc:
+    except ZooError as exc:
         _fail(exc)
     info = result.info
     table = Table(title=escape(f"{info['model']} on {info['dataset']} / {info['split']} ({info['n_structures']} structures)"))
@@ -206,13 +201,14 @@ def bench_command(
     profile: bool = typer.Option(False, "--profile", help="Also count per call: aten operators (torch.profiler) and, on CUDA, kernels, launches and GPU-busy time."),
 ) -> None:
     """Throughput, latency at batch 1 and peak memory of a model under several backends."""
-    from zoo.bench import bench, write_bench
-    from zoo.predict import UseError
+    from zoo.use.bench import bench, write_bench
+    from zoo.errors import UseError
 
     tasks = list(dict.fromkeys(list(task) + (["train_step"] if train else [])))
     try:
-        from zoo.bench import BENCH_BACKENDS
-        from zoo.predict import check_backend, check_output
+        from zoo.use.bench import BENCH_BACKENDS
+        from zoo.use.results import check_output
+        from zoo.use.runner import check_backend
 
         if output is not None:
             check_output(output, {".json": "json", ".csv": "csv"}, "--output")
@@ -228,7 +224,7 @@ def bench_command(
         )  # fmt: skip
         if output is not None:
             write_bench(frame, output)
-    except _input_errors() as exc:
+    except ZooError as exc:
         _fail(exc)
     if as_json:
         typer.echo(frame.to_json(orient="records", indent=1))

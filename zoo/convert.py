@@ -14,6 +14,7 @@ from typing import Mapping, Optional, Union
 
 import torch
 
+from zoo.errors import ZooError
 from zoo.models.config import EquiformerConfig
 from zoo.models.equiformer import Equiformer, build_model
 
@@ -34,7 +35,7 @@ _RENAME = (
 _BIAS = re.compile(r"^(.*)\.bias\.(\d+)$")
 
 
-class ConversionError(ValueError):
+class ConversionError(ZooError, ValueError):
     """A reference checkpoint does not match the chosen equizoo variant."""
 
 

@@ -17,11 +17,13 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
-from zoo import __version__
-from zoo.registry import MODELS_DISTRIBUTION, MODELS_PACKAGE, releases_dir
+from zoo.errors import ZooError
+from zoo._version import __version__
+from zoo.paths import releases_dir
+from zoo.registry import MODELS_DISTRIBUTION, MODELS_PACKAGE
 
 
-class DistributionError(RuntimeError):
+class DistributionError(ZooError, RuntimeError):
     """The model distribution cannot be built (no releases, a file failing its hash, the build failing)."""
 
 

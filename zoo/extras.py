@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from typing import Optional
+from zoo.errors import ZooError
 
 EXTRAS = {
     "huggingface_hub": "hub",
@@ -16,7 +17,7 @@ EXTRAS = {
 }
 
 
-class MissingExtra(ImportError):
+class MissingExtra(ZooError, ImportError):
     """An optional package a command needs is not installed; the message says what to install."""
 
 

@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from zoo.errors import ZooError
 from zoo import keys
 
 _DENSE_MAX_ATOMS = 1024  # larger molecules use the cell list
@@ -22,7 +23,7 @@ MAX_EDGES = 100_000_000  # more edges than any model can run on; refused before 
 MAX_CELL_LENGTH = 1.0e6  # Å; ASE's cell list overflows beyond ~1e7 Å
 
 
-class GraphError(ValueError):
+class GraphError(ZooError, ValueError):
     """A structure whose neighbour list cannot be built (absurd cell or coordinates)."""
 
 
@@ -274,16 +275,29 @@ def _cap_neighbors(edge_index: torch.Tensor, dist: torch.Tensor, max_neighbors: 
     return edge_index[:, _cap_mask(edge_index.cpu(), dist.cpu(), max_neighbors).to(edge_index.device)]
 
 
+def neighbour_graph(
+    pos: torch.Tensor,
+    cell: Optional[torch.Tensor],
+    pbc: Optional[torch.Tensor],
+    batch: torch.Tensor,
+    r_max: float,
+    max_neighbors: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(edge_index, cell_offsets, edge_shift) within r_max: over periodic images where any `pbc` is set
+    (cell [G, 3, 3], pbc [G, 3]), else within each structure (offsets and shifts zero)."""
+    if pbc is not None and bool(pbc.any()):
+        return periodic_graph(pos, cell, pbc, batch, r_max, max_neighbors)
+    edge_index = radius_graph(pos, batch, r_max, max_neighbors)
+    offsets = torch.zeros(edge_index.shape[1], 3, dtype=torch.long, device=pos.device)
+    shift = torch.zeros(edge_index.shape[1], 3, dtype=pos.dtype, device=pos.device)
+    return edge_index, offsets, shift
+
+
 def attach_graph(batch: dict, r_max: float, max_neighbors: Optional[int] = None) -> dict:
     """Add edge_index, edge_shift and cell_offsets to a collated batch (periodic where any pbc is set)."""
-    pos, b = batch[keys.POSITIONS], batch[keys.BATCH]
-    pbc = batch.get(keys.PBC)
-    if pbc is not None and bool(pbc.any()):
-        edge_index, offsets, shift = periodic_graph(pos, batch[keys.CELL], pbc, b, r_max, max_neighbors)
-    else:
-        edge_index = radius_graph(pos, b, r_max, max_neighbors)
-        offsets = torch.zeros(edge_index.shape[1], 3, dtype=torch.long, device=pos.device)
-        shift = torch.zeros(edge_index.shape[1], 3, dtype=pos.dtype, device=pos.device)
+    edge_index, offsets, shift = neighbour_graph(
+        batch[keys.POSITIONS], batch.get(keys.CELL), batch.get(keys.PBC), batch[keys.BATCH], r_max, max_neighbors
+    )
     out = dict(batch)
     out[keys.EDGE_INDEX], out[keys.CELL_OFFSETS], out[keys.EDGE_SHIFT] = edge_index, offsets, shift
     return out

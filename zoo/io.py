@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary sibling, the usual file mode, one rename; symlinks are written through."""
+"""Atomic file writes (a temporary sibling, the usual file mode, one rename; symlinks are written through)
+and the one progress bar of long work."""
 
 from __future__ import annotations
 
@@ -120,3 +121,20 @@ def unwritable_reason(path: PathLike) -> Optional[str]:
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"no permission to write in {parent}; choose another output location"
     return None
+
+
+def progress_bar(total: int, description: str):
+    """A started-later rich progress bar on stderr with one task; returns (bar, task id)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    room = max(12, console.width - 50)  # the bar (20), counts and times take the rest: the line fits the terminal
+    if len(description) > room:
+        description = description[: room - 1] + "…"
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=False,
+    )  # fmt: skip
+    task = bar.add_task(description, total=total)
+    return bar, task

@@ -37,22 +37,31 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
+from zoo import paper
+from zoo.data.qm9 import QM9_UNITS
+from zoo.errors import ZooError
+from zoo.paths import RELEASES_ENV, checkout_releases_dir, releases_dir  # noqa: F401 - releases_dir: the registry's view of it
+
 REGISTRY_FORMAT = "equizoo-registry/1"
 PACKAGED_REGISTRY = Path(__file__).resolve().parent / "hub" / "published.json"
 REGISTRY_ENV = "EQUIZOO_REGISTRY"
-RELEASES_ENV = "EQUIZOO_RELEASES"
 MODELS_PACKAGE = "equizoo_models"  # import name of the model distribution `equizoo-models`
 MODELS_DISTRIBUTION = "equizoo-models"
-_CHECKOUT = Path(__file__).resolve().parents[1]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")  # a file of a model directory: no '/', '..', absolute or hidden path
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 NOT_PUBLISHED = "not published yet"
+_SLICE = re.compile(r"\[[^\]]*\]$")
 
 
-class RegistryError(LookupError):
+def base_split(label: str) -> str:
+    """The split a metric's label names: `test[:1000]` -> `test`."""
+    return _SLICE.sub("", label)
+
+
+class RegistryError(ZooError, LookupError):
     """A registry name is unknown or unusable, or a registry file is malformed."""
 
 
@@ -149,19 +158,6 @@ class PretrainedModel:
 # ------------------------------------------------------------------------------------------ catalogue
 _PAPER_QM9 = "paper Table 1 (test MAE)"
 _PAPER_MD17 = "paper Table 2 (test MAE)"
-_QM9_UNITS = (("mu", "D"), ("alpha", "a0^3"), ("homo", "eV"), ("lumo", "eV"), ("gap", "eV"), ("r2", "a0^2"), ("zpve", "eV"),
-              ("U0", "eV"), ("U", "eV"), ("H", "eV"), ("G", "eV"), ("Cv", "cal/mol/K"))  # fmt: skip
-_QM9_PAPER = (("mu", 0.011, "D"), ("alpha", 0.046, "a0^3"), ("homo", 15, "meV"), ("lumo", 14, "meV"), ("gap", 30, "meV"),
-              ("r2", 0.251, "a0^2"), ("zpve", 1.26, "meV"), ("U0", 6.59, "meV"), ("U", 6.74, "meV"), ("H", 6.63, "meV"),
-              ("G", 7.63, "meV"), ("Cv", 0.023, "cal/mol/K"))  # fmt: skip
-# molecule: (L=2 energy meV, forces meV/Å, L=3 energy, forces)
-_MD17_PAPER = {
-    "aspirin": (5.3, 7.2, 5.3, 6.6), "ethanol": (2.2, 3.1, 2.2, 2.9), "naphthalene": (3.7, 2.1, 4.4, 2.0),
-    "salicylic_acid": (4.5, 4.1, 4.3, 3.9), "benzene": (2.2, 6.6, 2.5, 8.1), "malonaldehyde": (3.3, 5.8, 3.2, 5.4),
-    "toluene": (3.8, 2.1, 3.7, 2.1), "uracil": (4.3, 3.3, 4.3, 3.4),
-}  # fmt: skip
-_OC20_SPLITS = ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")
-_OC20_TEST = ("test_id", "test_ood_ads", "test_ood_cat", "test_ood_both")
 
 
 def _catalogue() -> Dict[str, PretrainedModel]:
@@ -172,12 +168,13 @@ def _catalogue() -> Dict[str, PretrainedModel]:
         dataset="QM9",
         task="qm9",
         variant="qm9-l2 (mu, alpha, homo, lumo, gap, Cv); qm9-l2-bessel (zpve); qm9-l2-bessel-drop01 (r2); qm9-l2-bessel-drop0 (U0, U, H, G)",
-        targets=_QM9_UNITS,
-        paper=tuple(Metric("test", t, float(v), u, source=_PAPER_QM9) for t, v, u in _QM9_PAPER),
+        targets=tuple(QM9_UNITS.items()),
+        paper=tuple(Metric("test", t, float(v), u, source=_PAPER_QM9) for t, (v, u) in paper.QM9.items()),
         tags=("qm9", "molecules", "property-prediction"),
     )
-    for mol, (e2, f2, e3, f3) in _MD17_PAPER.items():
-        for lmax, (e, f) in ((2, (e2, f2)), (3, (e3, f3))):
+    for mol in paper.MD17["l2"]:
+        for lmax in (2, 3):
+            e, f = paper.MD17[f"l{lmax}"][mol]
             name = f"equiformer-md17-{mol}-l{lmax}"
             out[name] = PretrainedModel(
                 name=name,
@@ -189,8 +186,6 @@ def _catalogue() -> Dict[str, PretrainedModel]:
                 paper=(Metric("test", "energy", e, "meV", source=_PAPER_MD17), Metric("test", "forces", f, "meV/Å", source=_PAPER_MD17)),
                 tags=("md17", "force-field", "molecular-dynamics"),
             )
-    val = (0.5088, 0.6271, 0.5051, 0.5545)
-    test = (0.5037, 0.6881, 0.5213, 0.6301)
     out["equiformer-oc20-is2re-l1"] = PretrainedModel(
         name="equiformer-oc20-is2re-l1",
         description="OC20 IS2RE, Equiformer Lmax=1, 6 blocks, trained on IS2RE only: relaxed adsorption energy from the initial structure",
@@ -198,10 +193,10 @@ def _catalogue() -> Dict[str, PretrainedModel]:
         task="oc20",
         variant="oc20-l1",
         targets=(("energy", "eV"),),
-        paper=tuple(Metric(s, "energy", v, "eV", source="paper, OC20 IS2RE trained on IS2RE only (energy MAE)") for s, v in zip(_OC20_SPLITS + _OC20_TEST, val + test)),
+        paper=tuple(Metric(s, "energy", v, "eV", source="paper, OC20 IS2RE trained on IS2RE only (energy MAE)") for s, v in paper.OC20["oc20-l1"].items()),
         tags=("oc20", "catalysis", "is2re", "periodic"),
     )
-    aux = (0.4171, 0.5479, 0.4248, 0.4741)
+    aux = paper.OC20["oc20-l1-aux18"]
     out["equiformer-oc20-is2re-aux18-l1"] = PretrainedModel(
         name="equiformer-oc20-is2re-aux18-l1",
         description="OC20 IS2RE, Equiformer Lmax=1, 18 blocks, IS2RS auxiliary head + Noisy Nodes (the paper's best OC20 model)",
@@ -209,8 +204,8 @@ def _catalogue() -> Dict[str, PretrainedModel]:
         task="oc20",
         variant="oc20-l1-aux18",
         targets=(("energy", "eV"), ("aux_displacement", "Å")),
-        paper=(Metric("val_id", "energy", 0.4156, "eV", source="reference README (val ID)"),)
-        + tuple(Metric(s, "energy", v, "eV", source="paper, IS2RE + IS2RS auxiliary + Noisy Nodes (test energy MAE)") for s, v in zip(_OC20_TEST, aux)),
+        paper=(Metric("val_id", "energy", aux["val_id"], "eV", source="reference README (val ID)"),)
+        + tuple(Metric(s, "energy", aux[s], "eV", source="paper, IS2RE + IS2RS auxiliary + Noisy Nodes (test energy MAE)") for s in paper.OC20_TEST_SPLITS),
         tags=("oc20", "catalysis", "is2re", "periodic", "noisy-nodes"),
     )
     out.update(_cpu_catalogue(out))
@@ -255,30 +250,6 @@ def _cpu_catalogue(full: Mapping[str, PretrainedModel]) -> Dict[str, PretrainedM
 
 
 # ------------------------------------------------------------------------------------- registry files
-def checkout_root() -> Optional[Path]:
-    """The source checkout this package is imported from (an editable install), else None: in an
-    ordinary install nothing of the repository lies beside the package."""
-    pyproject = _CHECKOUT / "pyproject.toml"
-    try:
-        ours = pyproject.is_file() and 'name = "equizoo"' in pyproject.read_text(encoding="utf-8")
-    except OSError:
-        ours = False
-    return _CHECKOUT if ours else None
-
-
-def checkout_releases_dir() -> Optional[Path]:
-    """`releases/` of the source checkout, if this is one and it has that folder."""
-    root = checkout_root()
-    return root / "releases" if root is not None and (root / "releases").is_dir() else None
-
-
-def releases_dir() -> Optional[Path]:
-    """Where local releases are read and written: $EQUIZOO_RELEASES, else the source checkout's
-    `releases/` (None when neither exists)."""
-    env = os.environ.get(RELEASES_ENV, "").strip()
-    return Path(env).expanduser() if env else checkout_releases_dir()
-
-
 def models_package_dir() -> Optional[Path]:
     """The folder of the installed model distribution (`pip install equizoo-models`), else None."""
     try:

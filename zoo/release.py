@@ -22,12 +22,13 @@ from typing import Dict, Mapping, Optional, Sequence, Union
 
 from zoo.artifact import CONFIG, WEIGHTS, ArtifactError, atomic_write_dir, read_config
 from zoo.cards import is_local_path
+from zoo.paths import releases_dir
+from zoo.registry import base_split
 
 EVALUATION = "evaluation"
 EPS = {"float32": 2.0**-23, "float64": 2.0**-52}  # unit round-off of the dtype a release is evaluated in
 NETWORK_ULPS = 100  # round-off of the network's own arithmetic, in units of EPS relative to the metric
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-_SLICE = re.compile(r"\[[^\]]*\]$")
 
 
 class ReleaseError(ArtifactError):
@@ -47,11 +48,6 @@ class Release:
 def split_label(split: str, limit: Optional[int], total: int) -> str:
     """`test` for a whole split, `test[:1000]` for its first 1,000 structures."""
     return split if limit is None or limit >= total else f"{split}[:{limit}]"
-
-
-def base_split(label: str) -> str:
-    """The split a label names: `test[:1000]` -> `test`."""
-    return _SLICE.sub("", label)
 
 
 def default_data(config: Mapping) -> str:
@@ -89,7 +85,7 @@ def roundoff_tolerance(metric: str, value: float, ref, pred, dtype: str) -> floa
     elif metric == "MSE":
         bound = float(2.0 * np.mean(err * ulp + ulp**2))
     elif metric.startswith("EwT"):
-        from zoo.evaluate import EWT_THRESHOLD
+        from zoo.use.evaluate import EWT_THRESHOLD
 
         bound = 100.0 * float(np.mean(np.abs(err - EWT_THRESHOLD) <= ulp))
     else:
@@ -171,7 +167,7 @@ def evaluate_release(model_dir: Union[str, Path], name: str, data: str, *, sourc
                      limits: Optional[Mapping[str, Optional[int]]] = None, cache_dir=None, progress: bool = False) -> dict:  # fmt: skip
     """Evaluate a model directory exactly as `equizoo eval` does (eager, CPU, the model's dtype) and return
     the `metadata.evaluation` record: data spec, commands and one result per split and quantity."""
-    from zoo.evaluate import open_dataset, run_evaluation
+    from zoo.use.evaluate import open_dataset, run_evaluation
 
     limits = dict(limits or {})
     opened = open_dataset(data, source=source, cache_dir=cache_dir)
@@ -195,7 +191,7 @@ def evaluate_release(model_dir: Union[str, Path], name: str, data: str, *, sourc
 def data_elements(data: str, *, source: Optional[str] = None, cache_dir=None) -> list:
     """Sorted atomic numbers of the training structures of a dataset spec (every split if it has no
     `train` split): what a model trained on it has seen, recorded as config `metadata.elements`."""
-    from zoo.evaluate import open_dataset
+    from zoo.use.evaluate import open_dataset
 
     opened = open_dataset(data, source=source, cache_dir=cache_dir)
     splits = ["train"] if "train" in opened.split_names else list(opened.split_names)
@@ -243,7 +239,6 @@ def release_model(
     the folder appears in one rename after evaluation and export checks passed."""
     from zoo.export import export_model
     from zoo.hub import model_dir_of
-    from zoo.registry import releases_dir
 
     if not _NAME.match(name):
         raise ReleaseError(f"release name {name!r} must be lowercase letters, digits, '.', '_' or '-' (e.g. equiformer-md17-aspirin-l2)")
@@ -328,7 +323,6 @@ def restate_release(
     hardware note if given; then the card, registry hashes and manifest. Weights, exports and measured
     numbers stay as they are (the files are verified first)."""
     from zoo.hub import pull
-    from zoo.registry import releases_dir
 
     root = Path(releases) if releases is not None else releases_dir()
     if root is None or not (root / name).is_dir():

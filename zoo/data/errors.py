@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from zoo.errors import ZooError
 
 
-class DataError(ValueError):
+class DataError(ZooError, ValueError):
     """A data file is missing, empty, malformed or unsafe.
 
     The message always names the file and says what to do about it, so a user never has to read a

@@ -40,7 +40,6 @@ OC20_SPLITS = (
 )
 IS2RE_URL = "https://dl.fbaipublicfiles.com/opencatalystproject/data/is2res_train_val_test_lmdbs.tar.gz"
 IS2RE_MD5 = "cfc04dd2f87b4102ab2f607240d25fb1"  # fairchem DATASET.md
-ASELMDB_RESERVED = ("nextid", "metadata", "deleted_ids")
 
 
 class UnsafePickleError(DataError):

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__, keys
+from .. import keys
+from .._version import __version__
 from .errors import DataError
 from .structure import PER_ATOM_TARGETS, Structure
 

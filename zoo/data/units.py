@@ -39,8 +39,6 @@ LENGTH_UNITS: dict[str, float] = {
 }
 
 ENERGY = "eV"
-LENGTH = "Å"
-FORCE = "eV/Å"
 STRESS = "eV/Å^3"
 
 

@@ -22,6 +22,8 @@ from typing import Dict, Iterable, Optional, Union
 
 import torch
 
+from zoo.artifact import EXPORT_FILES
+from zoo.device import dtype_name, parse_dtype, pick_device
 from zoo.export.metadata import model_metadata
 from zoo.export.report import EXPORTS, ExportResult, read_exports, write_exports
 from zoo.export.torchscript import ExportMismatch, check_outputs, export_torchscript, load_torchscript
@@ -29,7 +31,7 @@ from zoo.export.trace import ExportError, quiet
 from zoo.io import make_temp_dir
 
 FORMATS = ("torchscript", "onnx", "aoti")
-FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "aoti": "model.pt2"}
+FILES = EXPORT_FILES
 WHERE_TO_USE = {
     "torchscript": "C++ (torch::jit::load) and LAMMPS; runs on CPU or GPU with any recent torch; deprecated by PyTorch",
     "onnx": "ONNX Runtime from any language, no torch needed; not for LAMMPS",
@@ -100,7 +102,7 @@ def _torchscript(model, path: Path, check: list) -> ExportResult:
             with torch.enable_grad():
                 got = module(**kwargs)
             worst = max(worst, check_outputs(eager_outputs(model, kwargs), got, rtol=tol, atol=tol, what=f"TorchScript export {path.name}"))
-    return ExportResult("torchscript", path, str(dtype).replace("torch.", ""), "cpu", worst, tol, time.perf_counter() - start, torch.__version__)
+    return ExportResult("torchscript", path, dtype_name(dtype), "cpu", worst, tol, time.perf_counter() - start, torch.__version__)
 
 
 def export_model(
@@ -125,13 +127,8 @@ def export_model(
     model_dir = Path(model_dir)
     chosen = parse_formats(formats)
     check_formats_available(chosen)
-    if isinstance(dtype, str):
-        if dtype not in ("float32", "float64"):
-            raise ExportError(f"dtype must be float32 or float64, got {dtype!r}")
-        dtype = getattr(torch, dtype)
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ExportError(f"--device {device} was asked for but CUDA is not available here; use --device cpu or export on a GPU machine")
+    dtype = parse_dtype(dtype, error=ExportError)
+    device = pick_device(device, error=ExportError)
     model = load_model_dir(model_dir, dtype=dtype)
     dtype = next(model.parameters()).dtype
     if virial is None:

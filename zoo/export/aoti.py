@@ -18,6 +18,7 @@ from typing import Dict, Optional, Sequence, Union
 
 import torch
 
+from zoo.device import dtype_name, parse_dtype, pick_device
 from zoo.io import atomic_path
 from zoo.export.metadata import AOTI_FORMAT, DEVICE, FORMAT_KEY, TORCH_VERSION, model_metadata
 from zoo.export.report import ExportResult
@@ -28,9 +29,7 @@ DEVICE_KEY = DEVICE
 
 
 def _device(device: Union[str, torch.device]) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ExportError(f"device {device} was asked for but CUDA is not available here; use --device cpu or run on a GPU machine")
+    device = pick_device(device, error=ExportError)
     if device.type not in ("cpu", "cuda"):
         raise ExportError(f"AOTInductor packages are built for cpu or cuda, not {device.type}")
     return device
@@ -86,7 +85,7 @@ class AotiRunner:
         if built_for != self.device.type:
             raise ExportError(f"{self.path} was built for {built_for} and cannot run on {self.device}; {COMPILE_RULE}")
         self.signature = GraphSignature.from_metadata(self.metadata, str(self.path))
-        self.dtype = getattr(torch, self.metadata.get("model_dtype", "float32"))
+        self.dtype = parse_dtype(self.metadata.get("model_dtype", "float32"), error=ExportError)
 
     def __call__(
         self,
@@ -158,4 +157,4 @@ def export_aoti(
         worst = 0.0
         for kwargs in check:
             worst = max(worst, check_outputs(eager_outputs(model, kwargs), runner(**kwargs), rtol=tol, atol=tol, what=f"AOTInductor export {path.name}"))
-    return ExportResult("aoti", path, str(dtype).replace("torch.", ""), device.type, worst, tol, time.perf_counter() - start, torch.__version__)
+    return ExportResult("aoti", path, dtype_name(dtype), device.type, worst, tol, time.perf_counter() - start, torch.__version__)

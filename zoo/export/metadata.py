@@ -8,7 +8,8 @@ import json
 
 import torch
 
-from zoo import __version__
+from zoo.device import dtype_name
+from zoo._version import __version__
 
 # keys read by C++ / LAMMPS
 R_MAX = "r_max"
@@ -50,7 +51,7 @@ def model_metadata(model, extra: dict | None = None) -> dict[str, str]:
         R_MAX: repr(float(model.r_max)),
         TYPE_NUMBERS: ",".join(str(z) for z in model.type_numbers),
         TYPE_NAMES: ",".join(first.type_names),
-        MODEL_DTYPE: str(dtype).replace("torch.", ""),
+        MODEL_DTYPE: dtype_name(dtype),
         TARGETS: ",".join(t.name for t in model.targets),
         UNITS: ",".join(t.unit for t in model.targets),
         ENERGY_TARGET: model.energy_target,

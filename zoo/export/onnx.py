@@ -17,13 +17,13 @@ from typing import Dict, Optional, Sequence, Union
 
 import torch
 
+from zoo.device import dtype_name, parse_dtype
 from zoo.io import atomic_path
 from zoo.export.metadata import FORMAT_KEY, ONNX_FORMAT, model_metadata
 from zoo.export.report import ExportResult
 from zoo.export.trace import ExportError, GraphSignature, first_line, check_inputs, eager_outputs, export_program, flat_inputs, input_names, quiet, tolerance
 
 FORMAT = ONNX_FORMAT
-_NUMPY_TO_TORCH = {"tensor(float)": torch.float32, "tensor(double)": torch.float64}
 
 
 class OnnxRunner:
@@ -45,7 +45,7 @@ class OnnxRunner:
         if self.metadata.get(FORMAT_KEY) != FORMAT:
             raise ExportError(f"{self.path} is not an equizoo ONNX export (format {self.metadata.get(FORMAT_KEY)!r}); export it with `equizoo export`")
         self.signature = GraphSignature.from_metadata(self.metadata, str(self.path))
-        self.dtype = getattr(torch, self.metadata.get("model_dtype", "float32"))
+        self.dtype = parse_dtype(self.metadata.get("model_dtype", "float32"), error=ExportError)
         self._onnx_inputs = [i.name for i in self.session.get_inputs()]
         self._onnx_outputs = [o.name for o in self.session.get_outputs()]
 
@@ -131,4 +131,4 @@ def export_onnx(
         worst = 0.0
         for kwargs in check:
             worst = max(worst, check_outputs(eager_outputs(model, kwargs), runner(**kwargs), rtol=tol, atol=tol, what=f"ONNX export {path.name}"))
-    return ExportResult("onnx", path, str(dtype).replace("torch.", ""), "cpu", worst, tol, time.perf_counter() - start, torch.__version__)
+    return ExportResult("onnx", path, dtype_name(dtype), "cpu", worst, tol, time.perf_counter() - start, torch.__version__)

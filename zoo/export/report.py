@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Union
 
-EXPORTS = "exports.json"
+from zoo.artifact import EXPORTS
+
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def read_exports(model_dir: Union[str, Path]) -> Dict[str, dict]:
 
 def write_exports(model_dir: Union[str, Path], records: Dict[str, dict]) -> Path:
     """Write `exports.json` atomically."""
-    from zoo import __version__
+    from zoo._version import __version__
 
     import torch
 

@@ -18,11 +18,12 @@ from typing import Optional
 
 import torch
 
+from zoo.errors import ZooError
 from zoo.io import atomic_path
 from zoo.export.metadata import KEYS, model_metadata
 
 
-class ExportMismatch(RuntimeError):
+class ExportMismatch(ZooError, RuntimeError):
     """An exported model disagrees with the eager model it came from."""
 
 

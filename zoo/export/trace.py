@@ -30,9 +30,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from zoo import keys
+from zoo.data import Structure
+from zoo.errors import ZooError
+from zoo.forward import structure_inputs
 from zoo.export.metadata import INPUTS, OUTPUTS
 
 CHECK_STRUCTURES = Path(__file__).resolve().parent / "check_structures.json"
@@ -40,7 +44,7 @@ NATOMS = keys.NUM_ATOMS
 ENERGY_WEIGHT = "energy_weight"
 
 
-class ExportError(RuntimeError):
+class ExportError(ZooError, RuntimeError):
     """A model cannot be exported to a format (or an exported file cannot be used as asked)."""
 
 
@@ -323,9 +327,8 @@ def _structures() -> list:
 
 def check_inputs(model, dtype: torch.dtype, device: torch.device) -> List[dict]:
     """Forward kwargs of real structures the model can take, as two batches of different sizes (one
-    structure; two structures), for checking exports against eager."""
-    from zoo.graph import periodic_graph, radius_graph
-
+    structure; two structures), for checking exports against eager. Built by zoo.forward like every input;
+    edge_shift and tags are left out where the model takes none."""
     known = set(model.type_numbers)
     usable = [s for s in _structures() if bool(s["periodic"]) == bool(model.periodic) and set(s["numbers"]) <= known]
     if not usable:
@@ -336,21 +339,25 @@ def check_inputs(model, dtype: torch.dtype, device: torch.device) -> List[dict]:
     batches = [usable[:1], (usable * 2)[:2]]
     out = []
     for group in batches:
-        pos = torch.cat([torch.tensor(s["positions"], dtype=torch.float64) for s in group])
-        species = torch.cat([torch.tensor(s["numbers"], dtype=torch.long) for s in group])
-        batch = torch.cat([torch.full((len(s["numbers"]),), i, dtype=torch.long) for i, s in enumerate(group)])
-        kwargs = {"pos": pos, "species": species, "batch": batch, "num_graphs": len(group)}
-        if model.periodic:
-            cell = torch.tensor([s["cell"] for s in group], dtype=torch.float64)
-            pbc = torch.tensor([s["pbc"] for s in group], dtype=torch.bool)
-            edge_index, _, shift = periodic_graph(pos, cell, pbc, batch, model.r_max)
-            kwargs.update(edge_index=edge_index, edge_shift=shift)
-        else:
-            kwargs["edge_index"] = radius_graph(pos, batch, model.r_max)
-        if model.needs_tags:
-            kwargs["tags"] = torch.cat([torch.tensor(s["tags"], dtype=torch.long) for s in group])
-        out.append({k: (v.to(device=device, dtype=dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()})
+        structures = [_structure(s, model.periodic, model.needs_tags) for s in group]
+        kwargs, n = structure_inputs(structures, model.r_max, None, device, dtype)
+        if not model.periodic:
+            del kwargs["edge_shift"]
+        if not model.needs_tags:
+            del kwargs["tags"]
+        out.append({**kwargs, "num_graphs": n})
     return out
+
+
+def _structure(record: dict, periodic: bool, tags: bool) -> Structure:
+    """A check structure of check_structures.json as a zoo.data Structure (cell and tags where used)."""
+    return Structure(
+        species=np.asarray(record["numbers"], dtype=np.int64),
+        positions=np.asarray(record["positions"], dtype=np.float64),
+        cell=np.asarray(record["cell"], dtype=np.float64) if periodic else None,
+        pbc=np.asarray(record["pbc"], dtype=bool) if periodic else None,
+        tags=np.asarray(record["tags"], dtype=np.int64) if tags else None,
+    )
 
 
 def eager_outputs(model, kwargs: dict) -> Dict[str, torch.Tensor]:

@@ -17,8 +17,10 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
+from zoo.artifact import CONFIG, WEIGHTS
+from zoo.errors import ZooError
 from zoo.hub.manifest import MANIFEST, IntegrityError, read_manifest, sha256_file, verified_dir, verify_files, write_manifest
 
 HF_PREFIX = "hf-hub:"
@@ -26,7 +28,7 @@ _HF_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+)
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
-class HubError(RuntimeError):
+class HubError(ZooError, RuntimeError):
     """Publishing or pulling failed; the message says what and what to do."""
 
 
@@ -80,9 +82,9 @@ def _hub():
 def model_dir_of(path: Union[str, Path]) -> Path:
     """The model directory of a model directory or a training run directory (RUN/model)."""
     path = Path(path).expanduser()
-    if (path / "config.json").is_file():
+    if (path / CONFIG).is_file():
         return path
-    if (path / "model" / "config.json").is_file():
+    if (path / "model" / CONFIG).is_file():
         return path / "model"
     if not path.exists():
         raise HubError(f"{path} does not exist; give a model directory (config.json + model.safetensors) or a training run directory")
@@ -112,7 +114,7 @@ def _next_tag(api, repo_id: str) -> str:
     return f"v{max(numbers, default=0) + 1}"
 
 
-def publish(
+def upload(
     model_dir: Union[str, Path],
     repo_id: str,
     tag: Optional[str] = None,
@@ -120,9 +122,12 @@ def publish(
     endpoint_url: Optional[str] = None,
     token: Optional[str] = None,
     commit_message: Optional[str] = None,
+    prepare: Optional[Callable[[Path], object]] = None,
 ) -> Publication:
     """Upload a model (or run) directory to `repo_id` (created if needed) and tag the commit (default: the
-    next free vN). Returns the pinned revision and the sha256 of every uploaded file."""
+    next free vN). Returns the pinned revision and the sha256 of every uploaded file. The directory's card
+    is uploaded as it is; `prepare(directory)` runs once the inputs are checked, before anything is hashed
+    (zoo.publish.publish writes the card there)."""
     from zoo.artifact import read_config
 
     hf = _hub()
@@ -130,12 +135,10 @@ def publish(
     config = read_config(src)
     if not _HF_ID.match(repo_id) or "@" in repo_id:
         raise HubError(f"--repo must look like ORG/NAME, got {repo_id!r}")
-    if not (src / "model.safetensors").is_file():
-        raise HubError(f"{src} has no model.safetensors; save or train the model first")
-    if not (src / "README.md").is_file():
-        from zoo.cards import write_card
-
-        write_card(src)
+    if not (src / WEIGHTS).is_file():
+        raise HubError(f"{src} has no {WEIGHTS}; save or train the model first")
+    if prepare is not None:
+        prepare(src)
     url = endpoint(endpoint_url)
     files = write_manifest(src, str(config.get("name", repo_id.split("/")[1])))
     api = hf.HfApi(endpoint=url, token=token)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Optional
 
 import yaml
+from zoo.errors import ZooError
 
 MAX_FRONT_MATTER = 256 * 1024  # bytes of YAML between the --- lines; real cards are a few KB
 
 
-class FrontMatterError(ValueError):
+class FrontMatterError(ZooError, ValueError):
     """Card metadata that is refused (aliases, anchors, too large, not YAML, not a mapping)."""
 
 

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Dict, Mapping, Union
 
+from zoo.errors import ZooError
 from zoo.io import replace_dir
 from zoo.registry import FILE_NAME
 
@@ -16,7 +17,7 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "equizoo-manifest/1"
 
 
-class IntegrityError(ValueError):
+class IntegrityError(ZooError, ValueError):
     """A file's sha256 (or the set of files) differs from what was published."""
 
 

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Tuple, Union
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from zoo.errors import ZooError
 from zoo.hub.frontmatter import MAX_FRONT_MATTER, FrontMatterError, load_front_matter
 
 REPO_TYPES = ("model", "dataset", "space")
@@ -77,7 +78,7 @@ GITATTRIBUTES = "".join(
 )  # fmt: skip
 
 
-class HubError(Exception):
+class RequestError(ZooError):
     """An HTTP error answer: status, message and the Hub's X-Error-Code."""
 
     def __init__(self, status: int, message: str, code: Optional[str] = None, body: Optional[dict] = None) -> None:
@@ -92,7 +93,7 @@ class HubError(Exception):
 def check_repo_type(repo_type: object) -> str:
     """One of REPO_TYPES, else 400."""
     if repo_type not in REPO_TYPES:
-        raise HubError(400, f"invalid repo type {repo_type!r}: expected one of {', '.join(REPO_TYPES)}")
+        raise RequestError(400, f"invalid repo type {repo_type!r}: expected one of {', '.join(REPO_TYPES)}")
     return str(repo_type)
 
 
@@ -101,7 +102,7 @@ def check_repo_id(repo_id: object) -> str:
     without `--` or `..` and not ending in `.git`, else 400."""
     parts = repo_id.split("/") if isinstance(repo_id, str) else []
     if len(parts) != 2 or not all(_NAME.fullmatch(p) and "--" not in p and ".." not in p and not p.endswith(".git") for p in parts):
-        raise HubError(400, f"invalid repo id {repo_id!r}: expected NAMESPACE/NAME, each 1-96 of A-Z a-z 0-9 _ . - "
+        raise RequestError(400, f"invalid repo id {repo_id!r}: expected NAMESPACE/NAME, each 1-96 of A-Z a-z 0-9 _ . - "
                             "(no '--' or '..', not ending in .git)")  # fmt: skip
     return str(repo_id)
 
@@ -113,7 +114,7 @@ def check_revision(rev: object) -> str:
         ok = not (rev.startswith(("/", "-", ".")) or rev.endswith(("/", ".", ".lock")) or ".." in rev or "//" in rev
                   or "/." in rev or "@{" in rev or rev == "@" or any(c in _REF_FORBIDDEN or ord(c) < 0x20 for c in rev))  # fmt: skip
     if not ok:
-        raise HubError(400, f"invalid revision {rev!r}: a branch, tag or commit sha (git ref-name rules: no '..', "
+        raise RequestError(400, f"invalid revision {rev!r}: a branch, tag or commit sha (git ref-name rules: no '..', "
                             "spaces, control characters or ~^:?*[\\)")  # fmt: skip
     return str(rev)
 
@@ -129,7 +130,7 @@ def check_path(path: object, allow_root: bool = False) -> str:
         ok = not ("\\" in path or any(ord(c) < 0x20 or c == "\x7f" for c in path) or parts[0] == ".git"
                   or any(p in ("", ".", "..") or len(p.encode("utf-8", "surrogatepass")) > 255 for p in parts))  # fmt: skip
     if not ok:
-        raise HubError(400, f"invalid file path {path!r}: a relative path inside the repo ('/'-separated; no '..', "
+        raise RequestError(400, f"invalid file path {path!r}: a relative path inside the repo ('/'-separated; no '..', "
                             "leading '/', backslash or control characters; not in .git)")  # fmt: skip
     return str(path)
 
@@ -173,7 +174,7 @@ class HubStore:
         """`path` resolved (links followed); 400 unless it stays inside the data folder."""
         resolved = path.resolve()
         if resolved == self.root or not resolved.is_relative_to(self.root):
-            raise HubError(400, f"{path} is outside the server's data folder")
+            raise RequestError(400, f"{path} is outside the server's data folder")
         return resolved
 
     def _repo_dir(self, repo_type: str, repo_id: str) -> Path:
@@ -183,7 +184,7 @@ class HubStore:
     def repo(self, repo_type: str, repo_id: str) -> dict:
         path = self._repo_dir(repo_type, repo_id) / "repo.json"
         if not path.is_file():
-            raise HubError(404, f"Repository {repo_id} not found", "RepoNotFound")
+            raise RequestError(404, f"Repository {repo_id} not found", "RepoNotFound")
         return json.loads(path.read_text())
 
     def _save_repo(self, repo_type: str, repo_id: str, repo: dict) -> None:
@@ -191,15 +192,15 @@ class HubStore:
 
     def commit(self, repo_type: str, repo_id: str, sha: str) -> dict:
         if not _HEX40.fullmatch(sha):
-            raise HubError(404, f"Invalid rev id: {sha}", "RevisionNotFound")
+            raise RequestError(404, f"Invalid rev id: {sha}", "RevisionNotFound")
         path = self._repo_dir(repo_type, repo_id) / "commits" / f"{sha}.json"
         if not path.is_file():
-            raise HubError(404, f"Invalid rev id: {sha}", "RevisionNotFound")
+            raise RequestError(404, f"Invalid rev id: {sha}", "RevisionNotFound")
         return json.loads(path.read_text())
 
     def blob(self, sha256: object) -> Path:
         if not isinstance(sha256, str) or not _HEX64.fullmatch(sha256):
-            raise HubError(400, f"invalid object id {sha256!r}: expected 64 lowercase hex digits (a sha256)")
+            raise RequestError(400, f"invalid object id {sha256!r}: expected 64 lowercase hex digits (a sha256)")
         return self._inside(self.root / "blobs" / sha256)
 
     def put_blob(self, data: bytes) -> str:
@@ -215,7 +216,7 @@ class HubStore:
             repo_id = f"{path.parent.parent.name}/{path.parent.name}"
             try:
                 self._repo_dir(repo_type, repo_id)
-            except HubError:
+            except RequestError:
                 continue  # not a name this server writes, or a link out of the folder
             yield repo_id, json.loads(path.read_text())
 
@@ -234,7 +235,7 @@ class HubStore:
             return refs["tags"][rev]
         if _HEX40.fullmatch(rev):
             return self.commit(repo_type, repo_id, rev)["id"]
-        raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        raise RequestError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
 
     # ------------------------------------------------------------------ writes
     def create_repo(self, repo_type: str, repo_id: str, private: bool, user: str) -> dict:
@@ -242,7 +243,7 @@ class HubStore:
         with self.lock:
             path = self._repo_dir(repo_type, repo_id) / "repo.json"
             if path.is_file():
-                raise HubError(409, f"You already created this {repo_type} repo", body={"error": f"You already created this {repo_type} repo", "url": repo_id})
+                raise RequestError(409, f"You already created this {repo_type} repo", body={"error": f"You already created this {repo_type} repo", "url": repo_id})
             repo = {"id": repo_id, "type": repo_type, "private": bool(private), "created": _now(), "author": user, "owner": user,
                     "refs": {"branches": {}, "tags": {}}}  # fmt: skip
             data = GITATTRIBUTES.encode()
@@ -272,19 +273,19 @@ class HubStore:
             repo = self.repo(repo_type, repo_id)
             check_revision(branch)
             if branch not in repo["refs"]["branches"]:
-                raise HubError(404, f"Invalid rev id: {branch} (commits go to an existing branch)", "RevisionNotFound")
+                raise RequestError(404, f"Invalid rev id: {branch} (commits go to an existing branch)", "RevisionNotFound")
             head = repo["refs"]["branches"][branch]
             tree = dict(self.commit(repo_type, repo_id, head)["tree"])
             header = next((item.get("value") for item in lines if isinstance(item, dict) and item.get("key") == "header"), None)
             if not isinstance(header, dict):
-                raise HubError(400, "the commit payload has no header line")
+                raise RequestError(400, "the commit payload has no header line")
             parent = header.get("parentCommit")
             if parent and parent != head:
-                raise HubError(412, f"parent commit {parent} is not the head of {branch} ({head})")
+                raise RequestError(412, f"parent commit {parent} is not the head of {branch} ({head})")
             new: Dict[str, bytes] = {}
             for item in lines:
                 if not isinstance(item, dict) or not isinstance(item.get("value", {}), dict):
-                    raise HubError(400, "every commit line is a JSON object {key, value}")
+                    raise RequestError(400, "every commit line is a JSON object {key, value}")
                 key, value = item.get("key"), item.get("value", {})
                 if key == "header":
                     continue
@@ -293,19 +294,19 @@ class HubStore:
                 if key == "file":
                     content = value.get("content")
                     if not isinstance(content, str):
-                        raise HubError(400, f"file {path}: content must be a string")
+                        raise RequestError(400, f"file {path}: content must be a string")
                     data = base64.b64decode(content, validate=True) if value.get("encoding") == "base64" else content.encode()
                     new[path] = data
                     tree[path] = None
                 elif key == "lfsFile":
                     blob = self.blob(value.get("oid"))
                     if not blob.is_file():
-                        raise HubError(422, f"LFS object {value['oid']} for {path} was never uploaded (this server takes files inline)")
+                        raise RequestError(422, f"LFS object {value['oid']} for {path} was never uploaded (this server takes files inline)")
                     new.pop(path, None)
                     tree[path] = {"sha256": value["oid"], "oid": _git_blob_sha1(blob.read_bytes()), "size": blob.stat().st_size}
                 elif key == "deletedFile":
                     if path not in tree:
-                        raise HubError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
+                        raise RequestError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
                     new.pop(path, None)
                     del tree[path]
                 elif key == "deletedFolder":
@@ -313,12 +314,12 @@ class HubStore:
                         new.pop(p, None)
                         del tree[p]
                 else:
-                    raise HubError(400, f"unsupported commit operation {key!r}")
+                    raise RequestError(400, f"unsupported commit operation {key!r}")
             if "README.md" in new:
                 try:
                     load_front_matter(new["README.md"].decode("utf-8", errors="replace"), "README.md")
                 except FrontMatterError as exc:
-                    raise HubError(400, f"Invalid metadata in {exc}") from None
+                    raise RequestError(400, f"Invalid metadata in {exc}") from None
             for path, data in new.items():
                 tree[path] = {"sha256": self.put_blob(data), "oid": _git_blob_sha1(data), "size": len(data)}
             return self._new_commit(repo_type, repo_id, repo, branch, head, tree, str(header.get("summary", "")), str(header.get("description", "")), user)
@@ -331,11 +332,11 @@ class HubStore:
             table = repo["refs"][kind]
             if sha is None:
                 if name not in table:
-                    raise HubError(404, f"{kind[:-1]} {name} not found", "RevisionNotFound")
+                    raise RequestError(404, f"{kind[:-1]} {name} not found", "RevisionNotFound")
                 del table[name]
             else:
                 if name in table:
-                    raise HubError(409, f"{kind[:-1]} {name} already exists")
+                    raise RequestError(409, f"{kind[:-1]} {name} already exists")
                 table[name] = sha
             self._save_repo(repo_type, repo_id, repo)
 
@@ -361,48 +362,48 @@ class HubHandler(BaseHTTPRequestHandler):
         lengths = [v.strip() for v in self.headers.get_all("Content-Length") or []]
         if encoding:
             if [e.strip().lower() for e in encoding] != ["chunked"]:
-                raise HubError(400, f"unsupported Transfer-Encoding {', '.join(encoding)!r}: send chunked or a Content-Length")
+                raise RequestError(400, f"unsupported Transfer-Encoding {', '.join(encoding)!r}: send chunked or a Content-Length")
             if lengths:
-                raise HubError(400, "a request has either Content-Length or Transfer-Encoding: chunked, not both")
+                raise RequestError(400, "a request has either Content-Length or Transfer-Encoding: chunked, not both")
             return None
         if not lengths:
             return 0
         if len(set(lengths)) != 1 or not _CONTENT_LENGTH.fullmatch(lengths[0]):
-            raise HubError(400, f"invalid Content-Length {', '.join(lengths)!r}: expected one non-negative integer")
+            raise RequestError(400, f"invalid Content-Length {', '.join(lengths)!r}: expected one non-negative integer")
         length = int(lengths[0])
         if length > self.server.max_body:
-            raise HubError(413, f"request body of {length} bytes is over this server's limit of {self.server.max_body} bytes (hub serve --max-body-mb)")
+            raise RequestError(413, f"request body of {length} bytes is over this server's limit of {self.server.max_body} bytes (hub serve --max-body-mb)")
         return length
 
     def _read_body(self, length: Optional[int]) -> bytes:
-        """The whole body, or HubError (400 cut off or malformed, 413 too large, 408 too slow)."""
+        """The whole body, or RequestError (400 cut off or malformed, 413 too large, 408 too slow)."""
         try:
             if length is None:
                 return self._read_chunked()
             data = self.rfile.read(length) if length else b""
         except TimeoutError:
-            raise HubError(408, f"the request body did not arrive within {self.server.timeout_s:g} s; nothing was changed") from None
+            raise RequestError(408, f"the request body did not arrive within {self.server.timeout_s:g} s; nothing was changed") from None
         if len(data) < length:
-            raise HubError(400, f"the request body was cut off ({len(data)} of {length} bytes arrived); nothing was changed")
+            raise RequestError(400, f"the request body was cut off ({len(data)} of {length} bytes arrived); nothing was changed")
         return data
 
     def _read_chunked(self) -> bytes:
         chunks: List[bytes] = []
         total = 0
-        cut = HubError(400, "the chunked request body was cut off or malformed; nothing was changed")
+        cut = RequestError(400, "the chunked request body was cut off or malformed; nothing was changed")
         while True:
             line = self.rfile.readline(1024)
             if not line.endswith(b"\n"):
                 raise cut
             size_text = line.split(b";")[0].strip()
             if not _CHUNK_SIZE.fullmatch(size_text):
-                raise HubError(400, f"malformed chunk size {size_text[:20]!r} in the chunked request body; nothing was changed")
+                raise RequestError(400, f"malformed chunk size {size_text[:20]!r} in the chunked request body; nothing was changed")
             size = int(size_text, 16)
             if size == 0:
                 break
             total += size
             if total > self.server.max_body:
-                raise HubError(413, f"request body over this server's limit of {self.server.max_body} bytes (hub serve --max-body-mb)")
+                raise RequestError(413, f"request body over this server's limit of {self.server.max_body} bytes (hub serve --max-body-mb)")
             data = self.rfile.read(size)
             if len(data) < size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
                 raise cut
@@ -413,7 +414,7 @@ class HubHandler(BaseHTTPRequestHandler):
                 return b"".join(chunks)
             if not line.endswith(b"\n"):
                 raise cut
-        raise HubError(400, "too many trailer lines after the chunked request body")
+        raise RequestError(400, "too many trailer lines after the chunked request body")
 
     def _send(self, status: int, body: bytes = b"", content_type: str = "application/json", headers: Optional[Mapping[str, str]] = None, head: bool = False) -> None:
         self.send_response(status)
@@ -428,7 +429,7 @@ class HubHandler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj, headers: Optional[Mapping[str, str]] = None) -> None:
         self._send(status, json.dumps(obj).encode(), headers=headers, head=self.command == "HEAD")
 
-    def _error(self, exc: HubError, in_step: bool) -> None:
+    def _error(self, exc: RequestError, in_step: bool) -> None:
         """Answer an error; if the body was not (fully) read, close the connection after answering."""
         message = "".join(c if " " <= c < "\x7f" else "?" for c in exc.message)
         headers = {"X-Error-Message": message}
@@ -462,7 +463,7 @@ class HubHandler(BaseHTTPRequestHandler):
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         user = self.server.user_of(token) if token else None
         if user is None and required:
-            raise HubError(401, "Invalid credentials in Authorization header" if token else "You must be authenticated (Authorization: Bearer TOKEN) to do this")
+            raise RequestError(401, "Invalid credentials in Authorization header" if token else "You must be authenticated (Authorization: Bearer TOKEN) to do this")
         return user
 
     def _readable(self, repo_type: str, repo_id: str) -> dict:
@@ -471,9 +472,9 @@ class HubHandler(BaseHTTPRequestHandler):
         if repo["private"]:
             user = self._user(False)
             if user is None:
-                raise HubError(401, f"Repository {repo_id} not found", "RepoNotFound")
+                raise RequestError(401, f"Repository {repo_id} not found", "RepoNotFound")
             if user != _owner(repo):
-                raise HubError(404, f"Repository {repo_id} not found", "RepoNotFound")
+                raise RequestError(404, f"Repository {repo_id} not found", "RepoNotFound")
         return repo
 
     def _writable(self, repo_type: str, repo_id: str) -> Tuple[dict, str]:
@@ -481,7 +482,7 @@ class HubHandler(BaseHTTPRequestHandler):
         user = self._user(True)
         repo = self._readable(repo_type, repo_id)
         if user != _owner(repo):
-            raise HubError(403, f"You don't have the rights to change {repo_type} repo {repo_id} (it belongs to {_owner(repo)})")
+            raise RequestError(403, f"You don't have the rights to change {repo_type} repo {repo_id} (it belongs to {_owner(repo)})")
         return repo, user
 
     @staticmethod
@@ -505,12 +506,12 @@ class HubHandler(BaseHTTPRequestHandler):
             body = self._read_body(length)
             in_step = True
             self._route(parts, query, body)
-        except HubError as exc:
+        except RequestError as exc:
             self._error(exc, in_step)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            self._error(HubError(400, f"bad request: {type(exc).__name__}: {exc}"), in_step)
+            self._error(RequestError(400, f"bad request: {type(exc).__name__}: {exc}"), in_step)
         except Exception as exc:  # noqa: BLE001 - answer instead of dropping the connection
-            self._error(HubError(500, f"server error: {type(exc).__name__}: {exc}"), in_step)
+            self._error(RequestError(500, f"server error: {type(exc).__name__}: {exc}"), in_step)
 
     do_GET = do_POST = do_DELETE = do_HEAD = do_PUT = _dispatch
 
@@ -538,7 +539,7 @@ class HubHandler(BaseHTTPRequestHandler):
                 repo_type, parts = parts[0][:-1], parts[1:]
             if len(parts) >= 5 and parts[2] == "resolve" and m in ("GET", "HEAD"):
                 return self._resolve(repo_type, check_repo_id(f"{parts[0]}/{parts[1]}"), check_revision(parts[3]), check_path("/".join(parts[4:])))
-        raise HubError(404, f"no route for {m} {urlsplit(self.path).path}")
+        raise RequestError(404, f"no route for {m} {urlsplit(self.path).path}")
 
     def _repo_api(self, repo_type: str, repo_id: str, rest: list, query: dict, body: bytes) -> None:
         store, m = self.server.store, self.command
@@ -563,7 +564,7 @@ class HubHandler(BaseHTTPRequestHandler):
         if len(rest) == 2 and rest[0] == "commit" and m == "POST":
             _, user = self._writable(repo_type, repo_id)
             if "create_pr" in query:
-                raise HubError(400, "pull requests are not supported by this server")
+                raise RequestError(400, "pull requests are not supported by this server")
             lines = [json.loads(line) for line in body.splitlines() if line.strip()]
             sha = store.apply_commit(repo_type, repo_id, rest[1], lines, user)
             return self._json(200, {"success": True, "commitOid": sha, "commitUrl": f"{self._base()}/{self._prefix(repo_type)}{repo_id}/commit/{sha}", "pullRequestUrl": None})
@@ -583,7 +584,7 @@ class HubHandler(BaseHTTPRequestHandler):
             else:
                 store.set_ref(repo_type, repo_id, "branches", rest[1], None)
             return self._json(200, {})
-        raise HubError(404, f"no route for {m} {urlsplit(self.path).path}")
+        raise RequestError(404, f"no route for {m} {urlsplit(self.path).path}")
 
     # ------------------------------------------------------------------ handlers
     def _base(self) -> str:
@@ -602,7 +603,7 @@ class HubHandler(BaseHTTPRequestHandler):
         url = f"{self._base()}/{self._prefix(repo_type)}{repo_id}"
         try:
             self.server.store.create_repo(repo_type, repo_id, private, user)
-        except HubError as exc:
+        except RequestError as exc:
             if exc.status == 409:
                 exc.body = {"error": exc.message, "url": url}
             raise
@@ -619,7 +620,7 @@ class HubHandler(BaseHTTPRequestHandler):
     def _validate_yaml(self, payload: dict) -> None:
         content = payload.get("content", "")
         if not isinstance(content, str):
-            raise HubError(400, "validate-yaml takes {content: the README text}")
+            raise RequestError(400, "validate-yaml takes {content: the README text}")
         try:
             load_front_matter(content, "README.md")
         except FrontMatterError as exc:
@@ -670,7 +671,7 @@ class HubHandler(BaseHTTPRequestHandler):
                 out.append(self._summary(repo_type, repo_id, repo, head, False))
         limit = query.get("limit", [None])[0]
         if limit is not None and (not limit.isdigit() or not limit.isascii()):
-            raise HubError(400, f"invalid limit {limit!r}: a non-negative integer")
+            raise RequestError(400, f"invalid limit {limit!r}: a non-negative integer")
         self._json(200, out[: int(limit)] if limit else out)
 
     def _entries(self, tree: dict, base: str, recursive: bool) -> list:
@@ -701,10 +702,10 @@ class HubHandler(BaseHTTPRequestHandler):
         tree = store.commit(repo_type, repo_id, sha)["tree"]
         recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
         if path and path in tree:
-            raise HubError(400, f"{path} is a file, not a folder")
+            raise RequestError(400, f"{path} is a file, not a folder")
         entries = self._entries(tree, path, recursive)
         if path and not entries:
-            exc = HubError(404, f"{path} does not exist at {rev}", "EntryNotFound")
+            exc = RequestError(404, f"{path} does not exist at {rev}", "EntryNotFound")
             exc.commit = sha  # type: ignore[attr-defined]
             raise exc
         self._json(200, entries, {"X-Repo-Commit": sha})
@@ -743,7 +744,7 @@ class HubHandler(BaseHTTPRequestHandler):
         store = self.server.store
         try:
             tree = store.commit(repo_type, repo_id, store.resolve(repo_type, repo_id, rev))["tree"]
-        except HubError:
+        except RequestError:
             tree = {}
         patterns = [line.strip() for line in (payload.get("gitIgnore") or "").splitlines() if line.strip() and not line.startswith("#")]
         files = []
@@ -760,7 +761,7 @@ class HubHandler(BaseHTTPRequestHandler):
         sha = store.resolve(repo_type, repo_id, rev)
         tree = store.commit(repo_type, repo_id, sha)["tree"]
         if path not in tree:
-            exc = HubError(404, f"Entry not found: {path} at {rev}", "EntryNotFound")
+            exc = RequestError(404, f"Entry not found: {path} at {rev}", "EntryNotFound")
             exc.commit = sha  # type: ignore[attr-defined]
             raise exc
         entry = tree[path]

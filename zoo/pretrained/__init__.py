@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Union
 
-from zoo.artifact import CONFIG, WEIGHTS, ArtifactError, atomic_write_dir, read_config
+from zoo.artifact import CARD, CONFIG, WEIGHTS, ArtifactError, atomic_write_dir, read_config
 
 ENV_VAR = "EQUIZOO_DEFAULT_MODEL"
 DEFAULT_MODEL_NAME = "equizoo-default"  # the name a default model directory is saved and reported under
@@ -46,9 +46,9 @@ def default_model_dir() -> Path:
         read_config(path)
         return path
     if str(spec).startswith("hf-hub:") or not (os.sep in str(spec) or str(spec).startswith((".", "~"))):
-        from zoo.api import resolve
+        from zoo.hub import resolve_model  # the Hub client is imported only when a name must be resolved
 
-        return resolve(str(spec))
+        return resolve_model(str(spec))
     raise DefaultModelMissing(f"{ENV_VAR}={spec} is not a model directory; point it at a directory with {CONFIG}")
 
 
@@ -66,7 +66,7 @@ def install_default_model(model_dir: Union[str, Path], target: Union[str, Path, 
         raise ArtifactError(f"{source} has no {WEIGHTS}; save the model with zoo.artifact.save_model_dir first")
 
     def write(tmp: Path) -> None:
-        for name in (CONFIG, WEIGHTS, "README.md"):
+        for name in (CONFIG, WEIGHTS, CARD):
             if (source / name).is_file():
                 shutil.copy2(source / name, tmp / name)
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import yaml
 
+from zoo.paths import RECIPES_ENV, recipes_dir
 from zoo.train.errors import RecipeError
 
 TASKS = ("qm9", "md17", "oc20")
 SCHEDULES = ("epoch_cosine", "step_cosine", "constant")
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
 _REQUIRED = object()
@@ -173,18 +173,23 @@ def find_recipe(name: str | Path) -> Path:
     path = Path(name).expanduser()
     if path.is_file():
         return path
-    for candidate in (RECIPES_DIR / name, RECIPES_DIR / f"{name}.yml", RECIPES_DIR / f"{name}.yaml"):
+    root = recipes_dir()
+    if root is None:
+        raise RecipeError(f"recipe {str(name)!r} is not a file, and there is no recipes folder to look it up in: give a YAML file, "
+                          f"or set {RECIPES_ENV} to a recipes/ folder (a source checkout has its own)")  # fmt: skip
+    for candidate in (root / name, root / f"{name}.yml", root / f"{name}.yaml"):
         if candidate.is_file():
             return candidate
     known = ", ".join(list_recipes()[:8])
-    raise RecipeError(f"recipe {str(name)!r} not found: give a YAML file or a name under {RECIPES_DIR} (e.g. {known}, ...)")
+    raise RecipeError(f"recipe {str(name)!r} not found: give a YAML file or a name under {root} (e.g. {known}, ...)")
 
 
 def list_recipes() -> list[str]:
     """Names of the published recipes (files under recipes/ that are not shared bases)."""
-    if not RECIPES_DIR.is_dir():
+    root = recipes_dir()
+    if root is None or not root.is_dir():
         return []
-    return sorted(str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in RECIPES_DIR.rglob("*.yml") if not p.name.startswith("base"))
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yml") if not p.name.startswith("base"))
 
 
 def _read_yaml(path: Path) -> dict:

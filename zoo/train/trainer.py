@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import yaml
 
-from zoo import __version__, keys
+from zoo import keys
+from zoo._version import __version__
 from zoo.train import checkpoint as ckpt
 from zoo.train.budget import GROW, Budget, CompressedSchedule, StopSignals, describe_seconds, warmup_fraction
 from zoo.train.data import BatchPlan, DeviceSplit, EvalBatches, TaskData, TrainBatches, device_data_choice, loader, mix_seed, open_data

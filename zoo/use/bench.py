@@ -9,7 +9,7 @@ faster backend still gives the eager outputs. Tasks:
 - `train_step`: forward (forces with create_graph), L1 loss, backward and an AdamW step (eager and
   compile; CUDA-graph backends replay inference only).
 
-Backends: those of zoo.predict.load_runner, plus `cuda-graphs` (the eager model replayed as CUDA graphs on
+Backends: those of zoo.use.runner.load_runner, plus `cuda-graphs` (the eager model replayed as CUDA graphs on
 padded inputs) and `compile+cuda-graphs`; accelerated backends are checked against eager when made.
 `profile=True` (CLI `--profile`) adds, per call, the aten operators torch.profiler records and, on CUDA,
 the GPU kernels, the host's kernel/graph launch calls and the time the GPU was busy (union of its
@@ -42,11 +42,17 @@ import numpy as np
 import torch
 
 from zoo import keys
+from zoo.artifact import EXPORT_FILES
 from zoo.data import DataError, Structure
+from zoo.device import parse_dtype, pick_device
+from zoo.errors import UseError
+from zoo.io import atomic_write, progress_bar
 from zoo.models.zoo_model import TargetInfo, ZooModel
-from zoo.io import atomic_write
-from zoo.predict import EXPORT_FILES, ModelInfo, Runner, UseError, accelerated_runner, check_structure, load_runner, model_inputs, parse_dtype, pick_device
-from zoo.registry import checkout_root
+from zoo.paths import checkout_root, shared_data_dir
+from zoo.spec import ModelSpec
+from zoo.use.inputs import check_structure, read_inputs
+from zoo.use.predict import model_inputs
+from zoo.use.runner import Runner, accelerated_runner, load_runner
 
 BENCH_FIELDS = (
     "model", "variant", "backend", "task", "status", "error", "device", "device_name", "dtype", "batch_size",
@@ -69,17 +75,11 @@ SUITES = {
         ("oc20-l1", "train_step", 16),
     )
 }
-REPO = checkout_root()  # examples/ and ../shared/data of a source checkout; None in an ordinary install
+REPO = checkout_root()  # examples/ of a source checkout; None in an ordinary install
 
 
 # ---------------------------------------------------------------------------------------------- workloads
-def _shared_data() -> Optional[Path]:
-    env = os.environ.get("EQUIZOO_SHARED_DATA")
-    root = Path(env) if env else (REPO.parent / "shared" / "data" if REPO is not None else None)
-    return root if root is not None and root.is_dir() else None
-
-
-def _kind(info: ModelInfo) -> str:
+def _kind(info: ModelSpec) -> str:
     return "oc20" if info.periodic else ("md17" if info.energy_target else "qm9")
 
 
@@ -138,17 +138,16 @@ def _ase_slab() -> list[Structure]:
     return [structure_from_atoms(slab, name="Cu111+CO (ASE-built)")]
 
 
-def workload(info: ModelInfo, structures: Optional[Sequence] = None) -> tuple[list[Structure], str]:
+def workload(info: ModelSpec, structures: Optional[Sequence] = None) -> tuple[list[Structure], str]:
     """Realistic structures for `info`'s kind of model (see the module doc), checked against the model."""
     if structures is not None:
-        from zoo.predict import read_inputs
 
         items = read_inputs(structures)
         candidates, label = [i.structure for i in items if i.structure is not None], "given structures"
     else:
         candidates, label = [], ""
         kind = _kind(info)
-        shared = _shared_data()
+        shared = shared_data_dir()
         sources = {
             "qm9": [(shared, "qm9/qm9_reduced_100.xyz", _read), (REPO, "examples/qm9_molecules.extxyz", _read)],
             "md17": [(shared, "md17/mdbenchgnn/aspirin/test.npz", _read), (REPO, "examples/aspirin_md17.extxyz", _read)],
@@ -248,7 +247,7 @@ class _Model:
     runners: dict = dataclasses.field(default_factory=dict)
 
     @property
-    def info(self) -> ModelInfo:
+    def info(self) -> ModelSpec:
         return self.eager.info
 
     @classmethod
@@ -463,7 +462,6 @@ def bench(
     rows = []
     bar = None
     if progress:
-        from zoo.predict import progress_bar
 
         bar, job = progress_bar(len(plan), "benchmarking")
         bar.start()

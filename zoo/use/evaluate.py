@@ -24,54 +24,26 @@ import dataclasses
 import json
 import math
 import os
-import sys
-import types
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from zoo import __version__, keys
+from zoo import keys, paper
+from zoo._version import __version__
 from zoo.data import DataError, Structure
 from zoo.data.units import energy_factor
+from zoo.errors import UseError
 from zoo.io import atomic_write
-from zoo.predict import DEFAULT_BATCH_SIZE, DEFAULT_MAX_ATOMS, Item, ModelInfo, Runner, UseError, load_runner, run_items
+from zoo.spec import ModelSpec
+from zoo.use.inputs import Item
+from zoo.use.predict import DEFAULT_BATCH_SIZE, DEFAULT_MAX_ATOMS, run_items
+from zoo.use.runner import Runner, load_runner
 
 QM9_ENERGY_TARGETS = ("homo", "lumo", "gap", "zpve", "U0", "U", "H", "G")
 EWT_THRESHOLD = 0.02  # eV
 DEFAULT_SPLITS = {"qm9": "test", "md17": "test", "oc20": "val_id"}
 
-PAPER_QM9 = {  # paper Table 1 (MAE): D, a0^3, meV, meV, meV, a0^2, meV, meV, meV, meV, meV, cal/mol K
-    "mu": 0.011, "alpha": 0.046, "homo": 15, "lumo": 14, "gap": 30, "r2": 0.251, "zpve": 1.26,
-    "U0": 6.59, "U": 6.74, "H": 6.63, "G": 7.63, "Cv": 0.023,
-}  # fmt: skip
-PAPER_QM9_ABLATION = {  # paper QM9 ablation table
-    "qm9-l2-linear": {"alpha": 0.051, "gap": 32, "homo": 16, "lumo": 16, "mu": 0.013, "Cv": 0.025},
-    "qm9-l2-dot": {"alpha": 0.053, "gap": 32, "homo": 17, "lumo": 16, "mu": 0.013, "Cv": 0.025},
-}
-PAPER_MD17 = {  # paper Table 2 (as repeated in DeNS Table 4): energy MAE meV, force MAE meV/Å
-    "l2": {
-        "aspirin": (5.3, 7.2), "benzene": (2.2, 6.6), "ethanol": (2.2, 3.1), "malonaldehyde": (3.3, 5.8),
-        "naphthalene": (3.7, 2.1), "salicylic_acid": (4.5, 4.1), "toluene": (3.8, 2.1), "uracil": (4.3, 3.3),
-    },
-    "l3": {
-        "aspirin": (5.3, 6.6), "benzene": (2.5, 8.1), "ethanol": (2.2, 2.9), "malonaldehyde": (3.2, 5.4),
-        "naphthalene": (4.4, 2.0), "salicylic_acid": (4.3, 3.9), "toluene": (3.7, 2.1), "uracil": (4.3, 3.4),
-    },
-}  # fmt: skip
-PAPER_OC20_VAL = {  # energy MAE (eV) on the IS2RE validation splits
-    "oc20-l1": {"val_id": 0.5088, "val_ood_ads": 0.6271, "val_ood_cat": 0.5051, "val_ood_both": 0.5545},
-    "oc20-l1-linear": {"val_id": 0.5168, "val_ood_ads": 0.6308, "val_ood_cat": 0.5088, "val_ood_both": 0.5657},
-    "oc20-l1-dot": {"val_id": 0.5386, "val_ood_ads": 0.6382, "val_ood_cat": 0.5297, "val_ood_both": 0.5692},
-    "oc20-l1-aux18": {"val_id": 0.4156},
-}
-PAPER_SOURCES = {
-    "qm9": "paper Table 1",
-    "qm9-ablation": "paper QM9 ablation table",
-    "md17": "paper Table 2 (DeNS Table 4)",
-    "oc20": "paper OC20 IS2RE validation (6 blocks)",
-    "oc20-l1-aux18": "authors' README (val ID, IS2RE+IS2RS+Noisy Nodes)",
-}
 METRIC_COLUMNS = ("dataset", "split", "quantity", "metric", "unit", "value", "paper", "paper_source", "n")
 
 
@@ -266,12 +238,12 @@ def _convert(value: np.ndarray, unit: str, to: str) -> np.ndarray:
         raise UseError(f"cannot convert {unit!r} to {to!r}; the model and the dataset disagree on units") from None
 
 
-def _paper_md17(info: ModelInfo, molecule: str, dataset: str) -> tuple[Optional[tuple], str]:
+def _paper_md17(info: ModelSpec, molecule: str, dataset: str) -> tuple[Optional[tuple], str]:
     if dataset.startswith("rmd17"):
         return None, ""
     variant = info.variants[0]
-    row = PAPER_MD17["l3" if variant.startswith("md17-l3") else "l2"]
-    return row.get(molecule), PAPER_SOURCES["md17"] if molecule in row else ""
+    row = paper.MD17["l3" if variant.startswith("md17-l3") else "l2"]
+    return row.get(molecule), paper.SOURCES["md17"] if molecule in row else ""
 
 
 def _row(data: EvalData, split: str, quantity: str, metric: str, unit: str, value: float, paper, source: str, n: int) -> dict:
@@ -279,7 +251,7 @@ def _row(data: EvalData, split: str, quantity: str, metric: str, unit: str, valu
                 paper=float(paper) if paper is not None else math.nan, paper_source=source if paper is not None else "", n=int(n))  # fmt: skip
 
 
-def _qm9_metrics(data: EvalData, split: str, info: ModelInfo, items: list[Item]) -> tuple[list, dict]:
+def _qm9_metrics(data: EvalData, split: str, info: ModelSpec, items: list[Item]) -> tuple[list, dict]:
     from zoo.data import QM9_TARGETS, QM9_UNITS
 
     model_targets = [t.name for t in info.targets if t.name in QM9_TARGETS]
@@ -287,7 +259,7 @@ def _qm9_metrics(data: EvalData, split: str, info: ModelInfo, items: list[Item])
     missing = [t for t in targets if t not in model_targets]
     if missing or not targets:
         raise UseError(f"model {info.name} does not predict QM9 target(s) {missing or '(none)'}; it predicts {[t.name for t in info.targets]}")
-    ablation = PAPER_QM9_ABLATION.get(info.variants[0])
+    ablation = paper.QM9_ABLATION.get(info.variants[0])
     rows, pairs = [], {}
     for name in targets:
         ref_unit = items[0].structure.units.get(name, QM9_UNITS[name])
@@ -296,14 +268,14 @@ def _qm9_metrics(data: EvalData, split: str, info: ModelInfo, items: list[Item])
         unit = ref_unit
         if name in QM9_ENERGY_TARGETS:
             ref, pred, unit = _convert(ref, ref_unit, "meV"), _convert(pred, ref_unit, "meV"), "meV"
-        paper = (ablation or PAPER_QM9).get(name)
-        source = PAPER_SOURCES["qm9-ablation" if ablation else "qm9"]
-        rows.append(_row(data, split, name, "MAE", unit, np.mean(np.abs(pred - ref)), paper, source, len(items)))
+        reported = ablation.get(name) if ablation else paper.QM9[name][0]
+        source = paper.SOURCES["qm9-ablation" if ablation else "qm9"]
+        rows.append(_row(data, split, name, "MAE", unit, np.mean(np.abs(pred - ref)), reported, source, len(items)))
         pairs[name] = (ref, pred, unit)
     return rows, pairs
 
 
-def _md17_metrics(data: EvalData, split: str, info: ModelInfo, items: list[Item]) -> tuple[list, dict]:
+def _md17_metrics(data: EvalData, split: str, info: ModelSpec, items: list[Item]) -> tuple[list, dict]:
     if not info.energy_target:
         raise UseError(f"model {info.name} predicts no energy with forces; MD17 evaluation needs a force-field model")
     t = info.target(info.energy_target)
@@ -313,15 +285,15 @@ def _md17_metrics(data: EvalData, split: str, info: ModelInfo, items: list[Item]
     f_ref = np.concatenate([item.structure.targets[keys.FORCES].reshape(-1) for item in items])
     f_pred = _convert(np.concatenate([item.per_atom[keys.FORCES].reshape(-1) for item in items]), force_unit.rsplit("/", 1)[0], "eV")
     e_ref, e_pred, f_ref, f_pred = (_convert(x, "eV", "meV") for x in (e_ref, e_pred, f_ref, f_pred))
-    paper, source = _paper_md17(info, data.molecule, data.name)
+    reported, source = _paper_md17(info, data.molecule, data.name)
     rows = [
-        _row(data, split, "energy", "MAE", "meV", np.mean(np.abs(e_pred - e_ref)), paper[0] if paper else None, source, len(items)),
-        _row(data, split, "forces", "MAE", "meV/Å", np.mean(np.abs(f_pred - f_ref)), paper[1] if paper else None, source, len(items)),
+        _row(data, split, "energy", "MAE", "meV", np.mean(np.abs(e_pred - e_ref)), reported[0] if reported else None, source, len(items)),
+        _row(data, split, "forces", "MAE", "meV/Å", np.mean(np.abs(f_pred - f_ref)), reported[1] if reported else None, source, len(items)),
     ]
     return rows, {"energy": (e_ref, e_pred, "meV"), "forces": (f_ref, f_pred, "meV/Å")}
 
 
-def _oc20_target(info: ModelInfo) -> str:
+def _oc20_target(info: ModelSpec) -> str:
     names = [t.name for t in info.targets]
     if keys.Y_RELAXED in names:
         return keys.Y_RELAXED
@@ -331,16 +303,16 @@ def _oc20_target(info: ModelInfo) -> str:
     return energies[0]
 
 
-def _oc20_metrics(data: EvalData, split: str, info: ModelInfo, items: list[Item]) -> tuple[list, dict]:
+def _oc20_metrics(data: EvalData, split: str, info: ModelSpec, items: list[Item]) -> tuple[list, dict]:
     name = _oc20_target(info)
     ref = np.array([item.structure.targets[keys.Y_RELAXED] for item in items])
     pred = _convert(np.array([item.values[name] for item in items]), info.target(name).unit, "eV")
     err = pred - ref
     variant = info.variants[0]
-    paper = PAPER_OC20_VAL.get(variant, {}).get(split)
-    source = PAPER_SOURCES.get(variant, PAPER_SOURCES["oc20"])
+    reported = paper.OC20.get(variant, {}).get(split) if split in paper.OC20_VAL_SPLITS else None
+    source = paper.SOURCES.get(variant, paper.SOURCES["oc20"])
     rows = [
-        _row(data, split, "energy", "MAE", "eV", np.mean(np.abs(err)), paper, source, len(items)),
+        _row(data, split, "energy", "MAE", "eV", np.mean(np.abs(err)), reported, source, len(items)),
         _row(data, split, "energy", "MSE", "eV^2", np.mean(err**2), None, "", len(items)),
         _row(data, split, "energy", f"EwT@{EWT_THRESHOLD:g}eV", "%", 100.0 * np.mean(np.abs(err) < EWT_THRESHOLD), None, "", len(items)),
     ]
@@ -360,7 +332,7 @@ def kind_of_spec(spec) -> Optional[str]:
     return _KIND_OF_NAME.get(text.partition(":")[0])
 
 
-def check_model_fits(kind: str, info: ModelInfo, name: str, targets: Sequence[str] = ()) -> None:
+def check_model_fits(kind: str, info: ModelSpec, name: str, targets: Sequence[str] = ()) -> None:
     """UseError, before anything is computed, when the model cannot be evaluated on a dataset of `kind`."""
     predicts = ", ".join(t.name for t in info.targets)
     if kind == "md17" and not info.energy_target:
@@ -455,13 +427,3 @@ def evaluate(dataset, model=None, *, output=None, plot=None, **options):
     if plot is not None:
         result.plot(plot)
     return result.metrics
-
-
-class _CallableModule(types.ModuleType):
-    """Importing zoo.evaluate replaces the lazy `zoo.evaluate` function with this module; keep it callable."""
-
-    def __call__(self, *args, **kwargs):
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
