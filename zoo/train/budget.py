@@ -165,10 +165,12 @@ def describe_seconds(seconds: float) -> str:
 
 
 def process_age() -> float:
-    """Seconds since this process started (Linux /proc; 0 elsewhere): a budget given on the command line
-    counts from the start of the command, interpreter and imports included."""
+    """Seconds since this command started (Linux /proc; 0 elsewhere): a budget given on the command line counts
+    from there, interpreter and imports included. Under torchrun the command is the launcher, this
+    process's parent."""
+    pid = os.getppid() if os.environ.get("TORCHELASTIC_RUN_ID") else os.getpid()
     try:
-        with open("/proc/self/stat", encoding="ascii") as f:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         with open("/proc/uptime", encoding="ascii") as f:
             uptime = float(f.read().split()[0])

@@ -640,8 +640,8 @@ class _Run:
         """After each step: budget re-plans and whether to stop now (a signal, or the deadline is near).
         Rank 0 decides; under DDP every process follows at the same step."""
         env, b = self.env, self.budget
-        if env.world > 1 and not measured and step % SYNC_EVERY:
-            return None
+        if env.world > 1 and not measured and step % SYNC_EVERY and self.stop - step > 2 * SYNC_EVERY:
+            return None  # processes agree every SYNC_EVERY steps, and at every one of the last steps
         flags = [1.0 if self.signals.received else 0.0, 0.0, 0.0]
         if b is not None and b.measured and env.main:
             now = time.perf_counter()
