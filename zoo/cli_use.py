@@ -189,20 +189,9 @@ def bench_command(
 ) -> None:
     """Throughput, latency at batch 1 and peak memory of a model under several backends."""
     from zoo.use.bench import bench, write_bench
-    from zoo.errors import UseError
 
     tasks = list(dict.fromkeys(list(task) + (["train_step"] if train else [])))
-    from zoo.use.bench import BENCH_BACKENDS
-    from zoo.use.results import check_output
-    from zoo.use.runner import check_backend
-
-    if output is not None:
-        check_output(output, {".json": "json", ".csv": "csv"}, "--output")
-    for name in backend:
-        if name not in BENCH_BACKENDS:
-            raise UseError(f"unknown backend {name!r}; use {', '.join(BENCH_BACKENDS)}")
-        if name in ("onnx",):
-            check_backend(name)
+    _check_bench_options(backend, output)
     frame = bench(
         model, backends=backend, compare=compare, compile=compile, tasks=tasks, batch_size=batch_size, device=device,
         dtype=dtype, warmup=warmup, repeats=repeats, structures=[str(p) for p in structures] if structures else None,
@@ -213,9 +202,40 @@ def bench_command(
     if as_json:
         typer.echo(frame.to_json(orient="records", indent=1))
         return
+    errors = _print_bench_table(frame, wide)
+    if profile:
+        _print_profile(frame)
+    for n, error in enumerate(errors, 1):
+        err_console.print(escape(f"error {n}: {error}"), highlight=False)
     first = frame.iloc[0]
+    if not wide:
+        console.print("--wide: atoms, spread, atoms/s, peak memory; --output FILE.json|csv: every field", highlight=False, soft_wrap=False)
+    console.print(escape(f"workload: {first['workload']}; {first['warmup']} warm-up and {first['repeats']} timed calls per row"), soft_wrap=False)
+    if output is not None:
+        console.print(escape(f"wrote {output}"))
+
+
+def _check_bench_options(backends: List[str], output: Optional[Path]) -> None:
+    """Refuse an unknown backend, a missing ONNX Runtime or an unwritable --output before any timing."""
+    from zoo.errors import UseError
+    from zoo.use.bench import BENCH_BACKENDS
+    from zoo.use.results import check_output
+    from zoo.use.runner import check_backend
+
+    if output is not None:
+        check_output(output, {".json": "json", ".csv": "csv"}, "--output")
+    for name in backends:
+        if name not in BENCH_BACKENDS:
+            raise UseError(f"unknown backend {name!r}; use {', '.join(BENCH_BACKENDS)}")
+        if name in ("onnx",):
+            check_backend(name)
+
+
+def _print_bench_table(frame, wide: bool) -> List[str]:
+    """The bench table (narrow: failed rows say `error N`); returns the errors the narrow table numbered."""
     from rich import box
 
+    first = frame.iloc[0]
     models = list(dict.fromkeys(str(m) for m in frame["model"]))
     title = f"equizoo bench{' of ' + models[0] if len(models) == 1 else ''} on {first['device_name']} ({first['device']}, torch {first['torch']}, {first['threads']} threads)"
     columns = ["model", "backend", "task", "batch", "atoms", "median ms", "iqr ms", "structures/s", "atoms/s", "peak MB", "vs eager", "status"]
@@ -242,15 +262,7 @@ def bench_command(
         }  # fmt: skip
         table.add_row(*(cells[c] for c in columns))
     console.print(table)
-    if profile:
-        _print_profile(frame)
-    for n, error in enumerate(errors, 1):
-        err_console.print(escape(f"error {n}: {error}"), highlight=False)
-    if not wide:
-        console.print("--wide: atoms, spread, atoms/s, peak memory; --output FILE.json|csv: every field", highlight=False, soft_wrap=False)
-    console.print(escape(f"workload: {first['workload']}; {first['warmup']} warm-up and {first['repeats']} timed calls per row"), soft_wrap=False)
-    if output is not None:
-        console.print(escape(f"wrote {output}"))
+    return errors
 
 
 def _print_profile(frame) -> None:
