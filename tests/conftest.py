@@ -75,3 +75,16 @@ def example_binary(tmp_path_factory) -> Path:
     exe = build / "equiformer_run"
     assert exe.is_file()
     return exe
+
+
+@pytest.fixture()
+def one_thread():
+    """One intra-op torch thread during the test, restored after: the small graphs of the tests gain nothing from
+    more, and the test machines (two cores) are shared. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

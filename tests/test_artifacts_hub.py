@@ -58,7 +58,7 @@ def test_repo_commit_tag_download_with_the_real_client(api, hub, tmp_path):
     assert [b.target_commit for b in refs.branches if b.name == "main"] == [second.oid]
     info = api.model_info("org/demo", revision="v1", files_metadata=True)
     assert info.sha == first.oid and info.card_data["library_name"] == "equizoo"
-    from zoo.hub.server import GITATTRIBUTES
+    from zoo.hub.store import GITATTRIBUTES
 
     siblings = {s.rfilename: s.size for s in info.siblings}
     assert siblings == {".gitattributes": len(GITATTRIBUTES), "README.md": len(readme), "sub/note.txt": 5, "weights.bin": 200_000}

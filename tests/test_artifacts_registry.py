@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from clihelpers import run_cli
 
 from zoo.artifact import save_model_dir
 from zoo.models import build_model
@@ -24,9 +23,8 @@ SHA = "ab" * 32
 REV = "cd" * 20
 
 
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full = {**os.environ, **(env or {}), "COLUMNS": "200", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, env=full, cwd=REPO, timeout=300)
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return run_cli(*args, env={"PYTHONWARNINGS": "ignore"}, timeout=300)
 
 
 @pytest.fixture()

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
+from clihelpers import run_cli
 from structures import qm9_molecule
+
 from zoo import keys
 from zoo.artifact import load_model_dir, save_model_dir
 from zoo.graph import radius_graph
@@ -33,9 +34,8 @@ SMALL = dict(num_layers=1, irreps_sh="1x0e+1x1e", irreps_node_embedding="16x0e+8
 NAME = "equiformer-test-tiny-md17"
 
 
-def _cli(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    full = {**os.environ, **(env or {}), "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, env=full, cwd=REPO, timeout=timeout)
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_cli(*args, env={"PYTHONWARNINGS": "ignore", **(env or {})}, timeout=900)
 
 
 def _molecules(dtype=torch.float64) -> list[dict]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
+from clihelpers import run_cli
 from safetensors.torch import load_file
 
 from zoo.artifact import ArtifactError, load_model_dir, save_model_dir
@@ -16,7 +15,7 @@ from zoo.models import build_model
 
 
 def equizoo(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, timeout=600)
+    proc = run_cli(*args)
     if check and proc.returncode != 0:
         raise AssertionError(f"equizoo {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

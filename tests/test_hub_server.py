@@ -188,7 +188,7 @@ def test_cli_server_generates_a_write_token(cli_server):
 def test_new_repos_hold_the_hubs_gitattributes(served, tmp_path):
     from huggingface_hub import HfApi, hf_hub_download
 
-    from zoo.hub.server import GITATTRIBUTES
+    from zoo.hub.store import GITATTRIBUTES
 
     api = HfApi(endpoint=served.url, token=ALICE)
     api.create_repo("alice/fresh")
@@ -215,7 +215,7 @@ def test_card_metadata_with_yaml_aliases_is_refused(served, tmp_path):
     from huggingface_hub import HfApi
 
     from zoo.cards import CardError, card_metrics
-    from zoo.hub.server import _git_blob_sha1
+    from zoo.hub.store import _git_blob_sha1
 
     bomb = _bomb()
     assert len(bomb) < 600

@@ -96,8 +96,8 @@ def test_recorded_elements_are_those_of_the_training_data(shared_data):
 
 
 def test_equizoo_card_renders_the_same_for_a_new_training_run(shared_data, tmp_path):
+    from clihelpers import run_cli
     from test_train_runs import MICRO_L2, QUICK, model_sets, quiet
-    from test_use_support import run_cli
 
     from zoo.train import load_recipe, train
 
@@ -121,7 +121,7 @@ def test_restate_keeps_weights_exports_and_numbers(tmp_path, monkeypatch, shared
     measured number stay; the registry, manifest and card follow the new config."""
     import shutil
 
-    from test_use_support import run_cli
+    from clihelpers import run_cli
 
     from zoo.hub import read_manifest
 

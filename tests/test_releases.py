@@ -15,14 +15,15 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_use_support import REPO, model_dir, run_cli
+from clihelpers import run_cli
+from test_use_support import REPO, model_dir
 
 import zoo
 from zoo.artifact import read_config
 from zoo.cards import card_metrics
+from zoo.data import read_mdbenchgnn
 from zoo.hub import IntegrityError, pull
 from zoo.registry import get_model
-from zoo.data import read_mdbenchgnn
 from zoo.release import ReleaseError, base_split, check_release, local_releases, release_model, roundoff_tolerance
 
 MD17 = ("aspirin", "ethanol", "naphthalene", "salicylic_acid")
@@ -31,12 +32,7 @@ SHIPPED = {f"equiformer-md17-{m}-l2-small-cpu" for m in MD17} | {f"equiformer-qm
 SHIPPED_NAMES = sorted(m.name for m in local_releases())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data_for(name: str, shared_data) -> str | None:

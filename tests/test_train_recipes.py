@@ -55,9 +55,9 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 @pytest.mark.parametrize("name", sorted(BUDGET))
 def test_budget_recipes_say_their_accuracy_and_change_only_what_a_short_run_needs(name):
-    from zoo.train.recipe import RECIPES_DIR
+    from zoo.paths import recipes_dir
 
-    text = (RECIPES_DIR / f"{name}.yml").read_text()
+    text = (recipes_dir() / f"{name}.yml").read_text()
     assert re.search(r"^# accuracy: (not yet run|.*measured)", text, re.M), "every budget recipe states the accuracy it reached, or that it was not yet run"
     source, minutes = BUDGET[name]
     r, full = _flat(load_recipe(name)), _flat(load_recipe(source))

@@ -44,13 +44,7 @@ def quiet() -> Console:
     return Console(file=io.StringIO())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these small graphs gain nothing from more, and the test machines are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

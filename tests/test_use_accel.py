@@ -11,14 +11,15 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-from test_use_support import REPO, SMALL_L1, md17_model, model_dir, oc20_model, qm9_model, run_cli
+from clihelpers import run_cli
+from test_use_support import REPO, SMALL_L1, md17_model, model_dir, oc20_model, qm9_model
 
 from zoo import accel
 from zoo.calculators import EquiformerCalculator
 from zoo.data import read_structures
+from zoo.errors import UseError
 from zoo.models import build_model
 from zoo.models.zoo_model import TargetInfo, ZooModel
-from zoo.errors import UseError
 from zoo.use.predict import Predictor, model_inputs
 from zoo.use.runner import load_runner
 
@@ -27,9 +28,7 @@ OC20 = REPO / "examples" / "oc20_adslab.json"
 QM9 = REPO / "examples" / "qm9_molecules.extxyz"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_buckets_grow_in_quarter_steps():

@@ -8,7 +8,6 @@ import ase.io
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from test_use_support import REPO, model_dir
 
 from zoo.use.inputs import MIN_DISTANCE
@@ -17,9 +16,7 @@ from zoo.use.predict import Predictor
 ASPIRIN = REPO / "examples" / "aspirin_md17.extxyz"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _aspirin(i: int = 0) -> ase.Atoms:

@@ -9,16 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_use_support import REPO, model_dir, run_cli
+from clihelpers import run_cli
+from test_use_support import REPO, model_dir
 
-from zoo.use.bench import BENCH_FIELDS, SUITES, bench, workload
 from zoo.errors import UseError
+from zoo.use.bench import BENCH_FIELDS, SUITES, bench, workload
 from zoo.use.runner import load_runner
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # two cores shared with other processes: one thread each is faster
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cli_bench_compare_writes_the_documented_fields(tmp_path):

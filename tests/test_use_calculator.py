@@ -25,9 +25,7 @@ ASPIRIN = REPO / "examples" / "aspirin_md17.extxyz"
 NVE_BOUND_EV = 2e-3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # two cores shared with other processes: one thread each is faster
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _aspirin():

@@ -16,7 +16,8 @@ from pathlib import Path
 import ase.io
 import pytest
 from ase.build import molecule
-from test_use_support import REPO, model_dir, run_cli_many
+from clihelpers import run_cli_many
+from test_use_support import REPO, model_dir
 
 EXAMPLE = REPO / "examples" / "qm9_molecules.extxyz"
 ETHANOL_MODEL = "equiformer-md17-ethanol-l2-small-cpu"

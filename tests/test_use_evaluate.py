@@ -6,19 +6,17 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from test_use_support import QM9_TEST_TARGETS, model_dir, run_cli
+from clihelpers import run_cli
+from test_use_support import QM9_TEST_TARGETS, model_dir
 
 import zoo
-from zoo.data import load_dataset, read_mdbenchgnn
 from zoo import paper
-from zoo.use.evaluate import open_dataset, run_evaluation
+from zoo.data import load_dataset, read_mdbenchgnn
 from zoo.errors import UseError
+from zoo.use.evaluate import open_dataset, run_evaluation
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # two cores shared with other processes: one thread each is faster
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _metric(frame, quantity, metric="MAE"):

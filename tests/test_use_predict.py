@@ -11,23 +11,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_use_support import QM9_TEST_TARGETS, REPO, exported_model_dir, model_dir, run_cli
+from clihelpers import run_cli
+from test_use_support import QM9_TEST_TARGETS, REPO, exported_model_dir, model_dir
 
 import zoo
 from zoo.artifact import load_model_dir
 from zoo.data import read_structures
-from zoo.graph import periodic_graph, radius_graph
 from zoo.errors import UseError
+from zoo.graph import periodic_graph, radius_graph
+from zoo.pretrained import DefaultModelMissing, default_model_dir, install_default_model
 from zoo.use.inputs import oc20_tags
 from zoo.use.predict import Predictor, plan_batches
-from zoo.pretrained import DefaultModelMissing, default_model_dir, install_default_model
 
 ASPIRIN_EXAMPLE = REPO / "examples" / "aspirin_md17.extxyz"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # two cores shared with other processes: one thread each is faster
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _direct(model_path, species, positions, cell=None, pbc=None, tags=None):

@@ -19,7 +19,7 @@ LAYERS = (
     ("services", ("zoo.train", "zoo.export", "zoo.hub")),
     ("use", ("zoo.use", "zoo.api", "zoo.predict", "zoo.evaluate", "zoo.bench", "zoo.calculators", "zoo.pretrained")),
     ("release", ("zoo.release", "zoo.cards", "zoo.publish", "zoo.distribution")),
-    ("cli", ("zoo.cli", "zoo.cli_use", "zoo.cli_artifacts", "zoo.cli_train", "zoo.cli_lammps", "zoo.data.cli")),
+    ("cli", ("zoo.cli", "zoo.cli_console", "zoo.cli_use", "zoo.cli_artifacts", "zoo.cli_train", "zoo.cli_lammps", "zoo.data.cli")),
     ("package", ("zoo",)),
 )
 

@@ -341,23 +341,19 @@ def _limits(config: dict, entry, measured: list, dataset: str) -> List[str]:
     return out
 
 
-def card_context(model_dir: Union[str, Path], entry=None) -> tuple:
-    """(ModelCardData, template variables) for a model directory; `entry` a registry entry or name."""
+def _registry_entry(entry, metadata: dict):
+    """The registry entry the card speaks for: the one given (or named), else the one the model records."""
+    if isinstance(entry, str):
+        return get_model(entry)
+    if entry is None and metadata.get("registry_name"):
+        return get_model(str(metadata["registry_name"]))
+    return entry
+
+
+def _card_data(entry, name: str, dataset: str, measured: list):
+    """The card's YAML header (huggingface_hub.ModelCardData): library, licence, tags, dataset, eval results."""
     from huggingface_hub import EvalResult, ModelCardData
 
-
-    model_dir = Path(model_dir)
-    config = read_config(model_dir)
-    metadata = config.get("metadata") or {}
-    if isinstance(entry, str):
-        entry = get_model(entry)
-    if entry is None and metadata.get("registry_name"):
-        entry = get_model(str(metadata["registry_name"]))
-    measured = metrics_from_config(config)
-    first = next(iter(config["networks"].values()))
-    ds_meta = metadata.get("dataset") or {}
-    dataset = entry.dataset if entry is not None else (str(ds_meta.get("name") or "") if isinstance(ds_meta, dict) else "")
-    name = entry.name if entry is not None else str(config.get("name") or model_dir.name)
     dataset_id = dataset.lower().replace(" ", "-").replace("/", "-") or "unknown"
     eval_results = [
         EvalResult(
@@ -367,17 +363,36 @@ def card_context(model_dir: Union[str, Path], entry=None) -> tuple:
         for m in measured
     ]
     tags = ["equiformer", "equivariant", "e3nn", "graph-neural-network", "atomistic", "pytorch"] + list(entry.tags if entry is not None else [])
-    card_data = ModelCardData(
+    return ModelCardData(
         library_name=LIBRARY, license=entry.license if entry is not None else "mit", tags=list(dict.fromkeys(tags)),
         datasets=[dataset] if dataset else None, model_name=name, eval_results=eval_results or None,
     )  # fmt: skip
-    rows, paper_source = _results(measured, entry.paper if entry is not None else ())
 
-    types = EquiformerConfig.from_dict(first).type_names
+
+def _present_exports(model_dir: Path) -> list:
+    """The export records whose file is in the model directory, with their errors formatted for the card."""
     exports = []
     for rec in read_exports(model_dir).values():
         if (model_dir / rec.get("path", "")).is_file():
             exports.append({**rec, "max_abs_error": f"{rec['max_abs_error']:.1e}", "tolerance": f"{rec['tolerance']:.0e}"})
+    return exports
+
+
+def card_context(model_dir: Union[str, Path], entry=None) -> tuple:
+    """(ModelCardData, template variables) for a model directory; `entry` a registry entry or name."""
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    metadata = config.get("metadata") or {}
+    entry = _registry_entry(entry, metadata)
+    measured = metrics_from_config(config)
+    first = next(iter(config["networks"].values()))
+    ds_meta = metadata.get("dataset") or {}
+    dataset = entry.dataset if entry is not None else (str(ds_meta.get("name") or "") if isinstance(ds_meta, dict) else "")
+    name = entry.name if entry is not None else str(config.get("name") or model_dir.name)
+    card_data = _card_data(entry, name, dataset, measured)
+    rows, paper_source = _results(measured, entry.paper if entry is not None else ())
+    types = EquiformerConfig.from_dict(first).type_names
+    exports = _present_exports(model_dir)
     params = _param_count(model_dir)
     evaluation = metadata.get("evaluation") if isinstance(metadata.get("evaluation"), dict) else {}
     facts = dataset_facts(metadata)

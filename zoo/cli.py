@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from zoo import cli_artifacts, cli_lammps, cli_train, cli_use
-from zoo.artifact import ArtifactError
-from zoo.convert import ConversionError, convert_reference_checkpoint
+from zoo.cli_console import console, error_line, fail
+from zoo.convert import convert_reference_checkpoint
 from zoo.data.cli import app as data_app
 from zoo.errors import ZooError
 from zoo.extras import missing_extra
@@ -23,7 +21,6 @@ from zoo.models.summary import variant_summaries
 app = typer.Typer(help="equizoo: trained, verified, fast Equiformer models.", no_args_is_help=True, pretty_exceptions_show_locals=False)
 convert_app = typer.Typer(help="Convert checkpoints from other code bases into equizoo model directories.", no_args_is_help=True)
 app.add_typer(convert_app, name="convert")
-console = Console(soft_wrap=True)
 
 
 def _hide_flag_placeholders() -> None:
@@ -42,7 +39,6 @@ def _hide_flag_placeholders() -> None:
 
 
 _hide_flag_placeholders()
-err_console = Console(stderr=True, soft_wrap=True)
 
 app.add_typer(data_app, name="data")
 
@@ -67,7 +63,7 @@ def _handled(command):
             message = missing_extra(exc) or (str(exc) if isinstance(exc, ZooError) else None)
             if message is None:
                 raise
-            err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+            error_line(message)
             raise typer.Exit(getattr(exc, "exit_code", ZooError.exit_code)) from None
 
     return run
@@ -88,8 +84,7 @@ def variants(
     """List the network variants (architectures) with their parameter counts and what they predict."""
     rows = variant_summaries(pattern)
     if not rows:
-        err_console.print(f"[red]error:[/red] no variant matches {pattern!r}; `equizoo variants` lists all")
-        raise typer.Exit(1)
+        fail(f"no variant matches {pattern!r}; `equizoo variants` lists all", code=1)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -116,9 +111,8 @@ def convert_reference(
     """Convert a reference Equiformer checkpoint into an equizoo model directory."""
     try:
         info = convert_reference_checkpoint(checkpoint, variant, out, dtype=dtype, overwrite=overwrite, target=target, unit=unit, mean=mean, std=std)
-    except (ArtifactError, ConversionError, FileNotFoundError, KeyError, ValueError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    except (FileNotFoundError, KeyError, ValueError) as exc:  # torch and safetensors raise these for a bad file
+        fail(str(exc))
     console.print(f"wrote [bold]{info['out']}[/bold]: variant {info['variant']}, {info['params']:,} parameters, {info['dtype']}")
 
 

@@ -12,20 +12,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from zoo.cli_console import console, fail
 from zoo.errors import ZooError
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 hub_app = typer.Typer(help="A local Hugging Face Hub-compatible server (for tests and team hubs).", no_args_is_help=True)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _metric_text(entry, count: int = 3) -> str:
@@ -42,14 +35,11 @@ def list_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the registered pretrained models, the ones you can use first: status and test error."""
-    from zoo.registry import RegistryError, list_models
+    from zoo.registry import list_models
 
-    try:
-        models = list_models(pattern, published_only=published)
-    except RegistryError as exc:
-        _fail(str(exc))
+    models = list_models(pattern, published_only=published)
     if not models:
-        _fail(f"no registered model matches {pattern!r}{' among the published ones' if published else ''}; `equizoo list` shows all")
+        fail(f"no registered model matches {pattern!r}{' among the published ones' if published else ''}; `equizoo list` shows all")
     models = sorted(models, key=lambda m: (not m.published, m.status != "published"))  # stable: registry order within a group
     if as_json:
         typer.echo(json.dumps([m.to_dict() for m in models], indent=2))
@@ -80,12 +70,9 @@ def info_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Everything the registry knows about one model: meaning, location, file hashes, metrics."""
-    from zoo.registry import RegistryError, get_model
+    from zoo.registry import get_model
 
-    try:
-        m = get_model(name)
-    except RegistryError as exc:
-        _fail(str(exc))
+    m = get_model(name)
     if as_json:
         typer.echo(json.dumps(m.to_dict(), indent=2))
         return
@@ -130,9 +117,9 @@ def _model_dir_for(spec: str, out: Optional[Path]) -> Path:
         src = model_dir_of(path)
         return copy_model(src, out) if out is not None else src
     if path.exists() or os.sep in spec or spec.startswith((".", "~")):
-        _fail(f"{spec}: no such model directory; give a model directory, a training run directory, a registry name or hf-hub:ORG/NAME@REV")
+        fail(f"{spec}: no such model directory; give a model directory, a training run directory, a registry name or hf-hub:ORG/NAME@REV")
     if out is None:
-        _fail(f"{spec} is not a directory: to export a registry model or Hub id give --out DIR (it is copied there, the Hugging Face cache stays untouched)")
+        fail(f"{spec} is not a directory: to export a registry model or Hub id give --out DIR (it is copied there, the Hugging Face cache stays untouched)")
     return copy_model(pull(spec), out)
 
 
@@ -157,22 +144,19 @@ def export_command(
     """
     from zoo.export import WHERE_TO_USE, check_formats_available, export_model, parse_formats
 
-    try:
-        chosen = parse_formats(formats)
-        check_formats_available(chosen)
-        configs = {}
-        for item in aoti_option:
-            key, sep, value = item.partition("=")
-            if not sep:
-                _fail(f"--aoti-option {item!r} must be KEY=VALUE")
-            try:
-                configs[key] = json.loads(value)
-            except json.JSONDecodeError:
-                configs[key] = value
-        model_dir = _model_dir_for(model, out)
-        results = export_model(model_dir, chosen, dtype=dtype, device=device, inductor_configs=configs or None, onnx_optimize=onnx_optimize)
-    except ZooError as exc:
-        _fail(str(exc))
+    chosen = parse_formats(formats)
+    check_formats_available(chosen)
+    configs = {}
+    for item in aoti_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--aoti-option {item!r} must be KEY=VALUE")
+        try:
+            configs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            configs[key] = value
+    model_dir = _model_dir_for(model, out)
+    results = export_model(model_dir, chosen, dtype=dtype, device=device, inductor_configs=configs or None, onnx_optimize=onnx_optimize)
     table = Table(title=f"exported {model_dir}")
     for col in ("format", "file", "dtype", "device", "max |Δ| vs eager", "tolerance", "seconds"):
         table.add_column(col)
@@ -191,10 +175,7 @@ def card_command(
     from zoo.cards import write_card
     from zoo.hub import model_dir_of
 
-    try:
-        path = write_card(model_dir_of(model_dir), name)
-    except ZooError as exc:
-        _fail(str(exc))
+    path = write_card(model_dir_of(model_dir), name)
     console.print(f"wrote {path}", highlight=False)
 
 
@@ -217,24 +198,21 @@ def release_command(
     """Make a local release: evaluate, export, card and register a trained model in releases/NAME."""
     from zoo.release import release_model
 
-    try:
-        limits = None
-        if limit:
-            limits = {}
-            for item in limit:
-                split, sep, value = item.partition("=")
-                if not sep or not value.isdigit():
-                    _fail(f"--limit {item!r} must be SPLIT=N with N a positive integer, e.g. --limit test=1000")
-                limits[split] = int(value)
-        chosen = [] if formats.strip().lower() == "none" else formats
-        rel = release_model(model, name, data=data, source=source, splits=[s for s in splits.split(",") if s], limits=limits, formats=chosen, onnx_optimize=onnx_optimize,
-                            note=note, hardware_note=hardware_note, releases=releases, registry_file=registry_file, overwrite=overwrite)  # fmt: skip
-        if default:
-            from zoo.pretrained import install_default_model
+    limits = None
+    if limit:
+        limits = {}
+        for item in limit:
+            split, sep, value = item.partition("=")
+            if not sep or not value.isdigit():
+                fail(f"--limit {item!r} must be SPLIT=N with N a positive integer, e.g. --limit test=1000")
+            limits[split] = int(value)
+    chosen = [] if formats.strip().lower() == "none" else formats
+    rel = release_model(model, name, data=data, source=source, splits=[s for s in splits.split(",") if s], limits=limits, formats=chosen, onnx_optimize=onnx_optimize,
+                        note=note, hardware_note=hardware_note, releases=releases, registry_file=registry_file, overwrite=overwrite)  # fmt: skip
+    if default:
+        from zoo.pretrained import install_default_model
 
-            installed = install_default_model(rel.path)
-    except ZooError as exc:
-        _fail(str(exc))
+        installed = install_default_model(rel.path)
     table = Table(title=f"released {rel.entry.name} in {rel.path}")
     for col in ("split", "output", "metric", "value", "paper"):
         table.add_column(col)
@@ -264,10 +242,7 @@ def restate_command(
     weights, exports and measured numbers stay."""
     from zoo.release import restate_release
 
-    try:
-        rel = restate_release(name, source=source, hardware_model=hardware_model, hardware_note=hardware_note, releases=releases, registry_file=registry_file)
-    except ZooError as exc:
-        _fail(str(exc))
+    rel = restate_release(name, source=source, hardware_model=hardware_model, hardware_note=hardware_note, releases=releases, registry_file=registry_file)
     console.print(f"restated {rel.entry.name} in {rel.path} ({len(rel.entry.files)} files with sha256 in {rel.entry.source})", highlight=False)
 
 
@@ -287,9 +262,9 @@ def verify_command(
             check_output(output, {".json": "json"}, "--output")
         pairs = check_release(name, source=source, progress=True)
     except MissingExtra as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except ZooError as exc:
-        _fail(str(exc), code=1)
+        fail(str(exc), code=1)
     table = Table(title=f"{name}: card vs `equizoo eval` now")
     for col in ("split/output", "card", "measured now", "round-off bound"):
         table.add_column(col, justify="left" if col == "split/output" else "right")
@@ -322,30 +297,27 @@ def publish_command(
     from zoo.publish import publish
     from zoo.registry import get_model, is_registry_name, metrics_from_config, register as register_entry
 
-    try:
-        spec = str(run_dir)
-        if not run_dir.exists() and is_registry_name(spec) and get_model(spec).release:
-            src = pull(spec)
-            register = register or spec
-            card = False
-        else:
-            src = model_dir_of(run_dir)
-        if card:
-            from zoo.cards import write_card
+    spec = str(run_dir)
+    if not run_dir.exists() and is_registry_name(spec) and get_model(spec).release:
+        src = pull(spec)
+        register = register or spec
+        card = False
+    else:
+        src = model_dir_of(run_dir)
+    if card:
+        from zoo.cards import write_card
 
-            write_card(src, register if register and is_registry_name(register) else None)
-        pub = publish(src, repo, tag=tag, private=private, endpoint_url=endpoint)
-        if register:
-            from zoo.artifact import read_config
-            from zoo.registry import fields_from_config, in_catalogue
+        write_card(src, register if register and is_registry_name(register) else None)
+    pub = publish(src, repo, tag=tag, private=private, endpoint_url=endpoint)
+    if register:
+        from zoo.artifact import read_config
+        from zoo.registry import fields_from_config, in_catalogue
 
-            config = read_config(src)
-            meaning = {} if in_catalogue(register) else fields_from_config(config)
-            entry = register_entry(
-                register, pub.files, repo_id=pub.repo_id, revision=pub.revision, metrics=metrics_from_config(config), registry_file=registry_file, **meaning
-            )
-    except ZooError as exc:
-        _fail(str(exc))
+        config = read_config(src)
+        meaning = {} if in_catalogue(register) else fields_from_config(config)
+        entry = register_entry(
+            register, pub.files, repo_id=pub.repo_id, revision=pub.revision, metrics=metrics_from_config(config), registry_file=registry_file, **meaning
+        )
     console.print(f"published [bold]{pub.repo_id}[/bold] at revision {pub.revision} (tag {pub.tag}) on {pub.endpoint}", highlight=False)
     table = Table(title="files")
     table.add_column("file")
@@ -367,10 +339,7 @@ def pull_command(
     """Fetch a model at its pinned revision into the Hugging Face cache, verify every sha256, print its path."""
     from zoo.hub import pull
 
-    try:
-        path = pull(spec, endpoint_url=endpoint, force=force)
-    except ZooError as exc:
-        _fail(str(exc))
+    path = pull(spec, endpoint_url=endpoint, force=force)
     typer.echo(str(path))
 
 
@@ -390,15 +359,15 @@ def hub_serve(
     from zoo.hub.server import parse_tokens, start_hub
 
     if max_body_mb <= 0 or timeout <= 0:
-        _fail("--max-body-mb and --timeout must be positive")
+        fail("--max-body-mb and --timeout must be positive")
     try:
         tokens = parse_tokens(token)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         hub = start_hub(root, host=host, port=port, tokens=tokens, verbose=verbose, max_body=int(max_body_mb * (1 << 20)), timeout=timeout)
     except OSError as exc:
-        _fail(f"cannot listen on {host}:{port} ({exc}); choose another --port")
+        fail(f"cannot listen on {host}:{port} ({exc}); choose another --port")
     console.print(f"serving {root} at {hub.url}  (export HF_ENDPOINT={hub.url})", highlight=False)
     if hub.generated:
         console.print(f"write token (user equizoo): {hub.token}  (export HF_TOKEN={hub.token}; --token TOKEN=USER sets your own)", highlight=False)

@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
+
+from zoo.cli_console import console
 
 
 def register(app: typer.Typer) -> None:
@@ -34,34 +35,27 @@ def train(
     from zoo.train.budget import process_age
 
     origin = time.perf_counter() - process_age()
-    from zoo.data import DataError
-    from zoo.train import RecipeError, TrainError, build_network, dump_recipe, load_recipe, resume_recipe
+    from zoo.train import RecipeError, build_network, dump_recipe, load_recipe, resume_recipe
     from zoo.train import train as run_training
 
-    console = Console(soft_wrap=True)
-    err = Console(stderr=True, soft_wrap=True)
     set_ = list(set_) + (["optim.amp=true"] if bf16 else []) + (["optim.tf32=true"] if tf32 else [])
     set_ += ([f"budget.wall_time={budget}"] if budget is not None else []) + ([f"data.on_device={str(device_data).lower()}"] if device_data is not None else [])
-    try:
-        if recipe is not None:
-            resolved = load_recipe(recipe, set_)
-        elif resume is not None and set_:
-            resolved = resume_recipe(resume, set_)
-        else:
-            resolved = None
-        if dry_run:
-            if resolved is None:
-                raise RecipeError("--dry-run needs a recipe")
-            from zoo.models import count_parameters
+    if recipe is not None:
+        resolved = load_recipe(recipe, set_)
+    elif resume is not None and set_:
+        resolved = resume_recipe(resume, set_)
+    else:
+        resolved = None
+    if dry_run:
+        if resolved is None:
+            raise RecipeError("--dry-run needs a recipe")
+        from zoo.models import count_parameters
 
-            network = build_network(resolved)
-            console.print(dump_recipe(resolved), markup=False, highlight=False)
-            console.print(f"model {network.config.name}: {count_parameters(network):,} parameters")
-            return
-        result = run_training(resolved, out=out, resume=resume, console=console, origin=origin)
-    except (RecipeError, TrainError, DataError) as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        raise typer.Exit(2)
+        network = build_network(resolved)
+        console.print(dump_recipe(resolved), markup=False, highlight=False)
+        console.print(f"model {network.config.name}: {count_parameters(network):,} parameters")
+        return
+    result = run_training(resolved, out=out, resume=resume, console=console, origin=origin)
     if result.model_dir is not None and result.stopped is not None:
         console.print(f"stopped by {result.stopped} after step {result.metrics['steps']}: checkpoint and model directory written "
                       f"([bold]{result.model_dir}[/bold], not evaluated); continue with --resume {result.run_dir}")

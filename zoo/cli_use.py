@@ -17,16 +17,14 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from zoo.cli_console import console, err_console
 from zoo.errors import ZooError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_INPUT, EXIT_ALL_FAILED, EXIT_CRASH = 0, 1, 2, 3, 4
 MAX_ERROR_LINES = 10
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 
 ModelOption = typer.Option(None, "--model", "-m", help="Model directory, registry name, hf-hub: id or TorchScript file (default: the embedded default model).")
 DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda.")
@@ -34,11 +32,6 @@ DtypeOption = typer.Option(None, "--dtype", help="float32 or float64 (default: t
 AllowUnseenOption = typer.Option(False, "--allow-unseen-elements", help="Predict also for elements the model's training data did not contain (normally an error per structure).")
 BackendOption = typer.Option("eager", "--backend", help="eager, torchscript, compile (torch.compile, checked against eager), aoti or onnx (aoti/onnx need `equizoo export MODEL_DIR --format aoti|onnx` first).")
 CudaGraphsOption = typer.Option(False, "--cuda-graphs", help="Replay the eager/compiled model as CUDA graphs on inputs padded to size buckets (needs a CUDA device; fastest for small systems).")
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[red]error:[/red] {escape(str(exc))}")
-    raise typer.Exit(EXIT_INPUT)
 
 
 def _guarded(command):
@@ -87,15 +80,12 @@ def predict_command(
     from zoo.use.results import OUTPUT_FORMATS, check_output, column, model_caveat
 
     written = False
-    try:
-        if output is not None:
-            check_output(output, OUTPUT_FORMATS, "--output")
-        predictor = Predictor(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements, cuda_graphs=cuda_graphs)
-        result = predictor.run(files, batch_size=batch_size, max_atoms=max_atoms, progress=True)
-        if output is not None and (len(result.items) > result.n_failed or output.suffix.lower() in (".csv", ".json")):
-            written = bool(result.write(output))
-    except ZooError as exc:
-        _fail(exc)
+    if output is not None:
+        check_output(output, OUTPUT_FORMATS, "--output")
+    predictor = Predictor(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements, cuda_graphs=cuda_graphs)
+    result = predictor.run(files, batch_size=batch_size, max_atoms=max_atoms, progress=True)
+    if output is not None and (len(result.items) > result.n_failed or output.suffix.lower() in (".csv", ".json")):
+        written = bool(result.write(output))
     info = result.info
     if rows > 0:
         table = Table(title=escape(f"{info.name} ({result.backend}, {result.device}, {result.dtype})"))
@@ -153,22 +143,19 @@ def eval_command(
     from zoo.use.evaluate import run_evaluation
     from zoo.use.results import check_output
 
-    try:
-        if output is not None:
-            check_output(output, {".json": "json"}, "--output")
-        if plot is not None:
-            check_output(plot, {".png": "png"}, "--plot")
-        result = run_evaluation(
-            dataset, model, split=split, limit=limit, target=target, source=source, cache_dir=cache_dir,
-            energy_unit=energy_unit, backend=backend, device=device, dtype=dtype, batch_size=batch_size, progress=True,
-            allow_unseen_elements=allow_unseen_elements,
-        )  # fmt: skip
-        if output is not None:
-            result.write_json(output)
-        if plot is not None:
-            result.plot(plot)
-    except ZooError as exc:
-        _fail(exc)
+    if output is not None:
+        check_output(output, {".json": "json"}, "--output")
+    if plot is not None:
+        check_output(plot, {".png": "png"}, "--plot")
+    result = run_evaluation(
+        dataset, model, split=split, limit=limit, target=target, source=source, cache_dir=cache_dir,
+        energy_unit=energy_unit, backend=backend, device=device, dtype=dtype, batch_size=batch_size, progress=True,
+        allow_unseen_elements=allow_unseen_elements,
+    )  # fmt: skip
+    if output is not None:
+        result.write_json(output)
+    if plot is not None:
+        result.plot(plot)
     info = result.info
     table = Table(title=escape(f"{info['model']} on {info['dataset']} / {info['split']} ({info['n_structures']} structures)"))
     for name in ("quantity", "metric", "unit", "measured", "paper", "paper source"):
@@ -202,36 +189,53 @@ def bench_command(
 ) -> None:
     """Throughput, latency at batch 1 and peak memory of a model under several backends."""
     from zoo.use.bench import bench, write_bench
-    from zoo.errors import UseError
 
     tasks = list(dict.fromkeys(list(task) + (["train_step"] if train else [])))
-    try:
-        from zoo.use.bench import BENCH_BACKENDS
-        from zoo.use.results import check_output
-        from zoo.use.runner import check_backend
-
-        if output is not None:
-            check_output(output, {".json": "json", ".csv": "csv"}, "--output")
-        for name in backend:
-            if name not in BENCH_BACKENDS:
-                raise UseError(f"unknown backend {name!r}; use {', '.join(BENCH_BACKENDS)}")
-            if name in ("onnx",):
-                check_backend(name)
-        frame = bench(
-            model, backends=backend, compare=compare, compile=compile, tasks=tasks, batch_size=batch_size, device=device,
-            dtype=dtype, warmup=warmup, repeats=repeats, structures=[str(p) for p in structures] if structures else None,
-            suite=suite, progress=True, profile=profile,
-        )  # fmt: skip
-        if output is not None:
-            write_bench(frame, output)
-    except ZooError as exc:
-        _fail(exc)
+    _check_bench_options(backend, output)
+    frame = bench(
+        model, backends=backend, compare=compare, compile=compile, tasks=tasks, batch_size=batch_size, device=device,
+        dtype=dtype, warmup=warmup, repeats=repeats, structures=[str(p) for p in structures] if structures else None,
+        suite=suite, progress=True, profile=profile,
+    )  # fmt: skip
+    if output is not None:
+        write_bench(frame, output)
     if as_json:
         typer.echo(frame.to_json(orient="records", indent=1))
         return
+    errors = _print_bench_table(frame, wide)
+    if profile:
+        _print_profile(frame)
+    for n, error in enumerate(errors, 1):
+        err_console.print(escape(f"error {n}: {error}"), highlight=False)
     first = frame.iloc[0]
+    if not wide:
+        console.print("--wide: atoms, spread, atoms/s, peak memory; --output FILE.json|csv: every field", highlight=False, soft_wrap=False)
+    console.print(escape(f"workload: {first['workload']}; {first['warmup']} warm-up and {first['repeats']} timed calls per row"), soft_wrap=False)
+    if output is not None:
+        console.print(escape(f"wrote {output}"))
+
+
+def _check_bench_options(backends: List[str], output: Optional[Path]) -> None:
+    """Refuse an unknown backend, a missing ONNX Runtime or an unwritable --output before any timing."""
+    from zoo.errors import UseError
+    from zoo.use.bench import BENCH_BACKENDS
+    from zoo.use.results import check_output
+    from zoo.use.runner import check_backend
+
+    if output is not None:
+        check_output(output, {".json": "json", ".csv": "csv"}, "--output")
+    for name in backends:
+        if name not in BENCH_BACKENDS:
+            raise UseError(f"unknown backend {name!r}; use {', '.join(BENCH_BACKENDS)}")
+        if name in ("onnx",):
+            check_backend(name)
+
+
+def _print_bench_table(frame, wide: bool) -> List[str]:
+    """The bench table (narrow: failed rows say `error N`); returns the errors the narrow table numbered."""
     from rich import box
 
+    first = frame.iloc[0]
     models = list(dict.fromkeys(str(m) for m in frame["model"]))
     title = f"equizoo bench{' of ' + models[0] if len(models) == 1 else ''} on {first['device_name']} ({first['device']}, torch {first['torch']}, {first['threads']} threads)"
     columns = ["model", "backend", "task", "batch", "atoms", "median ms", "iqr ms", "structures/s", "atoms/s", "peak MB", "vs eager", "status"]
@@ -258,15 +262,7 @@ def bench_command(
         }  # fmt: skip
         table.add_row(*(cells[c] for c in columns))
     console.print(table)
-    if profile:
-        _print_profile(frame)
-    for n, error in enumerate(errors, 1):
-        err_console.print(escape(f"error {n}: {error}"), highlight=False)
-    if not wide:
-        console.print("--wide: atoms, spread, atoms/s, peak memory; --output FILE.json|csv: every field", highlight=False, soft_wrap=False)
-    console.print(escape(f"workload: {first['workload']}; {first['warmup']} warm-up and {first['repeats']} timed calls per row"), soft_wrap=False)
-    if output is not None:
-        console.print(escape(f"wrote {output}"))
+    return errors
 
 
 def _print_profile(frame) -> None:

@@ -240,28 +240,19 @@ def release_model(
     from zoo.export import export_model
     from zoo.hub import model_dir_of
 
-    if not _NAME.match(name):
-        raise ReleaseError(f"release name {name!r} must be lowercase letters, digits, '.', '_' or '-' (e.g. equiformer-md17-aspirin-l2)")
+    root, out = _release_folder(releases, name, overwrite)
     src = model_dir_of(model)
     config = read_config(src)
     if not (src / WEIGHTS).is_file():
         raise ReleaseError(f"{src} has no {WEIGHTS}; release a trained model directory or training run")
-    root = Path(releases) if releases is not None else releases_dir()
-    if root is None:
-        raise ReleaseError("no releases folder: pass --releases-dir DIR or set EQUIZOO_RELEASES (only a source checkout has releases/ of its own)")
-    out = root / name
-    if out.exists() and not overwrite:
-        raise ReleaseError(f"{out} already exists; pass --overwrite to replace that release")
     metadata = dict(config.get("metadata") or {})
     data = data or default_data(config)
     if not metadata.get("elements"):
-        if (metadata.get("dataset") or {}).get("name"):
-            metadata["elements"] = training_elements(config, source or (data if is_local_path(data) else None), cache_dir)
-        else:
-            metadata["elements"] = data_elements(data, source=source, cache_dir=cache_dir)
+        metadata["elements"] = _release_elements(config, metadata, data, source, cache_dir)
     if limits is None:
         recorded = (metadata.get("dataset") or {}).get("limits") or {}
         limits = {s: recorded.get(s) for s in splits}
+    notes = {key: text for key, text in (("note", note), ("hardware_note", hardware_note)) if text}
     exports: dict = {}
     evaluation: dict = {}
 
@@ -269,14 +260,8 @@ def release_model(
         nonlocal exports, evaluation
         for file in (CONFIG, WEIGHTS):
             shutil.copyfile(src / file, tmp / file)
-        evaluation = evaluate_release(tmp, name, data, source=source, splits=splits, limits=limits, cache_dir=cache_dir, progress=progress)
-        metadata[EVALUATION] = evaluation
-        metadata["registry_name"] = name
-        if note:
-            metadata["note"] = note
-        if hardware_note:
-            metadata["hardware_note"] = hardware_note
-        public = public_metadata(metadata, name, config)
+        measured = evaluate_release(tmp, name, data, source=source, splits=splits, limits=limits, cache_dir=cache_dir, progress=progress)
+        public = public_metadata({**metadata, EVALUATION: measured, "registry_name": name, **notes}, name, config)
         evaluation = public[EVALUATION]
         (tmp / CONFIG).write_text(json.dumps({**config, "name": name, "metadata": public}, indent=1, ensure_ascii=False) + "\n")
         if formats:
@@ -287,6 +272,27 @@ def release_model(
     atomic_write_dir(out, write, overwrite=overwrite)
     entry = _register_and_card(out, name, registry_file)
     return Release(out, entry, evaluation, exports)
+
+
+def _release_folder(releases: Union[str, Path, None], name: str, overwrite: bool) -> tuple[Path, Path]:
+    """The releases root and the release's folder in it (refused if it exists and `overwrite` is off)."""
+    if not _NAME.match(name):
+        raise ReleaseError(f"release name {name!r} must be lowercase letters, digits, '.', '_' or '-' (e.g. equiformer-md17-aspirin-l2)")
+    root = Path(releases) if releases is not None else releases_dir()
+    if root is None:
+        raise ReleaseError("no releases folder: pass --releases-dir DIR or set EQUIZOO_RELEASES (only a source checkout has releases/ of its own)")
+    out = root / name
+    if out.exists() and not overwrite:
+        raise ReleaseError(f"{out} already exists; pass --overwrite to replace that release")
+    return root, out
+
+
+def _release_elements(config: dict, metadata: dict, data: str, source: Optional[str], cache_dir) -> list:
+    """The elements of the training data, for a model whose config does not record them: from its recorded
+    training dataset, else from the evaluation dataset."""
+    if (metadata.get("dataset") or {}).get("name"):
+        return training_elements(config, source or (data if is_local_path(data) else None), cache_dir)
+    return data_elements(data, source=source, cache_dir=cache_dir)
 
 
 def _register_and_card(out: Path, name: str, registry_file) -> object:

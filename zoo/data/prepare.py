@@ -361,6 +361,27 @@ def prepare_dataset(
     info = DATASETS.get(name)
     if info is None and source is None:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} (or give source= for your own file)")
+    source, downloaded = _resolve_source(name, info, source, cache, download, mirror, progress, options)
+    total = None
+    kind = info.kind if info else "custom"
+    if kind == "qm9":
+        structures, splits, meta, template = _prepare_qm9(source, options, progress)
+    elif kind == "oc20":
+        structures, splits, meta, template, total = _prepare_oc20(source, options, progress)
+    else:
+        structures, splits, meta, template = _prepare_md(info, source, options, progress)
+    if downloaded:
+        meta["downloaded"] = [{"file": str(p), "sha256": file_hash(p)} for p in downloaded]
+    meta["dataset"] = {"kind": kind, "description": info.description if info else f"custom dataset from {source}"}
+    if total is None and isinstance(structures, list):
+        total = len(structures)
+    return write_prepared(out, name, structures, splits, meta, template, progress, total)
+
+
+def _resolve_source(name: str, info, source, cache: Path, download: bool, mirror: str | None, progress, options: dict) -> tuple:
+    """The local source to prepare from and the files downloaded for it: an http(s) URL is fetched, a missing
+    source of a known dataset is its official download (when allowed; QM9 otherwise reads qm9pack), unpacked
+    where the dataset ships as an archive. May set `options['uncharacterized']` (QM9)."""
     downloaded: list[Path] = []
     if _is_url(source):
         filename = str(source).rstrip("/").rsplit("/", 1)[-1] or "download"
@@ -383,20 +404,7 @@ def prepare_dataset(
             if not (target / "data").is_dir():
                 _safe_extract(downloaded[0], target)
             source = target
-    total = None
-    kind = info.kind if info else "custom"
-    if kind == "qm9":
-        structures, splits, meta, template = _prepare_qm9(source, options, progress)
-    elif kind == "oc20":
-        structures, splits, meta, template, total = _prepare_oc20(source, options, progress)
-    else:
-        structures, splits, meta, template = _prepare_md(info, source, options, progress)
-    if downloaded:
-        meta["downloaded"] = [{"file": str(p), "sha256": file_hash(p)} for p in downloaded]
-    meta["dataset"] = {"kind": kind, "description": info.description if info else f"custom dataset from {source}"}
-    if total is None and isinstance(structures, list):
-        total = len(structures)
-    return write_prepared(out, name, structures, splits, meta, template, progress, total)
+    return source, downloaded
 
 
 def load_dataset(

@@ -169,15 +169,7 @@ def parse_qm9_xyz(text: str, path: str | os.PathLike | None = None) -> Structure
             raise DataError(f"{src}: expected 'El x y z q', got {line.strip()!r}; the file is truncated or corrupt")
         species[i] = _symbol_to_z(parts[0], src)
         positions[i] = [_float(p, src) for p in parts[1:4]]
-    index = int(raw["index"])
-    return Structure(
-        species=species,
-        positions=positions,
-        targets=qm9_targets(raw, species),
-        units=QM9_UNITS,
-        name=qm9_name(index),
-        index=index,
-    ).check(where(path))
+    return _qm9_structure(species, positions, raw, int(raw["index"]), where(path))
 
 
 def read_qm9_xyz(path: str | os.PathLike) -> Structure:
@@ -341,16 +333,7 @@ def iter_qm9pack(data_dir: str | os.PathLike | None = None, progress: Progress |
             raise DataError(f"{src}: cannot parse the row ({exc}); reinstall qm9pack==1.0.3") from None
         if species.shape != (n,) or positions.shape != (n, 3):
             raise DataError(f"{src}: N_atoms={n} but {species.size} elements and {positions.shape} positions")
-        found.append(
-            Structure(
-                species=species,
-                positions=positions,
-                targets=qm9_targets(raw, species),
-                units=QM9_UNITS,
-                name=qm9_name(index),
-                index=index,
-            ).check(src)
-        )
+        found.append(_qm9_structure(species, positions, raw, index, src))
         if progress and count % 5000 == 0:
             progress("reading qm9pack", count, QM9_N_MOLECULES)
     found.sort(key=lambda s: s.index)
@@ -375,3 +358,15 @@ __all__ = [
     "read_qm9_uncharacterized",
     "read_qm9_xyz",
 ]
+
+
+def _qm9_structure(species: np.ndarray, positions: np.ndarray, raw: dict, index: int, src: str) -> Structure:
+    """One checked QM9 molecule with its 12 targets in QM9_UNITS, named by its QM9 index."""
+    return Structure(
+        species=species,
+        positions=positions,
+        targets=qm9_targets(raw, species),
+        units=QM9_UNITS,
+        name=qm9_name(index),
+        index=index,
+    ).check(src)

@@ -63,46 +63,58 @@ def download(
         return dest
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.is_file() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "equizoo"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:
-            response = None
-        else:
-            raise DataError(
-                f"download of {url} failed: HTTP {exc.code} {exc.reason}; check the URL or try later"
-            ) from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise DataError(
-            f"download of {url} failed ({exc}); check the network or download it by hand to {dest}"
-        ) from None
+    response = _open_range(url, dest, have, timeout)
     if response is not None:
         with response:
-            resumed = response.status == 206
-            length = response.headers.get("Content-Length")
-            total = (int(length) + (have if resumed else 0)) if length else None
-            done = have if resumed else 0
-            with open(part, "ab" if resumed else "wb") as fh:
-                try:
-                    while chunk := response.read(chunk_size):
-                        fh.write(chunk)
-                        done += len(chunk)
-                        if progress:
-                            progress(f"downloading {dest.name}", done, total)
-                except (OSError, http.client.HTTPException) as exc:
-                    raise DataError(
-                        f"download of {url} was interrupted after {done} bytes ({exc}); run again to resume from {part}"
-                    ) from None
-            if total is not None and done != total:
-                raise DataError(
-                    f"download of {url} stopped at {done} of {total} bytes; run again to resume from {part}"
-                )
+            _append_body(response, url, part, have, progress, chunk_size)
     mismatch = _verify(part, sha256, md5)
     if mismatch:
         part.unlink()
         raise DataError(f"download of {url} is corrupt ({mismatch}); the partial file was removed, run again")
     os.replace(part, dest)
     return dest
+
+
+def _open_range(url: str, dest: Path, have: int, timeout: float):
+    """The HTTP response for `url` from byte `have` on (a Range request when resuming); None when the
+    server says the partial file is already complete (416)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "equizoo"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        return urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:
+            return None
+        raise DataError(
+            f"download of {url} failed: HTTP {exc.code} {exc.reason}; check the URL or try later"
+        ) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise DataError(
+            f"download of {url} failed ({exc}); check the network or download it by hand to {dest}"
+        ) from None
+
+
+def _append_body(response, url: str, part: Path, have: int, progress, chunk_size: int) -> None:
+    """Write the response body to `part` (appended when the server resumed with 206), reporting progress;
+    a short or interrupted transfer is a DataError that says how to resume."""
+    resumed = response.status == 206
+    length = response.headers.get("Content-Length")
+    total = (int(length) + (have if resumed else 0)) if length else None
+    done = have if resumed else 0
+    name = part.name[: -len(".part")]
+    with open(part, "ab" if resumed else "wb") as fh:
+        try:
+            while chunk := response.read(chunk_size):
+                fh.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(f"downloading {name}", done, total)
+        except (OSError, http.client.HTTPException) as exc:
+            raise DataError(
+                f"download of {url} was interrupted after {done} bytes ({exc}); run again to resume from {part}"
+            ) from None
+    if total is not None and done != total:
+        raise DataError(
+            f"download of {url} stopped at {done} of {total} bytes; run again to resume from {part}"
+        )

@@ -167,23 +167,12 @@ def collate(
     cell = np.zeros((g, 3, 3))
     pbc = np.zeros((g, 3), dtype=bool)
     index = np.empty(g, dtype=np.int64)
-    tags = fixed = None
     for i, s in enumerate(structures):
         if s.cell is not None:
             cell[i] = s.cell
         pbc[i] = s.pbc
         index[i] = s.index
-        if s.tags is not None and tags is None:
-            tags = np.zeros(total, dtype=np.int64)
-        if s.fixed is not None and fixed is None:
-            fixed = np.zeros(total, dtype=bool)
-    if tags is not None or fixed is not None:
-        starts = np.concatenate([[0], np.cumsum(natoms)[:-1]])
-        for s, a, n in zip(structures, starts, natoms):
-            if tags is not None and s.tags is not None:
-                tags[a : a + n] = s.tags
-            if fixed is not None and s.fixed is not None:
-                fixed[a : a + n] = s.fixed
+    tags, fixed = _per_atom_flags(structures, natoms, total)
     batch = {
         keys.POSITIONS: torch.from_numpy(pos).to(dtype),
         keys.SPECIES: torch.from_numpy(species),
@@ -197,17 +186,35 @@ def collate(
     }
     names = list(structures[0].targets) if targets is None else list(targets)
     for name in names:
-        try:
-            values = [s.targets[name] for s in structures]
-        except KeyError:
-            missing = next(s for s in structures if name not in s.targets)
-            raise DataError(
-                f"collate: structure {missing.label} has no target {name!r} while others do; "
-                "pass targets=[...] with names every structure has"
-            ) from None
-        if name in PER_ATOM_TARGETS:
-            array = np.concatenate(values)
-        else:
-            array = np.asarray(values, dtype=np.float64)
-        batch[name] = torch.from_numpy(array).to(dtype)
+        batch[name] = torch.from_numpy(_stacked_target(structures, name)).to(dtype)
     return batch
+
+
+def _per_atom_flags(structures: Sequence[Structure], natoms: np.ndarray, total: int) -> tuple:
+    """Concatenated tags [N] and fixed flags [N] (zeros for structures without them), each None when no
+    structure has any."""
+    tags = np.zeros(total, dtype=np.int64) if any(s.tags is not None for s in structures) else None
+    fixed = np.zeros(total, dtype=bool) if any(s.fixed is not None for s in structures) else None
+    if tags is not None or fixed is not None:
+        starts = np.concatenate([[0], np.cumsum(natoms)[:-1]])
+        for s, a, n in zip(structures, starts, natoms):
+            if tags is not None and s.tags is not None:
+                tags[a : a + n] = s.tags
+            if fixed is not None and s.fixed is not None:
+                fixed[a : a + n] = s.fixed
+    return tags, fixed
+
+
+def _stacked_target(structures: Sequence[Structure], name: str) -> np.ndarray:
+    """Target `name` of every structure: per-atom ones concatenated, per-structure ones stacked (float64)."""
+    try:
+        values = [s.targets[name] for s in structures]
+    except KeyError:
+        missing = next(s for s in structures if name not in s.targets)
+        raise DataError(
+            f"collate: structure {missing.label} has no target {name!r} while others do; "
+            "pass targets=[...] with names every structure has"
+        ) from None
+    if name in PER_ATOM_TARGETS:
+        return np.concatenate(values)
+    return np.asarray(values, dtype=np.float64)

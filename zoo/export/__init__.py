@@ -15,6 +15,7 @@ real structures before any is moved in) and records what each export measured in
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from pathlib import Path
@@ -122,7 +123,7 @@ def export_model(
     models always carry it: LAMMPS needs it). `onnx_optimize` runs
     onnxscript's optimizer on the ONNX graph (minutes; a force field's file shrinks about 4x)."""
     from zoo.artifact import load_model_dir
-    from zoo.export.trace import check_inputs, export_program, flat_inputs, input_names
+    from zoo.export.trace import check_inputs
 
     model_dir = Path(model_dir)
     chosen = parse_formats(formats)
@@ -141,48 +142,64 @@ def export_model(
         with _progress() if progress else _Quiet() as bar:
             for fmt in chosen:
                 task = bar.add_task(f"{fmt}: export and check against eager", total=None)
-                staged = staging / FILES[fmt]
-                if fmt == "torchscript":
-                    model.compute_virial = False  # a runtime switch in TorchScript
-                    with quiet():
-                        results[fmt] = _torchscript(model, staged, check)
-                    model.compute_virial = bool(virial)
-                elif fmt == "onnx":
-                    from zoo.export.onnx import export_onnx
-
-                    bar.update(task, description="onnx: tracing forward and forces")
-                    names = input_names(model)
-                    program = export_program(model, flat_inputs(names, dtype, torch.device("cpu"), **check[-1]), names)
-                    bar.update(task, description="onnx: exporting and checking in onnxruntime")
-                    if onnx_optimize:
-                        bar.update(task, description="onnx: exporting, optimizing (minutes) and checking in onnxruntime")
-                    results[fmt] = export_onnx(model, staged, check=check, program=program, optimize=onnx_optimize)
-                elif device.type == "cpu":
-                    from zoo.export.aoti import export_aoti
-
-                    bar.update(task, description="aoti: tracing and compiling with AOTInductor (minutes)")
-                    results[fmt] = export_aoti(model, staged, device, check=check, inductor_configs=inductor_configs)
-                else:
-                    from zoo.export.aoti import export_aoti
-
-                    bar.update(task, description=f"aoti: tracing and compiling for {device} (minutes)")
-                    on_device = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in c.items()} for c in check]
-                    results[fmt] = export_aoti(model.to(device), staged, device, check=on_device, inductor_configs=inductor_configs)
-                    model.to("cpu")
+                say = functools.partial(bar.update, task)
+                results[fmt] = _export_one(fmt, model, staging / FILES[fmt], check, device, virial, say, onnx_optimize, inductor_configs)
                 bar.remove_task(task)
-        records = read_exports(model_dir)
-        for fmt, result in results.items():
-            final = model_dir / FILES[fmt]
-            (staging / FILES[fmt]).replace(final)
-            results[fmt] = ExportResult(result.format, final, result.dtype, result.device, result.max_abs_error, result.tolerance, result.seconds, torch.__version__)
-            records[fmt] = results[fmt].to_dict()
-        write_exports(model_dir, records)
-        stale = model_dir / "manifest.json"  # hashes of the files as last published; republishing rewrites it
-        if stale.is_file():
-            stale.unlink()
+        results = _install_exports(model_dir, staging, results)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return results
+
+
+def _export_one(fmt: str, model, staged: Path, check: list, device: torch.device, virial: bool, say, onnx_optimize: bool,
+                inductor_configs: Optional[dict]) -> ExportResult:  # fmt: skip
+    """Write one format of `model` to `staged` and check it against eager on `check`; `say(description=...)`
+    tells the progress bar which step runs."""
+    from zoo.export.trace import export_program, flat_inputs, input_names
+
+    if fmt == "torchscript":
+        model.compute_virial = False  # a runtime switch in TorchScript
+        with quiet():
+            result = _torchscript(model, staged, check)
+        model.compute_virial = bool(virial)
+        return result
+    if fmt == "onnx":
+        from zoo.export.onnx import export_onnx
+
+        say(description="onnx: tracing forward and forces")
+        names = input_names(model)
+        program = export_program(model, flat_inputs(names, next(model.parameters()).dtype, torch.device("cpu"), **check[-1]), names)
+        say(description="onnx: exporting and checking in onnxruntime")
+        if onnx_optimize:
+            say(description="onnx: exporting, optimizing (minutes) and checking in onnxruntime")
+        return export_onnx(model, staged, check=check, program=program, optimize=onnx_optimize)
+    from zoo.export.aoti import export_aoti
+
+    if device.type == "cpu":
+        say(description="aoti: tracing and compiling with AOTInductor (minutes)")
+        return export_aoti(model, staged, device, check=check, inductor_configs=inductor_configs)
+    say(description=f"aoti: tracing and compiling for {device} (minutes)")
+    on_device = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in c.items()} for c in check]
+    result = export_aoti(model.to(device), staged, device, check=on_device, inductor_configs=inductor_configs)
+    model.to("cpu")
+    return result
+
+
+def _install_exports(model_dir: Path, staging: Path, results: Dict[str, ExportResult]) -> Dict[str, ExportResult]:
+    """Move the checked files from `staging` into `model_dir`, record them in its exports record and drop the
+    stale publish manifest; the results then name the final paths."""
+    records = read_exports(model_dir)
+    installed: Dict[str, ExportResult] = {}
+    for fmt, result in results.items():
+        final = model_dir / FILES[fmt]
+        (staging / FILES[fmt]).replace(final)
+        installed[fmt] = ExportResult(result.format, final, result.dtype, result.device, result.max_abs_error, result.tolerance, result.seconds, torch.__version__)
+        records[fmt] = installed[fmt].to_dict()
+    write_exports(model_dir, records)
+    stale = model_dir / "manifest.json"  # hashes of the files as last published; republishing rewrites it
+    if stale.is_file():
+        stale.unlink()
+    return installed
 
 
 class _Quiet:

@@ -214,9 +214,12 @@ def _pull_registry(entry, endpoint_url, token, cache_dir, force) -> Path:
     expected = entry.file_hashes()
     tried: list = []
 
-    def refuse(exc: IntegrityError, label: str) -> IntegrityError:
-        before = f" (tried before: {'; '.join(tried)})" if tried else ""
-        return IntegrityError(f"{exc}{before}; refusing model {entry.name} from {label} rather than falling back to another copy")
+    def verified(folder: Path, label: str) -> Path:
+        try:
+            return verified_dir(folder, expected, f"model {entry.name} ({label})", _views())
+        except IntegrityError as exc:
+            before = f" (tried before: {'; '.join(tried)})" if tried else ""
+            raise IntegrityError(f"{exc}{before}; refusing model {entry.name} from {label} rather than falling back to another copy") from None
 
     if entry.repo_id and entry.revision:
         label = f"Hub {entry.repo_id}@{entry.revision} at {endpoint(endpoint_url)}"
@@ -225,20 +228,14 @@ def _pull_registry(entry, endpoint_url, token, cache_dir, force) -> Path:
         except HubError as exc:
             tried.append(f"{label}: {exc}")
         else:
-            try:
-                return verified_dir(snapshot, expected, f"model {entry.name} ({label})", _views())
-            except IntegrityError as exc:
-                raise refuse(exc, label) from None
+            return verified(snapshot, label)
     for label, folder in release_sources(entry):
         if folder is None:
             tried.append(label)
         elif not folder.is_dir():
             tried.append(f"{label}: no folder {folder}")
         else:
-            try:
-                return verified_dir(folder, expected, f"model {entry.name} ({label})", _views())
-            except IntegrityError as exc:
-                raise refuse(exc, label) from None
+            return verified(folder, label)
     raise HubError(
         f"model {entry.name} could not be loaded from any source; tried, in order: " + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
         + f". Install the model distribution (pip install {MODELS_DISTRIBUTION}), set EQUIZOO_RELEASES to a folder holding {entry.release or entry.name}/, "

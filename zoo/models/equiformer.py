@@ -54,37 +54,14 @@ class Equiformer(ExactConstants):
         irreps_feature = o3.Irreps(c.irreps_feature)
         radial = [c.num_basis] + list(c.radial_hidden)
 
-        lookup = torch.full((119,), -1, dtype=torch.long)
-        for t, z in enumerate(c.type_numbers):
-            lookup[z] = t
-        self.register_buffer("type_lookup", lookup, persistent=False)
+        self.register_buffer("type_lookup", _type_lookup(c.type_numbers), persistent=False)
 
         self.sh = SphericalHarmonics(c.irreps_sh)
         self.atom_embed = NodeEmbedding(irreps_node, len(c.type_numbers))
         self.tag_embed = NodeEmbedding(irreps_node, c.num_tags) if self.use_tags else None
-        if c.radial_basis == "gaussian":
-            self.rbf = GaussianBasis(c.num_basis, c.r_max)
-        elif c.radial_basis == "bessel":
-            self.rbf = BesselBasis(c.num_basis, c.r_max)
-        else:
-            self.rbf = ExpNormalBasis(c.num_basis, c.r_max)
+        self.rbf = _radial_basis(c)
         self.edge_deg_embed = EdgeDegreeEmbedding(irreps_node, c.irreps_sh, radial, c.avg_degree)
-        self.blocks = torch.nn.ModuleList(
-            TransBlock(
-                irreps_node,
-                c.irreps_sh,
-                irreps_node if i < c.num_layers - 1 else irreps_feature,
-                radial,
-                c.irreps_head,
-                c.num_heads,
-                c.irreps_mlp_mid,
-                irreps_pre_attn=c.irreps_pre_attn,
-                attention=c.attention,
-                alpha_drop=c.alpha_drop,
-                drop_path=c.drop_path,
-            )
-            for i in range(c.num_layers)
-        )
+        self.blocks = _blocks(c, irreps_node, irreps_feature, radial)
         self.norm = EquivariantLayerNorm(irreps_feature)
         scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_feature if ir.l == 0 and ir.p == 1])
         self.head = torch.nn.ModuleList([IrrepsLinear(irreps_feature, scalars), ScalarActivation(scalars), IrrepsLinear(scalars, "1x0e")])
@@ -97,17 +74,21 @@ class Equiformer(ExactConstants):
                 irreps_pre_attn=c.irreps_pre_attn, nonlinear_message=c.attention == "mlp_nonlinear", alpha_drop=c.alpha_drop,
             )  # fmt: skip
         self.register_constant("inv_sqrt_num_nodes", torch.tensor(1.0 / self.avg_num_nodes**0.5, dtype=torch.float64))
-        # radial MLPs with the same layer sizes are evaluated together
-        shapes = [tuple(p.shape for p in self.edge_deg_embed.rad.flat_params())]
-        shapes += [tuple(p.shape for p in block.attn.radial_params()) for block in self.blocks]
-        if self.aux_head is not None:
-            shapes.append(tuple(p.shape for p in self.aux_head.radial_params()))
-        self._radial_groups = [[i for i, s in enumerate(shapes) if s == key] for key in dict.fromkeys(shapes)]
+        self._radial_groups = self._same_shape_radial_mlps()
         self.apply(_init_torch_layers)
         if c.cg_float32:
             for m in self.modules():
                 if isinstance(m, DepthwiseTensorProduct):
                     m.set_cg_float32(True)
+
+    def _same_shape_radial_mlps(self) -> List[List[int]]:
+        """Radial MLPs (edge-degree embedding, each block, the auxiliary head) grouped by identical layer sizes:
+        each group is evaluated together as one batched MLP."""
+        shapes = [tuple(p.shape for p in self.edge_deg_embed.rad.flat_params())]
+        shapes += [tuple(p.shape for p in block.attn.radial_params()) for block in self.blocks]
+        if self.aux_head is not None:
+            shapes.append(tuple(p.shape for p in self.aux_head.radial_params()))
+        return [[i for i, s in enumerate(shapes) if s == key] for key in dict.fromkeys(shapes)]
 
     def _radial_weights(self, radial: torch.Tensor) -> List[torch.Tensor]:
         """Every radially weighted TP's weights (edge-degree embedding, each block, the auxiliary head), in
@@ -258,3 +239,40 @@ def no_weight_decay_names(model: Equiformer) -> List[str]:
             if p_name == "bias" or isinstance(mod, basis_types):
                 names.append(full)
     return names
+
+
+def _type_lookup(type_numbers) -> torch.Tensor:
+    """Atomic number (0..118) -> type index of the network, -1 for elements it has no embedding for."""
+    lookup = torch.full((119,), -1, dtype=torch.long)
+    for t, z in enumerate(type_numbers):
+        lookup[z] = t
+    return lookup
+
+
+def _radial_basis(c: EquiformerConfig) -> torch.nn.Module:
+    """The radial basis of the config: gaussian, bessel or exponential-normal, `num_basis` functions up to r_max."""
+    if c.radial_basis == "gaussian":
+        return GaussianBasis(c.num_basis, c.r_max)
+    if c.radial_basis == "bessel":
+        return BesselBasis(c.num_basis, c.r_max)
+    return ExpNormalBasis(c.num_basis, c.r_max)
+
+
+def _blocks(c: EquiformerConfig, irreps_node, irreps_feature, radial: List[int]) -> torch.nn.ModuleList:
+    """The `num_layers` Transformer blocks; the last one maps to `irreps_feature`."""
+    return torch.nn.ModuleList(
+        TransBlock(
+            irreps_node,
+            c.irreps_sh,
+            irreps_node if i < c.num_layers - 1 else irreps_feature,
+            radial,
+            c.irreps_head,
+            c.num_heads,
+            c.irreps_mlp_mid,
+            irreps_pre_attn=c.irreps_pre_attn,
+            attention=c.attention,
+            alpha_drop=c.alpha_drop,
+            drop_path=c.drop_path,
+        )
+        for i in range(c.num_layers)
+    )

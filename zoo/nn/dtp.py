@@ -41,46 +41,15 @@ class DepthwiseTensorProduct(ExactConstants):
         self.irreps_in = o3.Irreps(irreps_in)
         self.irreps_sh = o3.Irreps(irreps_sh)
         irreps_target = o3.Irreps(irreps_target)
-        raw, paths = [], []  # paths: (input block, sh block, ir_out, weight start)
-        w0 = 0
-        for i, (mul, ir_in) in enumerate(self.irreps_in):
-            for j, (_, ir_sh) in enumerate(self.irreps_sh):
-                for ir_out in ir_in * ir_sh:
-                    if ir_out in irreps_target or ir_out == o3.Irrep("0e"):
-                        paths.append((i, j, ir_out, w0))
-                        raw.append((mul, ir_out))
-                        w0 += mul
+        raw, paths, w0 = _tp_paths(self.irreps_in, self.irreps_sh, irreps_target)
         self.irreps_out, _ = sort_irreps_even_first(o3.Irreps(raw))
         self.irreps_out_blocks = self.irreps_out.simplify()
         self.weight_numel = w0
         out_irs = [ir for _, ir in self.irreps_out_blocks]
-        sh_starts = []
-        start = 0
-        for _, ir in self.irreps_sh:
-            sh_starts.append(start)
-            start += ir.dim
-
-        # per input block (group): its paths by output block, in path order
-        self._layout = []  # (input block, d1, [(output block, [paths], k0)])
-        groups, op_sizes = [], []
-        for i, (mul, ir_in) in enumerate(self.irreps_in):
-            mine = [p for p in paths if p[0] == i]
-            if not mine:
-                continue
-            g = len(groups)
-            k0, entries = 0, []
-            for o, ir_o in enumerate(out_irs):
-                sel = [p for p in mine if p[2] == ir_o]
-                if not sel:
-                    continue
-                entries.append((o, sel, k0))
-                k0 += ir_o.dim * len(sel)
-            self._layout.append((i, ir_in.dim, entries))
-            groups.append((i, k0, ir_in.dim))
-            op_sizes.append(k0 * ir_in.dim)
-        self._groups = groups
-        self._op_sizes = op_sizes
-        self._sh_starts = sh_starts
+        self._layout, rows = _group_layout(self.irreps_in, paths, out_irs)  # (input block, d1, [(output block, [paths], k0)])
+        self._groups = [(i, k, d1) for (i, d1, _), k in zip(self._layout, rows)]
+        self._op_sizes = [k * d1 for _, k, d1 in self._groups]
+        self._sh_starts = [sum(ir.dim for _, ir in self.irreps_sh[:j]) for j in range(len(self.irreps_sh))]
         # per output block, its pieces (one per input block feeding it), in output-channel order:
         # (its columns of `op_matrix`, input block, d1, d3, paths, mul); columns go group by group
         self._pieces = [[] for _ in out_irs]
@@ -93,13 +62,7 @@ class DepthwiseTensorProduct(ExactConstants):
         self._piece_sizes = [p * mul for pieces in self._pieces for *_, p, mul in pieces]
         self._out_channels = [sum(p * mul for *_, p, mul in pieces) for pieces in self._pieces]
         # output channel (block by block, path by path, channel) -> weight index in path order
-        perm = []
-        for o in range(len(out_irs)):
-            for i_g, d1, entries in self._layout:
-                for oo, sel, _ in entries:
-                    if oo == o:
-                        for p in sel:
-                            perm.extend(range(p[3], p[3] + self.irreps_in[i_g].mul))
+        perm = _weight_permutation(self._layout, self.irreps_in, len(out_irs))
         assert sorted(perm) == list(range(w0))
         self.register_buffer("weight_perm", torch.tensor(perm, dtype=torch.long), persistent=False)
         self.cg_float32 = False
@@ -176,3 +139,50 @@ class DepthwiseTensorProduct(ExactConstants):
                 j += 1
             out.append(row)
         return out
+
+
+def _tp_paths(irreps_in, irreps_sh, irreps_target) -> tuple:
+    """The tensor-product paths kept (output in `irreps_target`, or a scalar), in path order: (raw output irreps
+    [(mul, ir)], paths [(input block, sh block, ir_out, weight start)], number of weights)."""
+    raw, paths = [], []
+    w0 = 0
+    for i, (mul, ir_in) in enumerate(irreps_in):
+        for j, (_, ir_sh) in enumerate(irreps_sh):
+            for ir_out in ir_in * ir_sh:
+                if ir_out in irreps_target or ir_out == o3.Irrep("0e"):
+                    paths.append((i, j, ir_out, w0))
+                    raw.append((mul, ir_out))
+                    w0 += mul
+    return raw, paths, w0
+
+
+def _group_layout(irreps_in, paths: list, out_irs: list) -> tuple:
+    """Per input block with paths (a group): (input block, its dim d1, [(output block, its paths in path order,
+    first row k0 in the group's column block)]), and the number of rows K of each group."""
+    layout, rows = [], []
+    for i, (_, ir_in) in enumerate(irreps_in):
+        mine = [p for p in paths if p[0] == i]
+        if not mine:
+            continue
+        k0, entries = 0, []
+        for o, ir_o in enumerate(out_irs):
+            sel = [p for p in mine if p[2] == ir_o]
+            if not sel:
+                continue
+            entries.append((o, sel, k0))
+            k0 += ir_o.dim * len(sel)
+        layout.append((i, ir_in.dim, entries))
+        rows.append(k0)
+    return layout, rows
+
+
+def _weight_permutation(layout: list, irreps_in, n_out: int) -> list:
+    """Output channel (block by block, path by path, channel) -> weight index in path order."""
+    perm = []
+    for o in range(n_out):
+        for i_g, _, entries in layout:
+            for oo, sel, _ in entries:
+                if oo == o:
+                    for p in sel:
+                        perm.extend(range(p[3], p[3] + irreps_in[i_g].mul))
+    return perm

@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -419,11 +419,22 @@ def load_recipe(path: str | Path, overrides: Sequence[str | tuple[str, Any]] = (
 
 def _check(r: dict, origin: str) -> None:
     """Cross-field rules: what each task and schedule needs, and the model overrides."""
-    from zoo.models.config import EquiformerConfig
-    from zoo.models.variants import get_variant
 
     def fail(msg: str) -> None:
         raise RecipeError(f"{origin}: {msg}")
+
+    config = _checked_model(r, fail)
+    _check_optim(r, fail)
+    _check_schedule(r["schedule"], fail)
+    _check_normalization(r["normalization"], fail)
+    _check_task(r, config, fail)
+    _check_run(r, config, fail)
+
+
+def _checked_model(r: dict, fail: Callable[[str], None]):
+    """The recipe's variant with its overrides applied (each override an EquiformerConfig field)."""
+    from zoo.models.config import EquiformerConfig
+    from zoo.models.variants import get_variant
 
     try:
         config = get_variant(r["model"]["variant"])
@@ -437,6 +448,11 @@ def _check(r: dict, origin: str) -> None:
         config = config.replace(**_override_values(r["model"]["overrides"]))
     except (TypeError, ValueError) as exc:
         fail(f"model.overrides: {exc}")
+    return config
+
+
+def _check_optim(r: dict, fail: Callable[[str], None]) -> None:
+    """Device syntax, and optimiser options that need a float32 model or a valid Adam beta pair."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", r["device"]):
         fail(f"device must be auto, cpu, cuda or cuda:N, got {r['device']!r}")
     if r["optim"]["amp"] and r["model"]["dtype"] != "float32":
@@ -446,7 +462,10 @@ def _check(r: dict, origin: str) -> None:
     betas = r["optim"]["betas"]
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         fail(f"optim.betas must be two numbers in [0, 1), got {betas}")
-    task, sched, loss, norm = r["task"], r["schedule"], r["loss"], r["normalization"]
+
+
+def _check_schedule(sched: dict, fail: Callable[[str], None]) -> None:
+    """Each schedule kind takes its own pair of warm-up / floor keys and refuses the other kinds' keys."""
     if sched["kind"] == "epoch_cosine":
         need, other = ("warmup_lr", "min_lr"), ("warmup_factor", "lr_min_factor")
     elif sched["kind"] == "step_cosine":
@@ -459,10 +478,19 @@ def _check(r: dict, origin: str) -> None:
     for key in other:
         if sched[key] is not None:
             fail(f"schedule.{key} does not apply to schedule.kind={sched['kind']}; remove it (set it to null)")
+
+
+def _check_normalization(norm: dict, fail: Callable[[str], None]) -> None:
+    """A fixed normalisation gives mean and std; the other modes give neither."""
     if norm["mode"] == "fixed" and (norm["mean"] is None or norm["std"] is None):
         fail("normalization.mode=fixed needs normalization.mean and normalization.std")
     if norm["mode"] != "fixed" and (norm["mean"] is not None or norm["std"] is not None):
         fail(f"normalization.mean/std only apply to normalization.mode=fixed (mode is {norm['mode']})")
+
+
+def _check_task(r: dict, config, fail: Callable[[str], None]) -> None:
+    """What the task (qm9, md17, oc20) needs of the data, the variant and the loss."""
+    task, loss = r["task"], r["loss"]
     if task == "qm9":
         if not r["data"]["target"]:
             fail("task qm9 needs data.target (one of mu, alpha, homo, lumo, gap, r2, zpve, U0, U, H, G, Cv)")
@@ -487,6 +515,11 @@ def _check(r: dict, origin: str) -> None:
             fail(f"loss.aux_weight/aux_position_std only apply to task oc20 (task is {task})")
         if r["noisy_nodes"]["enabled"]:
             fail(f"noisy_nodes only applies to task oc20 (task is {task})")
+
+
+def _check_run(r: dict, config, fail: Callable[[str], None]) -> None:
+    """Run-time options: device-held data, the budget's warm-up share, noisy nodes."""
+    task = r["task"]
     if r["data"]["on_device"] is True and (task == "oc20" or config.periodic):
         fail("data.on_device=true holds molecules with precomputed neighbour lists (md17, qm9); periodic cells and noisy nodes "
              "need the loader: set data.on_device to auto or false")

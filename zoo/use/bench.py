@@ -431,6 +431,20 @@ def bench(
 
     dev = pick_device(device)
     dt = parse_dtype(dtype)
+    _check_bench_args(backends, tasks, warmup, repeats, batch_size)
+    cases = _suite_cases(suite) if suite is not None else [(model, task, batch_size) for task in tasks]
+    plan = _bench_plan(cases, dev, dt, structures, backends, compare, compile)
+    mach = machine()
+    rows = _run_plan(plan, warmup, repeats, mach, profile, progress)
+    frame = pd.DataFrame(rows, columns=list(BENCH_FIELDS))
+    eager = {(r["model"], r["task"], r["batch_size"]): r["median_ms"] for r in rows if r["backend"] == "eager" and r["status"] == "ok"}
+    frame["speedup_vs_eager"] = [eager.get((r["model"], r["task"], r["batch_size"]), math.nan) / r["median_ms"] for r in rows]
+    frame.attrs["machine"] = mach
+    return frame
+
+
+def _check_bench_args(backends: Sequence[str], tasks: Sequence[str], warmup: int, repeats: int, batch_size: int) -> None:
+    """Refuse unknown backends and tasks and impossible counts before any model is loaded."""
     unknown = [b for b in backends if b not in BENCH_BACKENDS]
     if unknown:
         raise UseError(f"unknown backend(s) {unknown}; use {', '.join(BENCH_BACKENDS)}")
@@ -439,13 +453,18 @@ def bench(
         raise UseError(f"unknown task(s) {bad_tasks}; use {', '.join(TASKS)}")
     if warmup < 0 or repeats < 1 or batch_size < 1:
         raise UseError("warmup must be >= 0, repeats and batch size >= 1")
-    if suite is not None:
-        if suite not in SUITES:
-            raise UseError(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
-        cases = [(variant, task, size) for variant, task, size in SUITES[suite]]
-    else:
-        cases = [(model, task, batch_size) for task in tasks]
-    mach = machine()
+
+
+def _suite_cases(suite: str) -> list:
+    """The (model, task, batch size) cases of a named suite."""
+    if suite not in SUITES:
+        raise UseError(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
+    return [(variant, task, size) for variant, task, size in SUITES[suite]]
+
+
+def _bench_plan(cases, dev, dt, structures, backends: Sequence[str], compare: bool, compile: bool) -> list:
+    """One row to time per case and backend: each model loaded once with its workload; the training step only
+    where a backend can take gradients."""
     loaded: dict = {}
     plan = []
     for spec, task, size in cases:
@@ -459,10 +478,14 @@ def bench(
             if task == "train_step" and backend not in TRAIN_BACKENDS:
                 continue
             plan.append((m, backend, task, size, structs, label))
+    return plan
+
+
+def _run_plan(plan: list, warmup: int, repeats: int, mach: dict, profile: bool, progress: bool) -> list:
+    """Time every row of the plan (a progress bar when asked); a failing row records its error."""
     rows = []
     bar = None
     if progress:
-
         bar, job = progress_bar(len(plan), "benchmarking")
         bar.start()
     try:
@@ -473,11 +496,7 @@ def bench(
     finally:
         if bar is not None:
             bar.stop()
-    frame = pd.DataFrame(rows, columns=list(BENCH_FIELDS))
-    eager = {(r["model"], r["task"], r["batch_size"]): r["median_ms"] for r in rows if r["backend"] == "eager" and r["status"] == "ok"}
-    frame["speedup_vs_eager"] = [eager.get((r["model"], r["task"], r["batch_size"]), math.nan) / r["median_ms"] for r in rows]
-    frame.attrs["machine"] = mach
-    return frame
+    return rows
 
 
 def _default_spec():
