@@ -8,11 +8,24 @@ import re
 import sys
 from pathlib import Path
 
+from zoo.artifact import read_config
+from zoo.paths import recipes_dir, releases_dir
 from zoo.release import base_split, local_releases
 
 REPO = Path(__file__).resolve().parents[1]
 READMES = (REPO / "README.md", REPO / "releases" / "README.md")
 HEADER = "| name | trained with | test MAE here | paper (full model) |\n|---|---|---|---|\n"
+
+
+def _recipe_file(name: str) -> str:
+    """The recipe a release was trained with: a budget recipe if one carries the description its config
+    records, else the CPU recipe named after it."""
+    description = (read_config(releases_dir() / name)["metadata"].get("recipe") or {}).get("description")
+    root = recipes_dir()
+    budget = [p for p in sorted((root / "budget").glob("*.yml")) if description and f"description: {description}\n" in p.read_text()]
+    if budget:
+        return f"recipes/budget/{budget[0].name}"
+    return f"recipes/cpu/{name.removeprefix('equiformer-').removesuffix('-cpu')}.yml"
 
 
 def release_table() -> str:
@@ -23,7 +36,7 @@ def release_table() -> str:
         ours = ", ".join(f"{m.target} {m.value:.4g} {m.unit}" for m in measured)
         theirs = ", ".join(f"{m.target} {paper[m.target].value:g} {paper[m.target].unit}" for m in measured if m.target in paper)
         split = measured[0].split if measured else "test"
-        recipe = f"`recipes/cpu/{entry.name.removeprefix('equiformer-').removesuffix('-cpu')}.yml`"
+        recipe = f"`{_recipe_file(entry.name)}`"
         rows.append(f"| `{entry.name}` | {recipe} | {ours} ({split}) | {theirs} |")
     return "\n".join(rows)
 
