@@ -36,7 +36,7 @@ SHARED_DATA = _dir("EQUIZOO_SHARED_DATA", REPO.parent / "shared" / "data")
 # per worker. Each worker writes the test -> group table at collection into a file the controller's scheduler
 # reads (xdist's own loadgroup renames node ids, which pytest >= 9.2 no longer takes). Tests marked slow
 # are sent first, so that none is left to run alone at the end.
-ONE_WORKER_BUILDS = {"example_binary": "libtorch-builds", "aoti_model": "libtorch-builds"}
+ONE_WORKER_BUILDS = {"example_binary": "libtorch-builds", "aoti_model": "libtorch-builds", "qm9_full": "qm9-full"}
 _GROUPS_INPUT = "equizoo_test_groups"
 _GROUPS_FILE = pytest.StashKey[Path]()
 
@@ -162,3 +162,19 @@ def example_binary(tmp_path_factory) -> Path:
     assert exe.is_file()
     return exe
 
+
+@pytest.fixture(scope="session")
+def qm9_full(tmp_path_factory) -> tuple:
+    """The full QM9 (qm9pack, 130,831 molecules) prepared by zoo.data into a fresh cache, once per session for
+    the data and the training tests: (the prepared dataset's folder, seconds the preparation took)."""
+    import importlib.util
+    import time
+
+    from zoo.data import prepare_dataset
+
+    if importlib.util.find_spec("qm9pack") is None:
+        pytest.skip("qm9pack not installed; run `pip install qm9pack==1.0.3`")
+    cache = tmp_path_factory.mktemp("qm9-cache")
+    start = time.perf_counter()
+    path = prepare_dataset("qm9", cache_dir=cache)
+    return path, time.perf_counter() - start
