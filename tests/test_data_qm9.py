@@ -100,13 +100,8 @@ def test_figshare_folder_honours_uncharacterized_file(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def qm9pack_dataset(tmp_path_factory):
-    if importlib.util.find_spec("qm9pack") is None:
-        pytest.skip("qm9pack not installed; run `pip install qm9pack==1.0.3`")
-    cache = tmp_path_factory.mktemp("equizoo-cache")
-    start = time.perf_counter()
-    path = prepare_dataset("qm9", cache_dir=cache)
-    prepare_seconds = time.perf_counter() - start
+def qm9pack_dataset(qm9_full):
+    path, prepare_seconds = qm9_full  # conftest: one preparation for these tests and the training runs
     return PreparedDataset(path), prepare_seconds
 
 

@@ -4,7 +4,6 @@ aspirin, OC20-format LMDBs (the shared reference files and EMT relaxations made 
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
@@ -24,7 +23,7 @@ from safetensors.torch import load_file
 
 from zoo import keys
 from zoo.artifact import load_model_dir, read_config
-from zoo.data import PreparedDataset, prepare_dataset
+from zoo.data import PreparedDataset
 from zoo.graph import attach_graph
 from zoo.train import TrainError, dump_recipe, load_recipe, train
 
@@ -48,13 +47,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def qm9_cache(tmp_path_factory) -> Path:
-    """The full QM9 (qm9pack, 130,831 molecules) prepared by zoo.data into a fresh cache, as the recipes use it."""
-    if importlib.util.find_spec("qm9pack") is None:
-        pytest.skip("qm9pack not installed; run `pip install qm9pack==1.0.3`")
-    cache = tmp_path_factory.mktemp("qm9-cache")
-    prepare_dataset("qm9", cache_dir=cache)
-    return cache
+def qm9_cache(qm9_full) -> Path:
+    """The cache holding the full QM9 (qm9pack, 130,831 molecules) prepared by zoo.data, as the recipes use it
+    (conftest's qm9_full: one preparation for these runs and the data tests)."""
+    return qm9_full[0].parents[1]
 
 
 def _subprocess_env() -> dict:
