@@ -35,8 +35,14 @@ def _num(value, digits: int = 1) -> str:
 def summary(paths: list[str]) -> None:
     machine, _, rows = _rows(paths)
     print(f"machine: {machine.get('gpu') or machine.get('cpu')}, torch {machine.get('torch')}")
-    eager = {(r["variant"], r["task"], r["batch_size"]): r["median_ms"] for r in rows if r["backend"] == "eager" and r["status"] == "ok"}
-    print(f"{'variant':8} {'task':10} {'batch':>5} {'backend':19} {'ms':>8} {'x eager':>7} {'aten':>6} {'kernels':>7} {'launch':>6} {'busy ms':>7} status")
+    eager = {
+        (r["variant"], r["task"], r["batch_size"]): r["median_ms"]
+        for r in rows
+        if r["backend"] == "eager" and r["status"] == "ok"
+    }
+    print(
+        f"{'variant':8} {'task':10} {'batch':>5} {'backend':19} {'ms':>8} {'x eager':>7} {'aten':>6} {'kernels':>7} {'launch':>6} {'busy ms':>7} status"
+    )
     for r in sorted(rows, key=lambda r: (r["variant"], r["task"], r["batch_size"], r["backend"])):
         base = eager.get((r["variant"], r["task"], r["batch_size"]))
         speed = base / r["median_ms"] if base and r.get("median_ms") else None

@@ -102,9 +102,17 @@ def measure(repeats: int) -> dict:
         (CASES[1], qm9_call, len(qm9_in["pos"]), qm9_in["edge_index"].shape[1]),
     ):
         fn()
-        out[name] = {"aten_calls": _aten_calls(fn), "latency_ms": _latency_ms(fn, repeats), "atoms": n_atoms, "edges": n_edges}
+        out[name] = {
+            "aten_calls": _aten_calls(fn),
+            "latency_ms": _latency_ms(fn, repeats),
+            "atoms": n_atoms,
+            "edges": n_edges,
+        }
     result = md17_call()
-    out["_check"] = {"md17_energy": result["energy"].tolist(), "md17_forces_sum_abs": float(result["forces"].abs().sum())}
+    out["_check"] = {
+        "md17_energy": result["energy"].tolist(),
+        "md17_forces_sum_abs": float(result["forces"].abs().sum()),
+    }
     return out
 
 
@@ -125,7 +133,12 @@ def measure_compile(backend: str, repeats: int) -> dict:
     cold = time.perf_counter() - start
     eager = model(**md17_in)
     diff = max(float((out[k] - eager[k]).abs().max() / eager[k].abs().max()) for k in eager)
-    return {"backend": backend, "cold_compile_s": cold, "latency_ms": _latency_ms(lambda: compiled(**md17_in), repeats), "max_rel_diff": diff}
+    return {
+        "backend": backend,
+        "cold_compile_s": cold,
+        "latency_ms": _latency_ms(lambda: compiled(**md17_in), repeats),
+        "max_rel_diff": diff,
+    }
 
 
 def _run_worker(src: Path, repeats: int, extra: tuple = ()) -> dict:
@@ -140,11 +153,15 @@ def _run_worker(src: Path, repeats: int, extra: tuple = ()) -> dict:
 def _baseline(commit: str, repeats: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="equizoo-baseline-") as tmp:
         tree = Path(tmp) / "tree"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True, capture_output=True
+        )
         try:
             return _run_worker(tree, repeats)
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False, capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False, capture_output=True
+            )
 
 
 def main() -> None:
@@ -186,7 +203,9 @@ def main() -> None:
             progress.advance(task)
         if args.compile:
             progress.update(task, description=f"torch.compile ({args.compile_backend})")
-            results["compile"] = _run_worker(ROOT, args.repeats, ("--worker-compile", "--compile-backend", args.compile_backend))
+            results["compile"] = _run_worker(
+                ROOT, args.repeats, ("--worker-compile", "--compile-backend", args.compile_backend)
+            )
             progress.advance(task)
 
     table = Table(title="equizoo network, CPU, 1 thread, float32, eager", width=80)
@@ -201,7 +220,11 @@ def main() -> None:
         base = results.get("baseline", {}).get(case)
         row = [case, f"{now['aten_calls']:,}", f"{now['latency_ms']:.1f}"]
         if base:
-            row += [f"{base['aten_calls']:,}", f"{base['latency_ms']:.1f}", f"{base['latency_ms'] / now['latency_ms']:.2f}x"]
+            row += [
+                f"{base['aten_calls']:,}",
+                f"{base['latency_ms']:.1f}",
+                f"{base['latency_ms'] / now['latency_ms']:.2f}x",
+            ]
         else:
             row += ["", "", ""]
         table.add_row(*row)
@@ -216,8 +239,13 @@ def main() -> None:
 
     import torch
 
-    record = {"baseline_commit": None if args.no_baseline else args.baseline, "machine": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "repeats": args.repeats, "results": results}
+    record = {
+        "baseline_commit": None if args.no_baseline else args.baseline,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "repeats": args.repeats,
+        "results": results,
+    }
     Path(args.json).write_text(json.dumps(record, indent=2))
     Console().print(f"saved {args.json}")
 

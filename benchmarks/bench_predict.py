@@ -22,9 +22,9 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from zoo.use.bench import machine  # noqa: E402
 from zoo.models import build_model, list_variants  # noqa: E402
 from zoo.models.zoo_model import TargetInfo, ZooModel  # noqa: E402
+from zoo.use.bench import machine  # noqa: E402
 from zoo.use.predict import Predictor  # noqa: E402
 
 SHARED = Path(os.environ.get("EQUIZOO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -33,7 +33,11 @@ SHARED = Path(os.environ.get("EQUIZOO_SHARED_DATA", Path(__file__).resolve().par
 def _model(spec: str):
     if spec in list_variants() and not Path(spec).exists():
         net = build_model(spec)
-        target = TargetInfo("energy", "eV", forces_unit="eV/Å") if net.config.output == "energy" else TargetInfo("property", "raw")
+        target = (
+            TargetInfo("energy", "eV", forces_unit="eV/Å")
+            if net.config.output == "energy"
+            else TargetInfo("property", "raw")
+        )
         return ZooModel({target.name: net}, [target])
     return spec
 
@@ -62,8 +66,21 @@ def main() -> None:
     atoms = sum(item.n_atoms for item in first.items if item.ok)
     median = float(np.median(times))
     info = machine()
-    table = Table(title=f"zoo.predict end to end on {info['gpu'] or info['cpu']} (torch {info['torch']}, {info['threads']} threads)")
-    for column in ("model", "backend", "device", "dtype", "structures", "batch", "first run s", "median s", "structures/s", "atoms/s"):
+    table = Table(
+        title=f"zoo.predict end to end on {info['gpu'] or info['cpu']} (torch {info['torch']}, {info['threads']} threads)"
+    )
+    for column in (
+        "model",
+        "backend",
+        "device",
+        "dtype",
+        "structures",
+        "batch",
+        "first run s",
+        "median s",
+        "structures/s",
+        "atoms/s",
+    ):
         table.add_column(column)
     r = predictor.runner
     table.add_row(

@@ -77,7 +77,9 @@ def main(out: Path) -> int:
     symbol = dict(zip(model.type_numbers, net.config.type_names))  # the names the C++ example matches
     first, ref = cpu_checks[0], cpu_ref[0]
     pos, z = first["pos"].tolist(), first["species"].tolist()
-    lines = [str(len(z)), "check structure 0"] + [f"{symbol[int(a)]} {p[0]!r} {p[1]!r} {p[2]!r}" for a, p in zip(z, pos)]
+    lines = [str(len(z)), "check structure 0"] + [
+        f"{symbol[int(a)]} {p[0]!r} {p[1]!r} {p[2]!r}" for a, p in zip(z, pos)
+    ]
     (out / "check.xyz").write_text("\n".join(lines) + "\n")
     report["check_xyz_energy"] = ref["energy"][0].item()
     report["check_xyz_forces"] = ref["forces"].tolist()

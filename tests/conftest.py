@@ -52,7 +52,10 @@ def shared_fixture_groups(items) -> dict:
 
     needs = []
     for item in items:
-        keys = {str(mark.args[0] if mark.args else mark.kwargs.get("name", "default")) for mark in item.iter_markers("xdist_group")}
+        keys = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
         info = getattr(item, "_fixtureinfo", None)
         for name in getattr(item, "fixturenames", ()):
             defs = info.name2fixturedefs.get(name) if info is not None else None
@@ -126,11 +129,11 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-
 @pytest.fixture()
 def hub(tmp_path, monkeypatch):
     """A local Hub (token required for writes), an empty HF cache, and a registry file for this test."""
     from hubtools import TOKEN, USER, point_client_at
+
     from zoo.hub.server import serve_hub
 
     with serve_hub(tmp_path / "hub-store", tokens={TOKEN: USER}) as running:
@@ -155,7 +158,10 @@ def example_binary(tmp_path_factory) -> Path:
     build = tmp_path_factory.mktemp("cpp-build")
     prefix = torch.utils.cmake_prefix_path
     example = REPO / "examples" / "cpp"
-    for cmd in (["cmake", "-S", str(example), "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}"], ["cmake", "--build", str(build)]):
+    for cmd in (
+        ["cmake", "-S", str(example), "-B", str(build), f"-DCMAKE_PREFIX_PATH={prefix}"],
+        ["cmake", "--build", str(build)],
+    ):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exe = build / "equiformer_run"

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hubtools import TOKEN, USER, point_client_at
 
 from zoo.artifact import save_model_dir
 from zoo.models import build_model
 from zoo.models.zoo_model import TargetInfo, ZooModel
-
-from hubtools import TOKEN, USER, point_client_at
 
 SMALL = dict(num_layers=1, irreps_sh="1x0e+1x1e", irreps_node_embedding="8x0e+4x1e", irreps_head="4x0e+2x1e", num_heads=2,
              irreps_mlp_mid="16x0e+8x1e", irreps_feature="16x0e", num_basis=8, radial_hidden=(8, 8))  # fmt: skip
@@ -61,7 +60,12 @@ def test_repo_commit_tag_download_with_the_real_client(api, hub, tmp_path):
     from zoo.hub.store import GITATTRIBUTES
 
     siblings = {s.rfilename: s.size for s in info.siblings}
-    assert siblings == {".gitattributes": len(GITATTRIBUTES), "README.md": len(readme), "sub/note.txt": 5, "weights.bin": 200_000}
+    assert siblings == {
+        ".gitattributes": len(GITATTRIBUTES),
+        "README.md": len(readme),
+        "sub/note.txt": 5,
+        "weights.bin": 200_000,
+    }
     assert sorted(api.list_repo_files("org/demo")) == [".gitattributes", "README.md", "sub/note.txt", "weights.bin"]
     assert [c.title for c in api.list_repo_commits("org/demo")] == ["second", "first", "initial commit"]
     assert [m.id for m in api.list_models(author="org")] == ["org/demo"]
@@ -74,7 +78,12 @@ def test_repo_commit_tag_download_with_the_real_client(api, hub, tmp_path):
 
 def test_errors_carry_the_hub_error_codes(api, hub):
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     api.create_repo("org/demo")
     with pytest.raises(RepositoryNotFoundError):
@@ -109,7 +118,9 @@ def test_keep_alive_connections_stay_in_step(api, hub):
     host, port = hub.url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     body = json.dumps({"paths": ["x"] * 200}).encode()
-    conn.request("POST", "/api/models/org/absent/paths-info/main", body=body, headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST", "/api/models/org/absent/paths-info/main", body=body, headers={"Content-Type": "application/json"}
+    )
     first = conn.getresponse()
     assert first.status == 404 and first.getheader("X-Error-Code") == "RepoNotFound"
     first.read()
@@ -143,7 +154,11 @@ def test_range_requests_and_resolve_headers(api, hub, tmp_path):
     assert int(head.getheader("Content-Length")) == len(payload)
     conn.request("GET", "/org/demo/resolve/main/data.bin", headers={"Range": "bytes=10-19"})
     part = conn.getresponse()
-    assert part.status == 206 and part.read() == payload[10:20] and part.getheader("Content-Range") == f"bytes 10-19/{len(payload)}"
+    assert (
+        part.status == 206
+        and part.read() == payload[10:20]
+        and part.getheader("Content-Range") == f"bytes 10-19/{len(payload)}"
+    )
     conn.request("GET", "/org/demo/resolve/main/data.bin", headers={"Range": "bytes=99999-"})
     bad = conn.getresponse()
     bad.read()

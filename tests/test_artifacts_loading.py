@@ -67,10 +67,24 @@ def _set(*keys_and_value):
         (_set("networks", "energy", "num_layers", "two"), "key 'networks.energy.num_layers'"),
         (_set("networks", "energy", "irreps_head", "8x9q"), "key 'networks.energy.irreps_head'"),
         (_set("networks", "energy", "attention", "magic"), "key 'networks.energy'"),
-        (lambda c: c["networks"]["energy"].pop("r_max") and c["networks"]["energy"].pop("num_layers"), "key 'networks.energy'"),
+        (
+            lambda c: c["networks"]["energy"].pop("r_max") and c["networks"]["energy"].pop("num_layers"),
+            "key 'networks.energy'",
+        ),
         (lambda c: c["networks"].update(gap=c["networks"].pop("energy")), "key 'networks'"),
     ],
-    ids=["no-targets", "no-networks", "dtype", "target-fields", "target-type", "int-type", "irreps", "value", "missing-key", "names"],
+    ids=[
+        "no-targets",
+        "no-networks",
+        "dtype",
+        "target-fields",
+        "target-type",
+        "int-type",
+        "irreps",
+        "value",
+        "missing-key",
+        "names",
+    ],
 )
 def test_bad_config_is_one_error_naming_file_and_key(tmp_path, change, key):
     path = _copy(tmp_path)

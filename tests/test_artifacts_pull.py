@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hubtools import TOKEN
 
 from zoo.artifact import save_model_dir
 from zoo.models import build_model
 from zoo.models.zoo_model import TargetInfo, ZooModel
-
-from hubtools import TOKEN
 
 SMALL = dict(num_layers=1, irreps_sh="1x0e+1x1e", irreps_node_embedding="8x0e+4x1e", irreps_head="4x0e+2x1e", num_heads=2,
              irreps_mlp_mid="16x0e+8x1e", irreps_feature="16x0e", num_basis=8, radial_hidden=(8, 8))  # fmt: skip
@@ -93,11 +92,20 @@ def test_hub_ids_download_only_the_manifest_files_and_ignore_what_the_hub_adds(s
 
     pub = publish(small_dir, "org/small")
     # what huggingface.co writes into every new repository, and an export added outside `equizoo publish`
-    api.upload_file(path_or_fileobj=b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n", path_in_repo=".gitattributes", repo_id="org/small")
+    api.upload_file(
+        path_or_fileobj=b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n",
+        path_in_repo=".gitattributes",
+        repo_id="org/small",
+    )
     extra = api.upload_file(path_or_fileobj=UNCOVERED, path_in_repo="model.pt2", repo_id="org/small").oid
     for spec in (f"hf-hub:org/small@{extra}", "hf-hub:org/small", f"hf-hub:org/small@{pub.revision}"):
         folder = pull(spec)
-        assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "manifest.json", "model.safetensors"], spec
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "README.md",
+            "config.json",
+            "manifest.json",
+            "model.safetensors",
+        ], spec
         _uses_no_uncovered_export(folder)
     cached = {p.name for p in (tmp_path / "hf-home" / "hub" / "models--org--small" / "snapshots" / extra).iterdir()}
     assert ".gitattributes" not in cached and "model.pt2" not in cached  # never downloaded

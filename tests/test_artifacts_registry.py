@@ -48,7 +48,20 @@ def test_catalogue_names_and_meanings(registry_file):
     cpu += [f"equiformer-md17-{mol}-l2-small-cpu" for mol in ("aspirin", "ethanol", "naphthalene", "salicylic_acid")]
     assert sorted(names) == sorted(expected + cpu)
     qm9 = get_model("equiformer-qm9-l2")
-    assert [t for t, _ in qm9.targets] == ["mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "Cv"]
+    assert [t for t, _ in qm9.targets] == [
+        "mu",
+        "alpha",
+        "homo",
+        "lumo",
+        "gap",
+        "r2",
+        "zpve",
+        "U0",
+        "U",
+        "H",
+        "G",
+        "Cv",
+    ]
     assert qm9.unit("homo") == "eV" and qm9.status == NOT_PUBLISHED and not qm9.published
     assert {(m.target, m.value, m.unit) for m in qm9.paper} >= {("homo", 15.0, "meV"), ("Cv", 0.023, "cal/mol/K")}
     aspirin = get_model("equiformer-md17-aspirin-l3")
@@ -113,7 +126,10 @@ def test_unusable_registry_files(tmp_path, monkeypatch):
 @pytest.fixture()
 def trained_dir(tmp_path) -> Path:
     torch.manual_seed(2)
-    model = ZooModel({"energy": build_model("md17-l2", **SMALL)}, [TargetInfo("energy", "eV", forces_unit="eV/Å", description="potential energy")])
+    model = ZooModel(
+        {"energy": build_model("md17-l2", **SMALL)},
+        [TargetInfo("energy", "eV", forces_unit="eV/Å", description="potential energy")],
+    )
     metadata = {
         "metrics": {"val": {"energy_mae": 0.0071, "force_mae": 0.0102}, "test": {"energy_mae": 0.0062, "force_mae": 0.0081},
                     "units": {"energy_mae": "eV", "force_mae": "eV/Å"}, "final_weights": "last", "weights_epoch": 1500.0},
@@ -143,7 +159,7 @@ def test_card_front_matter_parses_and_carries_the_metrics(trained_dir, registry_
     assert "| test | energy | MAE | 0.0062 eV (6.2 meV) | 2.2 meV |" in text
     assert "| test | forces | MAE | 0.0081 eV/Å (8.1 meV/Å) | 3.1 meV/Å |" in text
     assert "1 x NVIDIA A6000" in text and "10.00 h" in text and "lr 0.0005" in text
-    assert "zoo.load(\"" in text and "pair_style equiformer" in text and "@inproceedings{liao2023equiformer" in text
+    assert 'zoo.load("' in text and "pair_style equiformer" in text and "@inproceedings{liao2023equiformer" in text
 
 
 def test_card_claims_nothing_without_metadata(tmp_path, registry_file):
@@ -164,17 +180,31 @@ def test_metrics_from_training_metadata(trained_dir):
     from zoo.registry import metrics_from_config
 
     got = {(m.split, m.target): (m.value, m.unit) for m in metrics_from_config(read_config(trained_dir))}
-    assert got == {("val", "energy"): (0.0071, "eV"), ("val", "forces"): (0.0102, "eV/Å"), ("test", "energy"): (0.0062, "eV"), ("test", "forces"): (0.0081, "eV/Å")}
+    assert got == {
+        ("val", "energy"): (0.0071, "eV"),
+        ("val", "forces"): (0.0102, "eV/Å"),
+        ("test", "energy"): (0.0062, "eV"),
+        ("test", "forces"): (0.0081, "eV/Å"),
+    }
 
 
 def test_cli_list_and_info(registry_file):
     table = _cli("list", "equiformer-md17-*-l2", "--wide")  # the default columns fit 80; --wide has outputs and status
-    assert table.returncode == 0 and "equiformer-md17-uracil-l2" in table.stdout and "equiformer-qm9-l2" not in table.stdout
+    assert (
+        table.returncode == 0
+        and "equiformer-md17-uracil-l2" in table.stdout
+        and "equiformer-qm9-l2" not in table.stdout
+    )
     assert "not published yet" in table.stdout and "energy [eV]" in table.stdout
     rows = json.loads(_cli("list", "--json").stdout)
     assert len(rows) == 26 and {r["status"] for r in rows} == {"not published yet", "local release"}
     info = _cli("info", "equiformer-qm9-l2")
-    assert info.returncode == 0 and "homo [eV]" in info.stdout and "not published yet" in info.stdout and "15 meV" in info.stdout
+    assert (
+        info.returncode == 0
+        and "homo [eV]" in info.stdout
+        and "not published yet" in info.stdout
+        and "15 meV" in info.stdout
+    )
     assert json.loads(_cli("info", "equiformer-oc20-is2re-l1", "--json").stdout)["variant"] == "oc20-l1"
     none = _cli("list", "resnet-*")
     assert none.returncode == 2 and "no registered model matches" in none.stderr

@@ -61,7 +61,19 @@ def model_dir(tmp_path_factory) -> Path:
     """A saved small model (float64) with training-like metadata, exported by `equizoo export` to all formats."""
     torch.manual_seed(7)
     net = build_model("md17-l2", **SMALL)
-    model = ZooModel({"energy": net}, [TargetInfo("energy", "eV", mean=-17000.0, std=0.3, description="potential energy (md17/aspirin)", forces_unit="eV/Å")])
+    model = ZooModel(
+        {"energy": net},
+        [
+            TargetInfo(
+                "energy",
+                "eV",
+                mean=-17000.0,
+                std=0.3,
+                description="potential energy (md17/aspirin)",
+                forces_unit="eV/Å",
+            )
+        ],
+    )
     metadata = {
         "metrics": {"val": {"energy_mae": 0.011, "force_mae": 0.021}, "test": {"energy_mae": 0.0123, "force_mae": 0.0234},
                     "units": {"energy_mae": "eV", "force_mae": "eV/Å"}, "final_weights": "last", "weights_epoch": 2.0},
@@ -94,14 +106,16 @@ def test_torchscript_loads_in_a_process_that_never_imports_zoo(model_dir, tmp_pa
     model = load_model_dir(model_dir)
     kwargs = _molecules()[1]
     expected = _eager(model, kwargs)
-    torch.save({"inputs": {k: v for k, v in kwargs.items() if k != "num_graphs"}, "expected": expected}, tmp_path / "io.pt")
+    torch.save(
+        {"inputs": {k: v for k, v in kwargs.items() if k != "num_graphs"}, "expected": expected}, tmp_path / "io.pt"
+    )
     script = textwrap.dedent(f"""
         import sys, warnings
         warnings.simplefilter("ignore")
         import torch
-        data = torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True)
+        data = torch.load({str(tmp_path / "io.pt")!r}, weights_only=True)
         extra = {{"r_max": "", "type_names": "", "model_dtype": "", "targets": "", "units": "", "energy_target": "", "config_json": ""}}
-        module = torch.jit.load({str(model_dir / 'model.torchscript.pt')!r}, _extra_files=extra)
+        module = torch.jit.load({str(model_dir / "model.torchscript.pt")!r}, _extra_files=extra)
         out = module(**data["inputs"], num_graphs=2)
         for key, ref in data["expected"].items():
             assert torch.allclose(out[key], ref, rtol=1e-10, atol=1e-10), key
@@ -136,7 +150,11 @@ def test_onnx_sums_are_exact_on_every_thread_count(model_dir):
     from zoo.export.onnx import load_onnx
 
     graph = onnx.load(str(model_dir / "model.onnx")).graph
-    racy = [n.name for n in graph.node if n.op_type == "ScatterND" and any(a.name == "reduction" and a.s != b"none" for a in n.attribute)]
+    racy = [
+        n.name
+        for n in graph.node
+        if n.op_type == "ScatterND" and any(a.name == "reduction" and a.s != b"none" for a in n.attribute)
+    ]
     assert racy == [] and any(n.op_type == "ScatterElements" for n in graph.node)
     runner = load_onnx(model_dir / "model.onnx")
     options = ort.SessionOptions()
@@ -174,7 +192,12 @@ def test_runners_refuse_what_they_cannot_run(model_dir, tmp_path):
         load_onnx(tmp_path / "missing.onnx")
     with pytest.raises(ExportError, match="CUDA is not available|built for cpu"):
         load_aoti(model_dir / "model.pt2", device="cuda")
-    lonely = {"pos": torch.zeros(1, 3, dtype=torch.float64), "species": torch.tensor([6]), "edge_index": torch.zeros(2, 0, dtype=torch.long), "batch": torch.zeros(1, dtype=torch.long)}
+    lonely = {
+        "pos": torch.zeros(1, 3, dtype=torch.float64),
+        "species": torch.tensor([6]),
+        "edge_index": torch.zeros(2, 0, dtype=torch.long),
+        "batch": torch.zeros(1, dtype=torch.long),
+    }
     with pytest.raises(ExportError, match="no edges"):
         load_onnx(model_dir / "model.onnx")(**lonely)
 
@@ -222,7 +245,16 @@ def test_publish_pull_load_round_trip(model_dir, hub, monkeypatch):
 
     entry = _publish(model_dir)
     assert len(entry["revision"]) == 40
-    assert set(entry["files"]) >= {"model.safetensors", "config.json", "README.md", "model.onnx", "model.pt2", "model.torchscript.pt", "exports.json", "manifest.json"}
+    assert set(entry["files"]) >= {
+        "model.safetensors",
+        "config.json",
+        "README.md",
+        "model.onnx",
+        "model.pt2",
+        "model.torchscript.pt",
+        "exports.json",
+        "manifest.json",
+    }
     registered = get_model(NAME)
     assert registered.status == "published" and registered.repo_id == "equizoo-test/tiny-aspirin"
     assert {m.target for m in registered.metrics} == {"energy", "forces"}
@@ -264,7 +296,9 @@ def test_pull_errors_are_clear(model_dir, hub):
     from zoo.hub import HubError, pull
     from zoo.registry import RegistryError
 
-    with pytest.raises(RegistryError, match="unknown model name 'equiformer-md17-aspirn-l2'.*did you mean equiformer-md17-aspirin-l2"):
+    with pytest.raises(
+        RegistryError, match="unknown model name 'equiformer-md17-aspirn-l2'.*did you mean equiformer-md17-aspirin-l2"
+    ):
         pull("equiformer-md17-aspirn-l2")
     with pytest.raises(RegistryError, match="not published yet"):
         pull("equiformer-qm9-l2")
@@ -279,4 +313,6 @@ def test_pull_errors_are_clear(model_dir, hub):
         result = _cli("pull", spec)
         assert result.returncode == 2, result.stdout
         lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert text in result.stderr and "Traceback" not in result.stderr and lines[0].startswith("error:"), result.stderr
+        assert text in result.stderr and "Traceback" not in result.stderr and lines[0].startswith("error:"), (
+            result.stderr
+        )

@@ -51,13 +51,31 @@ def test_convert_reference_checkpoint_to_model_dir(golden_dir, tmp_path):
 
 
 def test_convert_bad_inputs_give_one_clear_error(golden_dir, tmp_path):
-    missing = equizoo("convert", "reference", str(tmp_path / "nope.pt"), "--variant", "qm9-l2", "--out", str(tmp_path / "o"), check=False)
+    missing = equizoo(
+        "convert",
+        "reference",
+        str(tmp_path / "nope.pt"),
+        "--variant",
+        "qm9-l2",
+        "--out",
+        str(tmp_path / "o"),
+        check=False,
+    )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     bad = equizoo("convert", "reference", str(junk), "--variant", "qm9-l2", "--out", str(tmp_path / "o"), check=False)
     assert bad.returncode == 2 and "junk.pt" in bad.stderr and "Traceback" not in bad.stderr
-    wrong = equizoo("convert", "reference", str(golden_dir / "qm9_linear_l2.weights.safetensors"), "--variant", "md17-l2", "--out", str(tmp_path / "o"), check=False)
+    wrong = equizoo(
+        "convert",
+        "reference",
+        str(golden_dir / "qm9_linear_l2.weights.safetensors"),
+        "--variant",
+        "md17-l2",
+        "--out",
+        str(tmp_path / "o"),
+        check=False,
+    )
     assert wrong.returncode == 2 and "does not match variant 'md17-l2'" in wrong.stderr
     assert not (tmp_path / "o").exists()
 

@@ -424,7 +424,9 @@ def _read_in_subprocess(paths: list[Path]) -> list[str]:
         "        print(type(exc).__name__ + ':', str(exc).replace(chr(10), ' '), flush=True)\n"
     )
     proc = subprocess.run([sys.executable, "-c", script, *map(str, paths)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"the reader crashed (exit {proc.returncode}) after {proc.stdout!r}: {proc.stderr[-2000:]}"
+    assert proc.returncode == 0, (
+        f"the reader crashed (exit {proc.returncode}) after {proc.stdout!r}: {proc.stderr[-2000:]}"
+    )
     return proc.stdout.splitlines()
 
 
@@ -437,7 +439,9 @@ def _crafted_records():
         array = _Reduce(_reconstruct(), (np.ndarray, (0,), b"b"), (1, (6,), dtype, False, bytes(48)))
         evil.append((f"dtype_field_offset_{offset}", array, "numpy dtype"))
     evil.append(("object_array", _Reduce(np.ndarray, ((6,), "O")), "numpy.ndarray"))
-    evil.append(("build_on_ordered_dict", _Reduce(collections.OrderedDict, (), {"__class__": "x"}), "BUILD on a OrderedDict"))
+    evil.append(
+        ("build_on_ordered_dict", _Reduce(collections.OrderedDict, (), {"__class__": "x"}), "BUILD on a OrderedDict")
+    )
     storage = torch.zeros(6, dtype=torch.float64).storage()
     view = _Reduce(torch._utils._rebuild_tensor_v2, (storage, 0, (1000, 3), (3, 1), False, collections.OrderedDict()))
     evil.append(("tensor_view_beyond_storage", view, "beyond its storage"))

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from test_deploy_cpp import run_example, write_xyz
 from test_deploy_lammps import (  # noqa: F401 - aspirin, plugin and workdir are fixtures shared with the LAMMPS tests
     ELEMENTS,
@@ -40,6 +39,7 @@ from test_deploy_lammps import (  # noqa: F401 - aspirin, plugin and workdir are
     thermo_rows,
     workdir,
 )
+
 from zoo.lammps.build import mpirun_executable
 from zoo.lammps.inputs import write_data
 
@@ -63,7 +63,9 @@ def aoti_model(aspirin, workdir):
     model = make_model(torch.float64, seed=1, **TINY)
     torch.set_num_threads(1)
     pt2 = workdir / "tiny64.pt2"
-    result = export_aoti(model, pt2, "cpu", inductor_configs={"cpp.simdlen": 1})  # checked against eager on real structures
+    result = export_aoti(
+        model, pt2, "cpu", inductor_configs={"cpp.simdlen": 1}
+    )  # checked against eager on real structures
     assert result.max_abs_error <= result.tolerance
     return model, pt2, export(model, workdir / "tiny64.torchscript.pt", pos, z)
 
@@ -93,9 +95,15 @@ def test_package_carries_the_lammps_metadata(aoti_model, aspirin):
     runner = load_aoti(pt2)
     meta = runner.metadata
     assert meta["format"] == "equizoo-aoti/1" and meta["device"] == "cpu" and meta["torch_version"] == torch.__version__
-    assert float(meta["r_max"]) == model.r_max and meta["model_dtype"] == "float64" and meta["energy_target"] == "energy"
-    assert meta["type_numbers"].split(",") == [str(t) for t in model.type_numbers] and set(ELEMENTS) <= set(meta["type_names"].split(","))
-    assert meta["targets"] == "energy" and meta["units"] == "eV" and meta["periodic"] == "0" and meta["num_layers"] == "2"
+    assert (
+        float(meta["r_max"]) == model.r_max and meta["model_dtype"] == "float64" and meta["energy_target"] == "energy"
+    )
+    assert meta["type_numbers"].split(",") == [str(t) for t in model.type_numbers] and set(ELEMENTS) <= set(
+        meta["type_names"].split(",")
+    )
+    assert (
+        meta["targets"] == "energy" and meta["units"] == "eV" and meta["periodic"] == "0" and meta["num_layers"] == "2"
+    )
     assert meta["variant"] == "md17-l2"
     assert json.loads(meta["config_json"])["targets"][0]["name"] == "energy"
     assert meta["inputs"].split(",")[-1] == "energy_weight" and {"forces", "virial"} <= set(meta["outputs"].split(","))
@@ -153,8 +161,10 @@ def test_lammps_package_matches_python(nprocs, plugin, aspirin, aoti_model, tmp_
     press = np.array([row[k] for k in ("Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz")])
     ts_press = np.array([ts_row[k] for k in ("Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz")])
     np.testing.assert_allclose(press, ts_press, rtol=0, atol=1e-8 * np.abs(ts_press).max())
-    print(f"\nLAMMPS (.pt2, {nprocs} rank(s)) vs Python, aspirin float64: energy rel {rel_e:.1e}, forces max rel {rel_f:.1e}, "
-          f"pressure tensor vs TorchScript max rel {np.abs(press - ts_press).max() / np.abs(ts_press).max():.1e}")
+    print(
+        f"\nLAMMPS (.pt2, {nprocs} rank(s)) vs Python, aspirin float64: energy rel {rel_e:.1e}, forces max rel {rel_f:.1e}, "
+        f"pressure tensor vs TorchScript max rel {np.abs(press - ts_press).max() / np.abs(ts_press).max():.1e}"
+    )
 
 
 def test_lammps_package_periodic_virial(plugin, aoti_model, tmp_path):
@@ -163,9 +173,13 @@ def test_lammps_package_periodic_virial(plugin, aoti_model, tmp_path):
     model, pt2, _ = aoti_model
     pos, z, cell = periodic_cell_atoms()
     write_data(tmp_path / "periodic.data", pos, z, ELEMENTS, cell=cell)
-    res = run_python_module(script(str(tmp_path / "periodic.data"), pt2, plugin, boundary="p p p", body="run 0"), tmp_path)
+    res = run_python_module(
+        script(str(tmp_path / "periodic.data"), pt2, plugin, boundary="p p p", body="run 0"), tmp_path
+    )
     _, _, w_lmp, w_py = _check_against_python(res, model, z)
-    print(f"\nperiodic cell (.pt2): LAMMPS vs Python virial max rel {np.abs(w_lmp - w_py).max() / np.abs(w_py).max():.1e}")
+    print(
+        f"\nperiodic cell (.pt2): LAMMPS vs Python virial max rel {np.abs(w_lmp - w_py).max() / np.abs(w_py).max():.1e}"
+    )
 
 
 def test_nve_drift_equals_torchscript(plugin, aspirin, aoti_model, tmp_path):
@@ -175,7 +189,16 @@ def test_nve_drift_equals_torchscript(plugin, aspirin, aoti_model, tmp_path):
     _, pt2, ts = aoti_model
     vel, _ = _maxwell(z, 300.0, seed=4)
     write_data(tmp_path / "md.data", pos, z, ELEMENTS, velocities=vel)
-    body = "\n".join(["timestep 0.0005", "fix 1 all nve", "thermo_style custom step pe ke etotal", "thermo_modify format float %.17g", "thermo 10", "run 100"])
+    body = "\n".join(
+        [
+            "timestep 0.0005",
+            "fix 1 all nve",
+            "thermo_style custom step pe ke etotal",
+            "thermo_modify format float %.17g",
+            "thermo 10",
+            "run 100",
+        ]
+    )
     etot = {}
     for name, path in (("aoti", pt2), ("torchscript", ts)):
         _, out = run_lmp(script("md.data", path, plugin, body=body), tmp_path)
@@ -185,8 +208,10 @@ def test_nve_drift_equals_torchscript(plugin, aspirin, aoti_model, tmp_path):
     drift = {k: float(np.abs(v - v[0]).max()) for k, v in etot.items()}
     np.testing.assert_allclose(etot["aoti"], etot["torchscript"], rtol=1e-10, atol=0)
     assert abs(drift["aoti"] - drift["torchscript"]) <= 1e-7, drift
-    print(f"\nNVE 100 x 0.5 fs aspirin: max |dE_tot| .pt2 {drift['aoti']:.6e} eV, TorchScript {drift['torchscript']:.6e} eV, "
-          f"max |E_tot(.pt2) - E_tot(TS)| {np.abs(etot['aoti'] - etot['torchscript']).max():.1e} eV")
+    print(
+        f"\nNVE 100 x 0.5 fs aspirin: max |dE_tot| .pt2 {drift['aoti']:.6e} eV, TorchScript {drift['torchscript']:.6e} eV, "
+        f"max |E_tot(.pt2) - E_tot(TS)| {np.abs(etot['aoti'] - etot['torchscript']).max():.1e} eV"
+    )
 
 
 @pytest.mark.parametrize("case", ["torch_version", "device", "explicit_device"])
@@ -217,7 +242,10 @@ def test_python_runner_refuses_a_package_built_elsewhere(aoti_model, tmp_path):
     from zoo.export.trace import ExportError
 
     other = _with_metadata(aoti_model[1], tmp_path / "other.pt2", torch_version="2.99.0+cu130")
-    with pytest.raises(ExportError, match=rf"compiled with torch 2\.99\.0\+cu130 but this is torch {re.escape(torch.__version__)};.*one torch version"):
+    with pytest.raises(
+        ExportError,
+        match=rf"compiled with torch 2\.99\.0\+cu130 but this is torch {re.escape(torch.__version__)};.*one torch version",
+    ):
         load_aoti(other)
     cuda = _with_metadata(aoti_model[1], tmp_path / "cuda.pt2", device="cuda")
     with pytest.raises(ExportError, match="built for cuda and cannot run on cpu;.*--device cpu.cuda"):
@@ -248,7 +276,9 @@ def test_cpp_example_refuses_a_package_for_another_torch(example_binary, aspirin
     proc = subprocess.run([str(example_binary), str(path), str(tmp_path / "aspirin.xyz")], capture_output=True, text=True,
                           env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)  # fmt: skip
     assert proc.returncode != 0
-    assert re.search(r"compiled with torch 2\.9\.1\+cpu but this program runs libtorch 2\.\d+\.\d+", proc.stderr), proc.stderr
+    assert re.search(r"compiled with torch 2\.9\.1\+cpu but this program runs libtorch 2\.\d+\.\d+", proc.stderr), (
+        proc.stderr
+    )
     assert "export it on this machine" in proc.stderr
 
 
@@ -259,7 +289,22 @@ def test_cli_example_runs_a_package(plugin, aoti_model, tmp_path):
     from zoo.cli import app
 
     out_dir = tmp_path / "example"
-    res = CliRunner().invoke(app, ["lammps", "example", str(aoti_model[1]), "--out", str(out_dir), "--steps", "4", "--molecule", "CH3CH2OH", "--plugin", str(plugin)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "lammps",
+            "example",
+            str(aoti_model[1]),
+            "--out",
+            str(out_dir),
+            "--steps",
+            "4",
+            "--molecule",
+            "CH3CH2OH",
+            "--plugin",
+            str(plugin),
+        ],
+    )
     assert res.exit_code == 0, res.output
     inp = (out_dir / "in.equiformer").read_text()
     assert re.search(rf"pair_coeff +\* \* {re.escape(str(aoti_model[1]))} ", inp)
@@ -278,11 +323,16 @@ def test_model_card_states_the_compile_rule(aoti_model, tmp_path):
     model, pt2, _ = aoti_model
     model_dir = save_model_dir(model, tmp_path / "model", name="tiny")
     shutil.copy(pt2, model_dir / "model.pt2")
-    record = ExportResult("aoti", model_dir / "model.pt2", "float64", "cpu", 0.0, 1e-9, 1.0, torch.__version__).to_dict()
+    record = ExportResult(
+        "aoti", model_dir / "model.pt2", "float64", "cpu", 0.0, 1e-9, 1.0, torch.__version__
+    ).to_dict()
     write_exports(model_dir, {"aoti": record})
     text = " ".join(str(render_card(model_dir)).split())
     assert f"`model.pt2` is an AOTInductor package compiled for cpu with torch {torch.__version__}" in text
-    assert "it runs only on that device type and with that torch version" in text and "--format aoti --device cpu|cuda" in text
+    assert (
+        "it runs only on that device type and with that torch version" in text
+        and "--format aoti --device cpu|cuda" in text
+    )
     assert "pair_coeff * * model.pt2" in text and "Which file where" in text
 
 
@@ -296,7 +346,10 @@ def test_plugin_build_checks_the_torch_version(plugin):
     tc = find_toolchain()
     assert torch_header_version(tc.torch_dir) == torch.__version__.split("+")[0]
     check_torch_versions(tc)
-    with pytest.raises(BuildError, match=rf"headers in .* are torch {re.escape(torch.__version__.split('+')[0])} but Python imports torch 2\.99\.0"):
+    with pytest.raises(
+        BuildError,
+        match=rf"headers in .* are torch {re.escape(torch.__version__.split('+')[0])} but Python imports torch 2\.99\.0",
+    ):
         check_torch_versions(dataclasses.replace(tc, torch_version="2.99.0"))
     info = json.loads((plugin.parent / "build.json").read_text())
     assert f'-DEQUIZOO_TORCH_VERSION="{torch.__version__}"' in info["command"]
@@ -334,6 +387,8 @@ def test_cuda_package_matches_eager(aspirin, tmp_path):
     b = torch.zeros(len(z), dtype=torch.long)
     out = runner(pos=p, species=torch.tensor(z).long(), edge_index=radius_graph(p, b, model.r_max), batch=b)
     assert abs(out["energy"].item() - ref["energy"]) <= 1e-9 * abs(ref["energy"])
-    np.testing.assert_allclose(out["forces"].cpu().numpy(), ref["forces"], rtol=0, atol=1e-9 * np.abs(ref["forces"]).max())
+    np.testing.assert_allclose(
+        out["forces"].cpu().numpy(), ref["forces"], rtol=0, atol=1e-9 * np.abs(ref["forces"]).max()
+    )
     with pytest.raises(ExportError, match="built for cuda"):
         load_aoti(path, "cpu")

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from structures import qm9_molecule
+
 from zoo.graph import radius_graph
 from zoo.models import build_model
 from zoo.models.zoo_model import TargetInfo, ZooModel
@@ -42,11 +42,15 @@ def write_xyz(path: Path, numbers, pos) -> None:
     from ase.data import chemical_symbols
 
     lines = [str(len(numbers)), "written by test_deploy_cpp"]
-    lines += [f"{chemical_symbols[int(z)]} {float(p[0])!r} {float(p[1])!r} {float(p[2])!r}" for z, p in zip(numbers, pos)]
+    lines += [
+        f"{chemical_symbols[int(z)]} {float(p[0])!r} {float(p[1])!r} {float(p[2])!r}" for z, p in zip(numbers, pos)
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 
-@pytest.mark.parametrize("variant,dtype", [("md17-l2", torch.float64), ("md17-l2", torch.float32), ("qm9-l2", torch.float64)])
+@pytest.mark.parametrize(
+    "variant,dtype", [("md17-l2", torch.float64), ("md17-l2", torch.float32), ("qm9-l2", torch.float64)]
+)
 def test_cpp_example_matches_python(variant, dtype, example_binary, tmp_path):
     from zoo.export.torchscript import export_torchscript
 
@@ -73,17 +77,25 @@ def test_cpp_example_matches_python(variant, dtype, example_binary, tmp_path):
     # the C++ side reads float64 positions from the file; float32 rounds them like Python's .to(float32)
     rtol = 1e-10 if dtype == torch.float64 else 1e-6
     assert abs(energy - e_ref) <= rtol * abs(e_ref), (energy, e_ref)
-    np.testing.assert_allclose(forces, f_ref, rtol=0, atol=(1e-10 if dtype == torch.float64 else 1e-5) * np.abs(f_ref).max())
+    np.testing.assert_allclose(
+        forces, f_ref, rtol=0, atol=(1e-10 if dtype == torch.float64 else 1e-5) * np.abs(f_ref).max()
+    )
     if dtype == torch.float64 and variant == "md17-l2":
-        print(f"\nC++ vs Python ({variant}, float64): energy rel {abs(energy - e_ref) / abs(e_ref):.1e}, "
-              f"forces max rel {np.abs(forces - f_ref).max() / np.abs(f_ref).max():.1e}")
+        print(
+            f"\nC++ vs Python ({variant}, float64): energy rel {abs(energy - e_ref) / abs(e_ref):.1e}, "
+            f"forces max rel {np.abs(forces - f_ref).max() / np.abs(f_ref).max():.1e}"
+        )
 
 
 def test_cpp_example_errors(example_binary, tmp_path):
     from zoo.export.torchscript import export_torchscript
 
     torch.manual_seed(0)
-    model = ZooModel({"energy": build_model("md17-l2", num_layers=1, type_numbers=(1, 6, 8))}, [TargetInfo("energy", "eV")]).double().eval()
+    model = (
+        ZooModel({"energy": build_model("md17-l2", num_layers=1, type_numbers=(1, 6, 8))}, [TargetInfo("energy", "eV")])
+        .double()
+        .eval()
+    )
     path = export_torchscript(model, tmp_path / "m.pt")
     (tmp_path / "nacl.xyz").write_text("2\n\nNa 0 0 0\nCl 2.8 0 0\n")
     (tmp_path / "bad.xyz").write_text("two\n\n")

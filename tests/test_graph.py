@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 from ase.neighborlist import neighbor_list
-
 from structures import oc20_adslab, qm9_molecule
+
 from zoo import keys
 from zoo.graph import GraphError, attach_graph, periodic_graph, radius_graph
 
@@ -58,7 +58,9 @@ def test_periodic_graph_equals_ase_and_reaches_beyond_minimum_image():
     batch = torch.zeros(len(atoms), dtype=torch.long)
     edge_index, offsets, shift = periodic_graph(pos, cell, torch.ones(1, 3, dtype=torch.bool), batch, 5.0)
     i, j, S = neighbor_list("ijS", atoms, 5.0)
-    assert {(a, b, *s) for a, b, s in zip(j, i, S)} == {(int(a), int(b), *map(int, s)) for a, b, s in zip(*edge_index, offsets)}
+    assert {(a, b, *s) for a, b, s in zip(j, i, S)} == {
+        (int(a), int(b), *map(int, s)) for a, b, s in zip(*edge_index, offsets)
+    }
     vec = pos[edge_index[0]] + shift - pos[edge_index[1]]
     assert vec.norm(dim=1).max() < 5.0
     assert (offsets.abs() > 1).any()  # images beyond +-1 are needed here
@@ -66,7 +68,11 @@ def test_periodic_graph_equals_ase_and_reaches_beyond_minimum_image():
 
 def test_attach_graph_mixes_molecules_and_cells():
     z, pos = qm9_molecule(5000)
-    batch = {keys.POSITIONS: pos, keys.BATCH: torch.zeros(len(z), dtype=torch.long), keys.PBC: torch.zeros(1, 3, dtype=torch.bool)}
+    batch = {
+        keys.POSITIONS: pos,
+        keys.BATCH: torch.zeros(len(z), dtype=torch.long),
+        keys.PBC: torch.zeros(1, 3, dtype=torch.bool),
+    }
     out = attach_graph(batch, 5.0)
     assert out[keys.EDGE_SHIFT].shape == (out[keys.EDGE_INDEX].shape[1], 3)
     assert (out[keys.EDGE_SHIFT] == 0).all()
@@ -76,7 +82,13 @@ def test_singular_periodic_cell_is_a_clear_error():
     pos = torch.zeros(2, 3, dtype=torch.float64)
     pos[1, 0] = 1.0
     with pytest.raises(ValueError, match="singular"):
-        periodic_graph(pos, torch.zeros(1, 3, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.bool), torch.zeros(2, dtype=torch.long), 5.0)
+        periodic_graph(
+            pos,
+            torch.zeros(1, 3, 3, dtype=torch.float64),
+            torch.ones(1, 3, dtype=torch.bool),
+            torch.zeros(2, dtype=torch.long),
+            5.0,
+        )
 
 
 def _jittered_lattice(n: int, spacing: float = 4.5, jitter: float = 0.2, seed: int = 0) -> torch.Tensor:
@@ -128,7 +140,9 @@ def test_graph_of_100k_atom_molecule_stays_small(tmp_path):
         "print(edges.shape[1], grown * 1024)\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(Path(__file__).parent)], capture_output=True, text=True, timeout=300, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     edges, grown = map(int, proc.stdout.split())
     assert 5 * 100_000 < edges < 7 * 100_000

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from hubtools import point_client_at
 
 ALICE, BOB = "alice-token", "bob-token"
@@ -99,7 +98,9 @@ def cli_server(tmp_path_factory):
     try:
         first, second = (lines.get(timeout=60) for _ in range(2))
         url = f"http://127.0.0.1:{port}"
-        assert url in first and "write token" in second, first + second + (proc.stderr.read() if proc.poll() is not None else "")
+        assert url in first and "write token" in second, (
+            first + second + (proc.stderr.read() if proc.poll() is not None else "")
+        )
         token = second.split("HF_TOKEN=")[1].split(";")[0].strip()
         deadline = time.time() + 30
         while True:
@@ -156,20 +157,37 @@ def test_names_that_leave_the_data_folder_are_refused(cli_server, tmp_path):
     for path in ["../escape.txt", "/abs.txt", "a\\b.txt", "a/./b", "a//b", "nul\x00.txt", ".git/hooks/x", ""]:
         status, _, body = _raw(url, "POST", "/api/models/org/demo/commit/main", _commit_body(path, b"x"), token)
         assert status == 400, (path, body)
-    sneaky = json.dumps({"key": "lfsFile", "value": {"path": "x.json", "oid": "../repos/models/org/demo/repo.json", "algo": "sha256"}})
-    status, _, body = _raw(url, "POST", "/api/models/org/demo/commit/main", _commit_body("ok.txt", b"x").replace(b'{"key": "file"', sneaky.encode() + b'\n{"key": "file"'), token)
+    sneaky = json.dumps(
+        {"key": "lfsFile", "value": {"path": "x.json", "oid": "../repos/models/org/demo/repo.json", "algo": "sha256"}}
+    )
+    status, _, body = _raw(
+        url,
+        "POST",
+        "/api/models/org/demo/commit/main",
+        _commit_body("ok.txt", b"x").replace(b'{"key": "file"', sneaky.encode() + b'\n{"key": "file"'),
+        token,
+    )
     assert status == 400 and b"object id" in body, body
     for rev in ["..", "a..b", "/x", "x/", "a b", "a~1", "x.lock", "-x"]:
         assert _raw(url, "POST", "/api/models/org/demo/tag/main", {"tag": rev}, token)[0] == 400, rev
-        assert _raw(url, "POST", f"/api/models/org/demo/branch/{rev.replace('/', '%2F').replace(' ', '%20')}", {}, token)[0] == 400, rev
+        assert (
+            _raw(url, "POST", f"/api/models/org/demo/branch/{rev.replace('/', '%2F').replace(' ', '%20')}", {}, token)[
+                0
+            ]
+            == 400
+        ), rev
     status, _, body = _raw(url, "GET", "/api/models/org/demo/refs", token=token)
     refs = json.loads(body)
     assert status == 200 and refs["tags"] == [] and [b["name"] for b in refs["branches"]] == ["main"]
     assert refs["branches"][0]["targetCommit"] == head
     assert proc.poll() is None, "the server died"
     assert (victim / "repo.json").is_file() and [p.name for p in tmp_path.iterdir()] == ["victims"]
-    assert [p.name for p in root.parent.iterdir()] == ["store"] and [p.name for p in root.parent.parent.iterdir()] == ["data"]
-    assert sorted(p.name for p in root.iterdir()) == ["blobs", "repos"] and [p.name for p in (root / "repos").iterdir()] == ["models"]
+    assert [p.name for p in root.parent.iterdir()] == ["store"] and [p.name for p in root.parent.parent.iterdir()] == [
+        "data"
+    ]
+    assert sorted(p.name for p in root.iterdir()) == ["blobs", "repos"] and [
+        p.name for p in (root / "repos").iterdir()
+    ] == ["models"]
     assert [p.name for p in (root / "repos" / "models" / "org").iterdir()] == ["demo"]
 
 
@@ -194,7 +212,9 @@ def test_new_repos_hold_the_hubs_gitattributes(served, tmp_path):
     api.create_repo("alice/fresh")
     assert api.list_repo_files("alice/fresh") == [".gitattributes"]
     assert [c.title for c in api.list_repo_commits("alice/fresh")] == ["initial commit"]
-    text = Path(hf_hub_download("alice/fresh", ".gitattributes", endpoint=served.url, cache_dir=str(tmp_path / "c"))).read_text()
+    text = Path(
+        hf_hub_download("alice/fresh", ".gitattributes", endpoint=served.url, cache_dir=str(tmp_path / "c"))
+    ).read_text()
     assert text == GITATTRIBUTES
     for pattern in ("*.safetensors", "*.pt", "*.onnx", "*.bin", "*.ckpt", "*tfevents*"):
         assert f"{pattern} filter=lfs diff=lfs merge=lfs -text\n" in text
@@ -224,14 +244,20 @@ def test_card_metadata_with_yaml_aliases_is_refused(served, tmp_path):
     head = api.model_info("alice/card").sha
     with pytest.raises(ValueError, match="anchors and aliases"):  # the client asks /api/validate-yaml first
         api.upload_file(path_or_fileobj=bomb.encode(), path_in_repo="README.md", repo_id="alice/card")
-    status, _, body = _raw(served.url, "POST", "/api/models/alice/card/commit/main", _commit_body("README.md", bomb.encode()), ALICE)
+    status, _, body = _raw(
+        served.url, "POST", "/api/models/alice/card/commit/main", _commit_body("README.md", bomb.encode()), ALICE
+    )
     assert status == 400 and b"anchors and aliases" in body  # and the commit itself is refused
     assert api.model_info("alice/card").sha == head
 
     store = served.server.store  # a card stored before this check existed: listings skip its metadata
     repo = store.repo("model", "alice/card")
     tree = dict(store.commit("model", "alice/card", head)["tree"])
-    tree["README.md"] = {"sha256": store.put_blob(bomb.encode()), "oid": _git_blob_sha1(bomb.encode()), "size": len(bomb)}
+    tree["README.md"] = {
+        "sha256": store.put_blob(bomb.encode()),
+        "oid": _git_blob_sha1(bomb.encode()),
+        "size": len(bomb),
+    }
     store._new_commit("model", "alice/card", repo, "main", head, tree, "old card", "", "alice")
     status, _, body = _raw(served.url, "GET", "/api/models")
     assert status == 200 and len(body) < 10_000 and "cardData" not in json.loads(body)[0]
@@ -250,7 +276,9 @@ def test_links_out_of_the_data_folder_are_not_followed(served, tmp_path):
     """A folder inside the store that links outside is neither read, listed nor deleted."""
     outside = tmp_path / "outside" / "name"
     outside.mkdir(parents=True)
-    (outside / "repo.json").write_text(json.dumps({"id": "evil/name", "private": False, "owner": "alice", "refs": {"branches": {}, "tags": {}}}))
+    (outside / "repo.json").write_text(
+        json.dumps({"id": "evil/name", "private": False, "owner": "alice", "refs": {"branches": {}, "tags": {}}})
+    )
     (served.root / "repos" / "models").mkdir(parents=True, exist_ok=True)
     (served.root / "repos" / "models" / "evil").symlink_to(tmp_path / "outside", target_is_directory=True)
     status, _, body = _raw(served.url, "GET", "/api/models/evil/name", token=ALICE)
@@ -263,18 +291,35 @@ def test_links_out_of_the_data_folder_are_not_followed(served, tmp_path):
 def test_token_is_checked_and_length_validated_before_the_body_is_read(served):
     url = served.url
     # no token, 50 MB announced and none sent: answered at once (the server does not wait for the body)
-    answer = _exchange(url, b"POST /api/repos/create HTTP/1.1\r\nHost: h\r\nContent-Length: 50000000\r\n\r\n", timeout=5)
+    answer = _exchange(
+        url, b"POST /api/repos/create HTTP/1.1\r\nHost: h\r\nContent-Length: 50000000\r\n\r\n", timeout=5
+    )
     assert _status(answer) == 401 and b"Connection: close" in answer
     auth = f"Authorization: Bearer {ALICE}\r\n".encode()
-    answer = _exchange(url, b"POST /api/repos/create HTTP/1.1\r\nHost: h\r\n" + auth + b"Content-Length: 1000000000000\r\n\r\n", timeout=5)
+    answer = _exchange(
+        url,
+        b"POST /api/repos/create HTTP/1.1\r\nHost: h\r\n" + auth + b"Content-Length: 1000000000000\r\n\r\n",
+        timeout=5,
+    )
     assert _status(answer) == 413 and b"limit" in answer
     for length in (b"-1", b"abc", b"1e3", b"12, 13", b" "):
-        answer = _exchange(url, b"POST /api/repos/create HTTP/1.1\r\nHost: h\r\n" + auth + b"Content-Length: " + length + b"\r\n\r\n", timeout=5)
+        answer = _exchange(
+            url,
+            b"POST /api/repos/create HTTP/1.1\r\nHost: h\r\n" + auth + b"Content-Length: " + length + b"\r\n\r\n",
+            timeout=5,
+        )
         assert _status(answer) == 400 and b"Content-Length" in answer, length
-    both = b"POST /api/repos/create HTTP/1.1\r\nHost: h\r\n" + auth + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+    both = (
+        b"POST /api/repos/create HTTP/1.1\r\nHost: h\r\n"
+        + auth
+        + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     assert _status(_exchange(url, both, b"0\r\n\r\n", timeout=5)) == 400
     big = b"POST /api/repos/create HTTP/1.1\r\nHost: h\r\n" + auth + b"Transfer-Encoding: chunked\r\n\r\n"
-    assert _status(_exchange(url, big, b"%x\r\n" % (1 << 20) + b"x" * (1 << 20) + b"\r\n1\r\nx\r\n0\r\n\r\n", timeout=5)) == 413
+    assert (
+        _status(_exchange(url, big, b"%x\r\n" % (1 << 20) + b"x" * (1 << 20) + b"\r\n1\r\nx\r\n0\r\n\r\n", timeout=5))
+        == 413
+    )
     assert _raw(url, "GET", "/api/models")[0] == 200  # still serving
 
 
@@ -291,10 +336,14 @@ def test_cut_off_uploads_are_never_committed(served):
     answer = _exchange(url, start + b"Content-Length: %d\r\n\r\n" % (len(body) + 100), body, shut=True)
     assert _status(answer) == 400 and b"cut off" in answer
     # chunked: the whole payload in one chunk, then the stream breaks before the last (empty) chunk
-    answer = _exchange(url, start + b"Transfer-Encoding: chunked\r\n\r\n", b"%x\r\n" % len(body) + body + b"\r\n", shut=True)
+    answer = _exchange(
+        url, start + b"Transfer-Encoding: chunked\r\n\r\n", b"%x\r\n" % len(body) + body + b"\r\n", shut=True
+    )
     assert _status(answer) == 400 and b"cut off" in answer
     # malformed chunk framing
-    answer = _exchange(url, start + b"Transfer-Encoding: chunked\r\n\r\n", b"zz\r\n" + body + b"\r\n0\r\n\r\n", shut=True)
+    answer = _exchange(
+        url, start + b"Transfer-Encoding: chunked\r\n\r\n", b"zz\r\n" + body + b"\r\n0\r\n\r\n", shut=True
+    )
     assert _status(answer) == 400
     # a client that stops sending: the read times out (2 s here) instead of holding the connection
     answer = _exchange(url, start + b"Content-Length: %d\r\n\r\n" % len(body), body[:100], timeout=20)

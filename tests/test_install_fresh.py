@@ -44,7 +44,11 @@ def fresh(tmp_path_factory):
     proc = _run([sys.executable, "-m", "venv", venv], root, dict(os.environ))
     assert proc.returncode == 0, proc.stderr
     python = venv / "bin" / "python"
-    purelib = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], root, dict(os.environ)).stdout.strip())
+    purelib = Path(
+        _run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], root, dict(os.environ)
+        ).stdout.strip()
+    )
     # third-party packages only: the test venv's site-packages, after the fresh venv's own (its .pth files,
     # such as an editable install of this checkout, are not processed from there)
     (purelib / "zz_borrowed_site_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
@@ -65,7 +69,9 @@ def fresh(tmp_path_factory):
 
 def test_the_install_is_not_the_checkout(fresh):
     python, env, work, _ = fresh
-    proc = _run([python, "-c", "import zoo, equizoo_models; print(zoo.__file__); print(equizoo_models.__file__)"], work, env)
+    proc = _run(
+        [python, "-c", "import zoo, equizoo_models; print(zoo.__file__); print(equizoo_models.__file__)"], work, env
+    )
     assert proc.returncode == 0, proc.stderr
     for line in proc.stdout.split():
         assert str(python.parents[1]) in line and str(REPO) not in line
@@ -77,7 +83,9 @@ def test_every_release_is_listed_and_predicts_offline(fresh):
     proc = _run([equizoo, "list", "--published", "--json"], work, env)
     assert proc.returncode == 0, proc.stderr
     assert sorted(r["name"] for r in json.loads(proc.stdout)) == SHIPPED and len(SHIPPED) == 7
-    proc = _run([equizoo, "predict", work / "benzene.xyz", "--model", SHIPPED[0], "-o", work / f"{SHIPPED[0]}.json"], work, env)
+    proc = _run(
+        [equizoo, "predict", work / "benzene.xyz", "--model", SHIPPED[0], "-o", work / f"{SHIPPED[0]}.json"], work, env
+    )
     assert proc.returncode == 0, proc.stderr
     # the same command for the other six in one interpreter (the installed console script's app), to save six start-ups
     script = (
@@ -97,12 +105,18 @@ def test_every_release_is_listed_and_predicts_offline(fresh):
 def test_a_changed_file_of_the_installed_models_is_refused(fresh):
     python, env, work, _ = fresh
     name = "equiformer-md17-ethanol-l2-small-cpu"
-    located = _run([python, "-c", "import equizoo_models, os; print(os.path.dirname(equizoo_models.__file__))"], work, env)
+    located = _run(
+        [python, "-c", "import equizoo_models, os; print(os.path.dirname(equizoo_models.__file__))"], work, env
+    )
     weights = Path(located.stdout.strip()) / name / "model.safetensors"
     original = weights.read_bytes()
     try:
         weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
-        proc = _run([python.parent / "equizoo", "predict", work / "benzene.xyz", "--model", name, "-o", work / "tampered.json"], work, env)
+        proc = _run(
+            [python.parent / "equizoo", "predict", work / "benzene.xyz", "--model", name, "-o", work / "tampered.json"],
+            work,
+            env,
+        )
         assert proc.returncode != 0 and "sha256 mismatch for model.safetensors" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and not (work / "tampered.json").exists()
     finally:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch._dynamo.testing
-
 from structures import oc20_adslab, qm9_molecule
+
 from zoo import keys
 from zoo.graph import periodic_graph, radius_graph
 from zoo.models import build_model, get_variant
@@ -55,7 +55,17 @@ def _structures(name: str) -> list[dict]:
             batch = torch.zeros(keep, dtype=torch.long)
             p = pos[:keep].clone()  # own storage: a view of a larger tensor would be a different input kind
             edge_index, _, shift = periodic_graph(p, cell[None], torch.ones(1, 3, dtype=torch.bool), batch, 5.0)
-            out.append(dict(pos=p, species=z[:keep].clone(), edge_index=edge_index, batch=batch, edge_shift=shift, tags=tags[:keep].clone(), num_graphs=1))
+            out.append(
+                dict(
+                    pos=p,
+                    species=z[:keep].clone(),
+                    edge_index=edge_index,
+                    batch=batch,
+                    edge_shift=shift,
+                    tags=tags[:keep].clone(),
+                    num_graphs=1,
+                )
+            )
         return out
     out = []
     for index in (5000, 100001):
@@ -76,7 +86,10 @@ def test_fullgraph_compile_with_forces_equals_eager(name):
     model.compute_forces = True
     model.compute_virial = True
     first, second = _structures(name)
-    assert first["pos"].shape[0] != second["pos"].shape[0] and first["edge_index"].shape[1] != second["edge_index"].shape[1]
+    assert (
+        first["pos"].shape[0] != second["pos"].shape[0]
+        and first["edge_index"].shape[1] != second["edge_index"].shape[1]
+    )
     torch._dynamo.reset()
     # dynamo's capture (graph breaks, recompilations, the functional force gradient) is what can fail
     # here; inductor's code generation of the full variants is timed in benchmarks/bench_network.py

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from e3nn import o3
-
 from structures import oc20_adslab, qm9_molecule
+
 from zoo import keys
 from zoo.graph import periodic_graph, radius_graph
 from zoo.models import build_model, get_variant, list_variants
@@ -38,7 +38,9 @@ def _run_molecule(model, z, pos):
 
 def _run_slab(model, z, pos, cell, tags):
     batch = torch.zeros(len(z), dtype=torch.long)
-    edge_index, _, shift = periodic_graph(pos, cell.unsqueeze(0), torch.ones(1, 3, dtype=torch.bool), batch, model.r_max)
+    edge_index, _, shift = periodic_graph(
+        pos, cell.unsqueeze(0), torch.ones(1, 3, dtype=torch.bool), batch, model.r_max
+    )
     return model(pos, z, edge_index, batch, edge_shift=shift, tags=tags)
 
 

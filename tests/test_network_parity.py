@@ -42,7 +42,9 @@ def test_reference_parity(golden_dir, case, variant):
         stored = io["edge_index"]
         stored_shift = torch.einsum("ei,eij->ej", io["cell_offsets"].double(), cell[batch[stored[1]]])
         runs.append(("stored graph", stored, stored_shift))
-        own, offsets, own_shift = periodic_graph(pos, cell, torch.ones(len(cell), 3, dtype=torch.bool), batch, model.r_max)
+        own, offsets, own_shift = periodic_graph(
+            pos, cell, torch.ones(len(cell), 3, dtype=torch.bool), batch, model.r_max
+        )
         assert own.shape[1] == index["n_edges"]
         runs.append(("equizoo graph", own, own_shift))
         extra = {"tags": io["tags"]}
@@ -54,7 +56,12 @@ def test_reference_parity(golden_dir, case, variant):
     for label, edge_index, shift in runs:
         out = model(pos, species, edge_index, batch, edge_shift=shift, **extra)
         assert _rel(out[model.output_key], reference_energy) <= TOL, label
-        assert torch.allclose(out[model.atomic_key].new_zeros(len(reference_energy)).index_add(0, batch, out[model.atomic_key]), out[model.output_key], rtol=1e-12, atol=1e-12)
+        assert torch.allclose(
+            out[model.atomic_key].new_zeros(len(reference_energy)).index_add(0, batch, out[model.atomic_key]),
+            out[model.output_key],
+            rtol=1e-12,
+            atol=1e-12,
+        )
         if "forces" in io:
             assert _rel(out[keys.FORCES], io["forces"]) <= TOL, label
         if "aux_displacement" in io:

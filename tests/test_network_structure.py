@@ -28,7 +28,17 @@ PAPER_COUNTS = {
     "oc20-l1-linear": 7_837_699,
     "oc20-l1-dot": 8_722_435,
 }
-REQUIRED = ["qm9-l2", "qm9-l2-bessel", "qm9-l2-bessel-drop0", "qm9-l2-linear", "qm9-l2-dot", "md17-l2", "md17-l3", "oc20-l1", "oc20-l1-aux18"]
+REQUIRED = [
+    "qm9-l2",
+    "qm9-l2-bessel",
+    "qm9-l2-bessel-drop0",
+    "qm9-l2-linear",
+    "qm9-l2-dot",
+    "md17-l2",
+    "md17-l3",
+    "oc20-l1",
+    "oc20-l1-aux18",
+]
 
 
 @pytest.mark.parametrize("name,count", PAPER_COUNTS.items())
@@ -60,7 +70,9 @@ def test_wigner_3j_has_the_reference_sign():
         l1, l2, l3 = map(int, key.split("_"))
         torch.testing.assert_close(reference_wigner_3j(l1, l2, l3), value, rtol=0, atol=1e-12)
         flipped = (l1, l2, l3) in E3NN_044_FLIPPED
-        torch.testing.assert_close(o3.wigner_3j(l1, l2, l3, dtype=torch.float64), -value if flipped else value, rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            o3.wigner_3j(l1, l2, l3, dtype=torch.float64), -value if flipped else value, rtol=0, atol=1e-12
+        )
 
 
 def test_activation_constants_equal_e3nn():
@@ -68,7 +80,11 @@ def test_activation_constants_equal_e3nn():
     assert SIGMOID_NORM == pytest.approx(normalize2mom(torch.sigmoid).cst, rel=1e-15)
     raw = SmoothLeakyReLU(0.2).double()  # its constants are buffers, exact in float64
     assert SMOOTH_LEAKY_RELU_02_NORM == pytest.approx(normalize2mom(lambda x: raw(x) / raw.cst).cst, rel=1e-15)
-    assert round(SILU_NORM, 6) == 1.679177 and round(SIGMOID_NORM, 6) == 1.846706 and round(SMOOTH_LEAKY_RELU_02_NORM, 6) == 1.53132
+    assert (
+        round(SILU_NORM, 6) == 1.679177
+        and round(SIGMOID_NORM, 6) == 1.846706
+        and round(SMOOTH_LEAKY_RELU_02_NORM, 6) == 1.53132
+    )
 
 
 @pytest.mark.parametrize("irreps", ["1x0e+1x1e+1x2e", "1x0e+1x1e+1x2e+1x3e", "1x0e+1x1o+1x2e+1x3o", "1x0e+1x1e"])

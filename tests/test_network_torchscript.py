@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from structures import oc20_adslab, qm9_molecule
+
 from zoo import keys
 from zoo.graph import periodic_graph, radius_graph
 from zoo.models import build_model, get_variant, list_variants

@@ -24,7 +24,13 @@ SHIPPED = sorted(m.name for m in local_releases())
 DEVELOPMENT = re.compile(r"\.\./shared|/work/|/root/|/tmp/|/home/|~/\.cache|workplace|/shared/data")
 THEORY = {"md17": "DFT PBE+vdW-TS", "qm9": "DFT B3LYP/6-31G(2df,p)"}
 CITATION = {"md17": "@article{chmiela2017machine", "qm9": "@article{ramakrishnan2014quantum"}
-ELEMENTS = {"ethanol": [1, 6, 8], "aspirin": [1, 6, 8], "salicylic_acid": [1, 6, 8], "naphthalene": [1, 6], "qm9": [1, 6, 7, 8, 9]}
+ELEMENTS = {
+    "ethanol": [1, 6, 8],
+    "aspirin": [1, 6, 8],
+    "salicylic_acid": [1, 6, 8],
+    "naphthalene": [1, 6],
+    "qm9": [1, 6, 7, 8, 9],
+}
 
 
 def _kind(config: dict) -> str:
@@ -127,9 +133,21 @@ def test_restate_keeps_weights_exports_and_numbers(tmp_path, monkeypatch, shared
 
     name = "equiformer-md17-ethanol-l2-small-cpu"
     shutil.copytree(pull(name), tmp_path / "releases" / name)
-    env = {"EQUIZOO_RELEASES": str(tmp_path / "releases"), "EQUIZOO_REGISTRY": str(tmp_path / "registry.json"), "EQUIZOO_CACHE": str(tmp_path / "cache")}
+    env = {
+        "EQUIZOO_RELEASES": str(tmp_path / "releases"),
+        "EQUIZOO_REGISTRY": str(tmp_path / "registry.json"),
+        "EQUIZOO_CACHE": str(tmp_path / "cache"),
+    }
     before = {p.name: sha256_file(p) for p in (tmp_path / "releases" / name).iterdir()}
-    proc = run_cli("restate", name, "--source", str(shared_data / "md17" / "mdbenchgnn" / "ethanol"), "--hardware-note", "a new note", env=env)
+    proc = run_cli(
+        "restate",
+        name,
+        "--source",
+        str(shared_data / "md17" / "mdbenchgnn" / "ethanol"),
+        "--hardware-note",
+        "a new note",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     folder = tmp_path / "releases" / name
     after = {p.name: sha256_file(p) for p in folder.iterdir()}
@@ -139,4 +157,8 @@ def test_restate_keeps_weights_exports_and_numbers(tmp_path, monkeypatch, shared
     assert new["metadata"]["elements"] == [1, 6, 8]  # recomputed from the prepared training split
     assert new["metadata"]["hardware_note"] == "a new note" and "a new note" in (folder / "README.md").read_text()
     entry = json.loads((tmp_path / "registry.json").read_text())["models"][name]
-    assert {k: v["sha256"] for k, v in entry["files"].items()} == read_manifest(folder) == {k: v for k, v in after.items() if k != "manifest.json"}
+    assert (
+        {k: v["sha256"] for k, v in entry["files"].items()}
+        == read_manifest(folder)
+        == {k: v for k, v in after.items() if k != "manifest.json"}
+    )

@@ -49,7 +49,9 @@ def test_the_trained_models_are_released_and_registered():
     for name in SHIPPED_NAMES:
         entry = get_model(name)
         assert entry.status == "local release" and entry.release == name
-        assert {"config.json", "model.safetensors", "README.md", "model.torchscript.pt", "model.onnx"} <= set(entry.file_hashes())
+        assert {"config.json", "model.safetensors", "README.md", "model.torchscript.pt", "model.onnx"} <= set(
+            entry.file_hashes()
+        )
         assert entry.paper and all(base_split(m.split) == "test" for m in entry.paper)
 
 
@@ -63,7 +65,9 @@ def test_card_registry_and_config_agree_and_state_what_produced_the_model(name):
     recorded = {(r["split"], f"{r['quantity']} {r['metric']} ({r['unit']})"): r["value"] for r in record["results"]}
     on_card = {(m["dataset_split"], m["metric_name"]): m["metric_value"] for m in card_metrics(folder / "README.md")}
     assert on_card == pytest.approx(recorded, rel=1e-12)
-    assert {(m.split, m.target): m.value for m in get_model(name).metrics} == {(r["split"], r["quantity"]): r["value"] for r in record["results"]}
+    assert {(m.split, m.target): m.value for m in get_model(name).metrics} == {
+        (r["split"], r["quantity"]): r["value"] for r in record["results"]
+    }
     assert "test" in {base_split(r["split"]) for r in record["results"]}
     for row in re.findall(r"^\| test\S* \| (\S+) \| MAE \| (.+?) \| (.+?) \|$", card, flags=re.M):
         assert row[2] != "—", f"{name}: no paper number beside the measured {row[0]}"
@@ -121,13 +125,17 @@ def test_roundoff_tolerance_follows_the_float32_resolution_of_the_predictions():
     bound = roundoff_tolerance("MAE", mae, ref, pred, "float32")
     assert bound == pytest.approx(eps * float(np.abs(pred).mean()) + 100 * eps * mae, rel=1e-12)
     assert 2.0 < bound < 2.2  # ~ one float32 ulp of 17,630 eV, in meV
-    assert roundoff_tolerance("MAE", mae, ref, pred, "float64") < 1e-8  # float64 evaluations are checked ~1e9 times tighter
+    assert (
+        roundoff_tolerance("MAE", mae, ref, pred, "float64") < 1e-8
+    )  # float64 evaluations are checked ~1e9 times tighter
     # a metric recomputed on another CPU where every energy moved by one float32 ulp stays within the bound
     moved = np.float32(pred) + np.spacing(np.float32(pred))
     assert abs(float(np.abs(moved.astype(np.float64) - ref).mean()) - mae) <= bound
     # EwT moves only by the structures within round-off of its threshold
     err_ref = np.array([0.0, 0.01, 0.02, 0.5])
-    assert roundoff_tolerance("EwT@0.02eV", 50.0, np.zeros(4), err_ref, "float32") == pytest.approx(25.0 + 100 * eps * 50.0)
+    assert roundoff_tolerance("EwT@0.02eV", 50.0, np.zeros(4), err_ref, "float32") == pytest.approx(
+        25.0 + 100 * eps * 50.0
+    )
 
 
 def test_equizoo_eval_cli_reproduces_the_card(tmp_path, shared_data):
@@ -139,7 +147,11 @@ def test_equizoo_eval_cli_reproduces_the_card(tmp_path, shared_data):
     proc = run_cli("eval", ethanol, "--model", name, "--split", "test", "-o", out)
     assert proc.returncode == 0, proc.stderr
     measured = {r["quantity"]: r for r in json.loads(out.read_text())["metrics"]}
-    card = {m["metric_name"].split()[0]: m["metric_value"] for m in card_metrics(pull(name) / "README.md") if m["dataset_split"] == "test"}
+    card = {
+        m["metric_name"].split()[0]: m["metric_value"]
+        for m in card_metrics(pull(name) / "README.md")
+        if m["dataset_split"] == "test"
+    }
     assert set(card) == {"energy", "forces"}
     test = read_mdbenchgnn(ethanol)["test"]
     reference = {
@@ -189,11 +201,21 @@ def test_release_pipeline_evaluates_exports_cards_and_registers(release_env, sha
     rel = release_model(model_dir("md17"), "test-md17-release", data=ethanol, limits={"val": 5, "test": 12}, formats="torchscript",
                         note="A test release.", hardware_note="a test machine", progress=False)  # fmt: skip
     assert rel.path == releases / "test-md17-release"
-    assert sorted(p.name for p in rel.path.iterdir()) == ["README.md", "config.json", "exports.json", "manifest.json", "model.safetensors", "model.torchscript.pt"]
+    assert sorted(p.name for p in rel.path.iterdir()) == [
+        "README.md",
+        "config.json",
+        "exports.json",
+        "manifest.json",
+        "model.safetensors",
+        "model.torchscript.pt",
+    ]
     assert oct(rel.path.stat().st_mode & 0o777) == "0o755"
     assert [r["split"] for r in rel.evaluation["results"]] == ["val[:5]", "val[:5]", "test[:12]", "test[:12]"]
     # a public record: the local data folder becomes a placeholder (this model has no training record naming its dataset)
-    assert rel.evaluation["commands"][1] == "equizoo eval PATH_TO_MDBENCHGNN_ETHANOL --model test-md17-release --split test --limit 12"
+    assert (
+        rel.evaluation["commands"][1]
+        == "equizoo eval PATH_TO_MDBENCHGNN_ETHANOL --model test-md17-release --split test --limit 12"
+    )
     assert ethanol not in (rel.path / "config.json").read_text()
     entry = get_model("test-md17-release")
     assert entry.status == "local release" and str(registry) == entry.source
@@ -215,7 +237,13 @@ def test_release_bad_inputs_leave_nothing_behind(release_env, shared_data):
     with pytest.raises(ReleaseError, match="no training record"):
         release_model(model_dir("md17"), "no-data")
     with pytest.raises(ReleaseError, match="no split 'train2'"):
-        release_model(model_dir("md17"), "bad-split", data=str(shared_data / "md17" / "mdbenchgnn" / "ethanol"), splits=("train2",), progress=False)
+        release_model(
+            model_dir("md17"),
+            "bad-split",
+            data=str(shared_data / "md17" / "mdbenchgnn" / "ethanol"),
+            splits=("train2",),
+            progress=False,
+        )
     assert not releases.exists() or list(releases.iterdir()) == []
     assert not registry.exists()
 
@@ -223,13 +251,31 @@ def test_release_bad_inputs_leave_nothing_behind(release_env, shared_data):
 def test_cli_release_and_verify(tmp_path, shared_data):
     env = {"EQUIZOO_REGISTRY": str(tmp_path / "registry.json"), "EQUIZOO_RELEASES": str(tmp_path / "releases")}
     ethanol = str(shared_data / "md17" / "mdbenchgnn" / "ethanol")
-    proc = run_cli("release", model_dir("md17"), "--name", "cli-release", "--data", ethanol, "--split", "test", "--limit", "test=8", "--format", "none", env=env)
+    proc = run_cli(
+        "release",
+        model_dir("md17"),
+        "--name",
+        "cli-release",
+        "--data",
+        ethanol,
+        "--split",
+        "test",
+        "--limit",
+        "test=8",
+        "--format",
+        "none",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "reproduce: equizoo eval" in proc.stdout and (tmp_path / "releases" / "cli-release" / "README.md").is_file()
-    proc = run_cli("verify", "cli-release", "--data", ethanol, env=env)  # --data: the alias of --source, the name `equizoo eval` uses
+    proc = run_cli(
+        "verify", "cli-release", "--data", ethanol, env=env
+    )  # --data: the alias of --source, the name `equizoo eval` uses
     assert proc.returncode == 0, proc.stderr
     assert "every number on the card is reproduced" in proc.stdout and "round-off bound" in proc.stdout
-    assert "predicting with cli-release" in proc.stderr and "8/8" in proc.stderr  # the progress bar `equizoo eval` shows
+    assert (
+        "predicting with cli-release" in proc.stderr and "8/8" in proc.stderr
+    )  # the progress bar `equizoo eval` shows
     proc = run_cli("release", model_dir("md17"), "--name", "cli-release-2", "--limit", "test", env=env)
     assert proc.returncode == 2 and "SPLIT=N" in proc.stderr
 
@@ -243,7 +289,9 @@ def test_readme_tables_list_the_registered_numbers():
     table = release_table()
     assert len(table.splitlines()) == len(SHIPPED)
     for readme in (REPO / "README.md", REPO / "releases" / "README.md"):
-        assert table in readme.read_text(), f"{readme} lists other numbers than the registry: run python tools/release_table.py"
+        assert table in readme.read_text(), (
+            f"{readme} lists other numbers than the registry: run python tools/release_table.py"
+        )
 
 
 def test_publish_puts_a_release_on_a_hub_by_name(hub, tmp_path, monkeypatch):
@@ -257,10 +305,15 @@ def test_publish_puts_a_release_on_a_hub_by_name(hub, tmp_path, monkeypatch):
     proc = run_cli("publish", name, "--repo", "equizoo-test/ethanol-small-cpu")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     entry = get_model(name)
-    assert entry.status == "published" and entry.repo_id == "equizoo-test/ethanol-small-cpu" and len(entry.revision) == 40
+    assert (
+        entry.status == "published" and entry.repo_id == "equizoo-test/ethanol-small-cpu" and len(entry.revision) == 40
+    )
     from zoo.registry import metrics_from_config
 
-    assert list(entry.metrics) == metrics_from_config(read_config(release)) and {m.split for m in entry.metrics} == {"val", "test"}
+    assert list(entry.metrics) == metrics_from_config(read_config(release)) and {m.split for m in entry.metrics} == {
+        "val",
+        "test",
+    }
     pulled = pull(name)
     assert pulled != copy / name and os.environ["HF_HOME"] in str(pulled)
     for file in ("README.md", "config.json", "model.safetensors", "model.onnx"):

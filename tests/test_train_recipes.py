@@ -30,7 +30,9 @@ EXPECTED = (
     + [f"md17/l{l}/{m}" for l in (2, 3) for m in MOLECULES]
     + ["oc20/is2re-l1", "oc20/is2re-l1-aux18-noisy-nodes"]
 )
-CPU = [f"cpu/qm9-{t}-small" for t in ("gap", "homo", "lumo")] + [f"cpu/md17-{m}-l2-small" for m in ("aspirin", "ethanol", "naphthalene", "salicylic_acid")]
+CPU = [f"cpu/qm9-{t}-small" for t in ("gap", "homo", "lumo")] + [
+    f"cpu/md17-{m}-l2-small" for m in ("aspirin", "ethanol", "naphthalene", "salicylic_acid")
+]
 BUDGET = {  # budget recipe -> (the recipe it shortens, minutes)
     **{f"budget/md17-l2-{m}-{t}m": (f"md17/l2/{m}", t) for m in MOLECULES for t in (10, 60)},
     **{f"budget/qm9-{q}-{t}m": (f"qm9/{q}", t) for q in ("homo", "lumo", "gap") for t in (10, 60)},
@@ -58,14 +60,23 @@ def test_budget_recipes_say_their_accuracy_and_change_only_what_a_short_run_need
     from zoo.paths import recipes_dir
 
     text = (recipes_dir() / f"{name}.yml").read_text()
-    assert re.search(r"^# accuracy: (not yet run|.*measured)", text, re.M), "every budget recipe states the accuracy it reached, or that it was not yet run"
+    assert re.search(r"^# accuracy: (not yet run|.*measured)", text, re.M), (
+        "every budget recipe states the accuracy it reached, or that it was not yet run"
+    )
     source, minutes = BUDGET[name]
     r, full = _flat(load_recipe(name)), _flat(load_recipe(source))
-    assert r["budget.wall_time"] == 60 * minutes and r["optim.ema_decay"] == 0.999 and r["model.overrides"] == full["model.overrides"]
+    assert (
+        r["budget.wall_time"] == 60 * minutes
+        and r["optim.ema_decay"] == 0.999
+        and r["model.overrides"] == full["model.overrides"]
+    )
     changed = {k for k in r if r[k] != full[k] and not k.startswith("budget.")}
     assert changed <= SHORT_RUN_KEYS, changed - SHORT_RUN_KEYS
     if name.startswith("budget/md17"):
-        assert r["optim.lr"] == pytest.approx(2 * full["optim.lr"]) and r["optim.batch_size"] == 4 * full["optim.batch_size"]
+        assert (
+            r["optim.lr"] == pytest.approx(2 * full["optim.lr"])
+            and r["optim.batch_size"] == 4 * full["optim.batch_size"]
+        )
 
 
 def test_every_recipe_loads_and_builds_its_model():
@@ -88,17 +99,32 @@ def test_qm9_recipes_follow_spec_2_1(target):
     r = load_recipe(f"qm9/{target}")
     assert r["task"] == "qm9" and r["data"]["target"] == target and r["seed"] == 0
     assert r["data"]["dataset"] == "qm9" and r["data"]["drop_last"]
-    assert (r["schedule"]["kind"], r["schedule"]["warmup_epochs"], r["schedule"]["warmup_lr"], r["schedule"]["min_lr"]) == ("epoch_cosine", 5, 1e-6, 1e-6)
+    assert (
+        r["schedule"]["kind"],
+        r["schedule"]["warmup_epochs"],
+        r["schedule"]["warmup_lr"],
+        r["schedule"]["min_lr"],
+    ) == ("epoch_cosine", 5, 1e-6, 1e-6)
     assert r["optim"]["clip_grad_norm"] is None and not r["optim"]["amp"] and r["optim"]["ema_decay"] is None
     assert r["eval"]["final_weights"] == "best_val" and r["eval"]["test_every_epochs"] == 1
     if target in ("U0", "U", "H", "G"):
         assert r["model"]["variant"] == "qm9-l2-bessel-drop0"
-        assert (r["optim"]["lr"], r["optim"]["batch_size"], r["optim"]["max_epochs"], r["optim"]["weight_decay"]) == (1.5e-4, 64, 600, 0.0)
+        assert (r["optim"]["lr"], r["optim"]["batch_size"], r["optim"]["max_epochs"], r["optim"]["weight_decay"]) == (
+            1.5e-4,
+            64,
+            600,
+            0.0,
+        )
         assert r["normalization"]["mode"] == "none"
     else:
         variant = {"r2": "qm9-l2-bessel-drop01", "zpve": "qm9-l2-bessel"}.get(target, "qm9-l2")
         assert r["model"]["variant"] == variant
-        assert (r["optim"]["lr"], r["optim"]["batch_size"], r["optim"]["max_epochs"], r["optim"]["weight_decay"]) == (5e-4, 128, 300, 5e-3)
+        assert (r["optim"]["lr"], r["optim"]["batch_size"], r["optim"]["max_epochs"], r["optim"]["weight_decay"]) == (
+            5e-4,
+            128,
+            300,
+            5e-3,
+        )
         assert r["normalization"]["mode"] == "train_stats"
     config = model_config(r)
     assert (config.radial_basis, config.num_basis, config.alpha_drop) == {
@@ -120,10 +146,23 @@ def test_md17_recipes_follow_spec_2_2(molecule):
         r = load_recipe(f"md17/l{lmax}/{molecule}")
         assert r["model"]["variant"] == f"md17-l{lmax}" and r["data"]["dataset"] == f"md17-{molecule}"
         assert (r["optim"]["lr"], r["loss"]["force_weight"], r["loss"]["energy_weight"]) == (lr, wf, 1.0)
-        assert (r["optim"]["batch_size"], r["optim"]["eval_batch_size"], r["optim"]["max_epochs"]) == (batch, eval_batch, epochs)
+        assert (r["optim"]["batch_size"], r["optim"]["eval_batch_size"], r["optim"]["max_epochs"]) == (
+            batch,
+            eval_batch,
+            epochs,
+        )
         assert r["optim"]["weight_decay"] == 1e-6 and r["seed"] == 1
-        assert (r["schedule"]["kind"], r["schedule"]["warmup_epochs"], r["schedule"]["warmup_lr"], r["schedule"]["min_lr"]) == ("epoch_cosine", 10, 1e-6, 1e-6)
-        assert (r["eval"]["test_every_epochs"], r["eval"]["test_max_batches"], r["eval"]["final_weights"]) == (10, 1000, "last")
+        assert (
+            r["schedule"]["kind"],
+            r["schedule"]["warmup_epochs"],
+            r["schedule"]["warmup_lr"],
+            r["schedule"]["min_lr"],
+        ) == ("epoch_cosine", 10, 1e-6, 1e-6)
+        assert (r["eval"]["test_every_epochs"], r["eval"]["test_max_batches"], r["eval"]["final_weights"]) == (
+            10,
+            1000,
+            "last",
+        )
 
 
 def test_oc20_recipes_follow_spec_2_3():
@@ -131,19 +170,39 @@ def test_oc20_recipes_follow_spec_2_3():
     aux = load_recipe("oc20/is2re-l1-aux18-noisy-nodes")
     for r in (base, aux):
         assert r["normalization"] == {"mode": "fixed", "mean": -1.525913953781128, "std": 2.279365062713623}
-        assert (r["schedule"]["kind"], r["schedule"]["warmup_epochs"], r["schedule"]["warmup_factor"], r["schedule"]["lr_min_factor"]) == ("step_cosine", 2, 0.2, 0.01)
-        assert r["optim"]["weight_decay"] == 1e-3 and r["optim"]["batch_size"] == 32 and r["eval"]["every_steps"] == 2000
+        assert (
+            r["schedule"]["kind"],
+            r["schedule"]["warmup_epochs"],
+            r["schedule"]["warmup_factor"],
+            r["schedule"]["lr_min_factor"],
+        ) == ("step_cosine", 2, 0.2, 0.01)
+        assert (
+            r["optim"]["weight_decay"] == 1e-3 and r["optim"]["batch_size"] == 32 and r["eval"]["every_steps"] == 2000
+        )
         assert r["data"]["val_split"] == "val_id"
     assert (base["model"]["variant"], base["optim"]["lr"], base["optim"]["max_epochs"]) == ("oc20-l1", 2e-4, 20)
     assert not base["noisy_nodes"]["enabled"] and base["loss"]["aux_weight"] is None
     assert (aux["model"]["variant"], aux["optim"]["lr"], aux["optim"]["max_epochs"]) == ("oc20-l1-aux18", 5e-4, 40)
-    assert (aux["loss"]["aux_weight"], aux["loss"]["aux_min_weight"], aux["loss"]["aux_position_std"]) == (15.0, 1.0, 0.8771552443504333)
+    assert (aux["loss"]["aux_weight"], aux["loss"]["aux_min_weight"], aux["loss"]["aux_position_std"]) == (
+        15.0,
+        1.0,
+        0.8771552443504333,
+    )
     assert aux["noisy_nodes"] == {"enabled": True, "probability": 0.5, "min_factor": 0.0, "noise_std": 0.3}
     assert model_config(aux).num_layers == 18 and model_config(aux).drop_path == 0.05
 
 
 def test_overrides_and_short_keys():
-    r = load_recipe("qm9/gap", ["max_epochs=1", "optim.lr=1e-4", "model.overrides.num_layers=2", "model.overrides.radial_hidden=[16, 16]", "data.test_split=null"])
+    r = load_recipe(
+        "qm9/gap",
+        [
+            "max_epochs=1",
+            "optim.lr=1e-4",
+            "model.overrides.num_layers=2",
+            "model.overrides.radial_hidden=[16, 16]",
+            "data.test_split=null",
+        ],
+    )
     assert r["optim"]["max_epochs"] == 1 and r["optim"]["lr"] == 1e-4 and r["data"]["test_split"] is None
     assert model_config(r).num_layers == 2 and model_config(r).radial_hidden == (16, 16)
     assert parse_set(["a.b= 3", "c=text"]) == [("a.b", 3), ("c", "text")]
@@ -173,7 +232,10 @@ def test_overrides_and_short_keys():
         (["device=gpu"], "device must be auto, cpu, cuda or cuda:N"),
         (["optim.betas=[0.9]"], "optim.betas must be two numbers"),
         (["optim.amp=true", "model.dtype=float64"], "optim.amp (bf16 autocast) needs model.dtype float32"),
-        (["optim.tf32=true", "model.dtype=float64"], "optim.tf32 (TF32 matrix products on CUDA) needs model.dtype float32"),
+        (
+            ["optim.tf32=true", "model.dtype=float64"],
+            "optim.tf32 (TF32 matrix products on CUDA) needs model.dtype float32",
+        ),
         (["optim.tf32=2"], "optim.tf32 must be true or false"),
     ],
 )

@@ -76,20 +76,31 @@ def test_qm9_small_model_fits_64_real_molecules(qm9_cache, tmp_path):
     start = maes[0]
     assert any(m < 0.3 * start for m in maes), maes
     gap = PreparedDataset(qm9_cache / "prepared" / "qm9").split("train").target("gap")[:64]
-    assert min(maes[-3:]) < np.abs(gap - gap.mean()).mean(), maes  # better than predicting the mean: it learns structure
+    assert min(maes[-3:]) < np.abs(gap - gap.mean()).mean(), (
+        maes
+    )  # better than predicting the mean: it learns structure
     assert len(result.history) == 20 and [row["step"] for row in result.history] == [2 * (e + 1) for e in range(20)]
     for row in result.history:  # the optimizer ran with the timm schedule of this recipe (no warmup here)
         epoch = row["step"] // 2 - 1
         assert row["lr"] == pytest.approx(1e-6 + 0.5 * (5e-3 - 1e-6) * (1 + math.cos(math.pi * epoch / 20)), rel=1e-12)
 
     run = tmp_path / "run"
-    for name in ("recipe.yaml", "metrics.csv", "learning_curve.png", "summary.json", "model/config.json", "model/model.safetensors"):
+    for name in (
+        "recipe.yaml",
+        "metrics.csv",
+        "learning_curve.png",
+        "summary.json",
+        "model/config.json",
+        "model/model.safetensors",
+    ):
         assert (run / name).is_file(), name
     assert load_recipe(run / "recipe.yaml") == recipe
     m = result.metrics
     best = m["best_val"]
     assert m["final_weights"] == "best_val" and m["weights_step"] == best["step"]
-    assert m["test"]["mae"] == pytest.approx(best["test"]["mae"], rel=1e-9)  # QM9 result: test MAE at the best-validation epoch
+    assert m["test"]["mae"] == pytest.approx(
+        best["test"]["mae"], rel=1e-9
+    )  # QM9 result: test MAE at the best-validation epoch
     assert best["val"]["mae"] == min(row["val_mae"] for row in result.history)
 
     config = read_config(run / "model")
@@ -97,7 +108,11 @@ def test_qm9_small_model_fits_64_real_molecules(qm9_cache, tmp_path):
     assert meta["recipe"] == recipe and meta["dataset"]["sizes"] == {"train": 64, "val": 16, "test": 16}
     train_split = PreparedDataset(qm9_cache / "prepared" / "qm9").split("train").subset(np.arange(64))
     assert meta["elements"] == sorted({int(z) for s in train_split for z in s.species})  # the elements the model saw
-    assert meta["environment"]["torch"] == torch.__version__ and meta["hardware"]["processes"] == 1 and meta["wall_time_s"] > 0
+    assert (
+        meta["environment"]["torch"] == torch.__version__
+        and meta["hardware"]["processes"] == 1
+        and meta["wall_time_s"] > 0
+    )
     (target,) = config["targets"]
     assert (target["name"], target["unit"]) == ("gap", "eV")
     assert target["mean"] == pytest.approx(gap.mean()) and target["std"] == pytest.approx(gap.std(ddof=1))
@@ -123,17 +138,25 @@ def test_md17_aspirin_force_loss_decreases(shared_data, tmp_path):
     assert forces[-1] < forces[0] and all(np.isfinite(forces))
     assert ["test_force_mae" in row for row in result.history] == [False, True, False, True]
     m = result.metrics
-    assert m["final_weights"] == "last" and m["weights_step"] == 16 == m["steps"]  # the paper tests the last-epoch weights
+    assert (
+        m["final_weights"] == "last" and m["weights_step"] == 16 == m["steps"]
+    )  # the paper tests the last-epoch weights
     assert (tmp_path / "run" / "best" / f"step_{m['best_val']['step']:09d}.safetensors").is_file()
     assert m["units"] == {"energy_mae": "eV", "force_mae": "eV/Å"}
-    model = load_model_dir(tmp_path / "run" / "model", dtype=torch.float64)  # energies near -17,600 eV: float64 keeps meV
+    model = load_model_dir(
+        tmp_path / "run" / "model", dtype=torch.float64
+    )  # energies near -17,600 eV: float64 keeps meV
     info = model.target("energy")
     assert info.forces_unit == "eV/Å" and model.energy_target == "energy"
     frames = PreparedDataset(tmp_path / "cache" / "prepared" / "md17-aspirin").split("test").subset(np.arange(8))
     batch = attach_graph(frames.collate(np.arange(8), [keys.ENERGY, keys.FORCES], torch.float64), model.r_max)
     out = model(batch[keys.POSITIONS], batch[keys.SPECIES], batch[keys.EDGE_INDEX], batch[keys.BATCH])
-    assert float((out[keys.FORCES] - batch[keys.FORCES]).abs().mean()) == pytest.approx(m["test"]["force_mae"], rel=1e-4)
-    assert float((out[keys.ENERGY].detach() - batch[keys.ENERGY]).abs().mean()) == pytest.approx(m["test"]["energy_mae"], rel=1e-4)
+    assert float((out[keys.FORCES] - batch[keys.FORCES]).abs().mean()) == pytest.approx(
+        m["test"]["force_mae"], rel=1e-4
+    )
+    assert float((out[keys.ENERGY].detach() - batch[keys.ENERGY]).abs().mean()) == pytest.approx(
+        m["test"]["energy_mae"], rel=1e-4
+    )
 
 
 # --- OC20 -----------------------------------------------------------------------------------------------
@@ -148,7 +171,9 @@ def test_oc20_is2re_on_reference_format_lmdbs(shared_data, tmp_path):
     warmup, total = 2 * 4, 3 * 4
     for row in result.history:  # LambdaLR stepped per step: the last step of the row ran at k = step - 1
         k = row["step"] - 1
-        factor = 0.2 * (1 - k / warmup) + k / warmup if k <= warmup else 0.01 + 0.495 * (1 + math.cos(math.pi * k / total))
+        factor = (
+            0.2 * (1 - k / warmup) + k / warmup if k <= warmup else 0.01 + 0.495 * (1 + math.cos(math.pi * k / total))
+        )
         assert row["lr"] == pytest.approx(2e-4 * factor, rel=1e-12)
     model = load_model_dir(tmp_path / "run" / "model")
     info = model.target("energy")
@@ -164,7 +189,16 @@ def _emt_lmdbs(folder: Path) -> None:
     from ase.optimize import BFGS
 
     records = []
-    for sid, (metal, adsorbate, site) in enumerate([("Cu", "O", "fcc"), ("Pt", "C", "hcp"), ("Ni", "N", "fcc"), ("Cu", "H", "hcp"), ("Au", "O", "fcc"), ("Pd", "C", "fcc")]):
+    for sid, (metal, adsorbate, site) in enumerate(
+        [
+            ("Cu", "O", "fcc"),
+            ("Pt", "C", "hcp"),
+            ("Ni", "N", "fcc"),
+            ("Cu", "H", "hcp"),
+            ("Au", "O", "fcc"),
+            ("Pd", "C", "fcc"),
+        ]
+    ):
         slab = fcc111(metal, size=(2, 2, 3), vacuum=6.0)
         layer = slab.get_tags().copy()  # 1 = top layer
         add_adsorbate(slab, adsorbate, 1.8, site)
@@ -206,9 +240,18 @@ def test_oc20_auxiliary_task_and_noisy_nodes_on_emt_relaxations(tmp_path):
     assert model.target("energy").aux_scale == 0.8771552443504333
     view = PreparedDataset(tmp_path / "cache" / "prepared" / "oc20-is2re").split("val")
     batch = attach_graph(view.collate(np.arange(2), [keys.Y_RELAXED], torch.float32), model.r_max, 500)
-    out = model(batch[keys.POSITIONS], batch[keys.SPECIES], batch[keys.EDGE_INDEX], batch[keys.BATCH], batch[keys.EDGE_SHIFT], batch[keys.TAGS])
+    out = model(
+        batch[keys.POSITIONS],
+        batch[keys.SPECIES],
+        batch[keys.EDGE_INDEX],
+        batch[keys.BATCH],
+        batch[keys.EDGE_SHIFT],
+        batch[keys.TAGS],
+    )
     assert out[keys.AUX_DISPLACEMENT].shape == batch[keys.POSITIONS].shape
-    assert float((out["energy"].detach() - batch[keys.Y_RELAXED]).abs().mean()) == pytest.approx(result.metrics["val"]["energy_mae"], rel=1e-4)
+    assert float((out["energy"].detach() - batch[keys.Y_RELAXED]).abs().mean()) == pytest.approx(
+        result.metrics["val"]["energy_mae"], rel=1e-4
+    )
 
 
 # --- resume, DDP, errors ----------------------------------------------------------------------------------
@@ -223,12 +266,24 @@ def _qm9_cli_sets(cache: Path, **model_changes) -> list[str]:
 def test_killed_run_resumes_bitwise(qm9_cache, tmp_path):
     """A run SIGKILLed after its step-2 checkpoint (mid-epoch, dropout on) and resumed reproduces the weights,
     optimizer state and metrics of an uninterrupted run at step 4 = 2k and at the end, bit for bit on CPU."""
-    args = ["train", "qm9/gap", *_qm9_cli_sets(qm9_cache), "--set", "checkpoint.every_steps=2", "--set", "checkpoint.keep=10"]
+    args = [
+        "train",
+        "qm9/gap",
+        *_qm9_cli_sets(qm9_cache),
+        "--set",
+        "checkpoint.every_steps=2",
+        "--set",
+        "checkpoint.keep=10",
+    ]
     env = _subprocess_env()
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    done = subprocess.run(_equizoo(*args, "--out", str(whole)), env=env, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        _equizoo(*args, "--out", str(whole)), env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     assert done.returncode == 0, done.stdout + done.stderr
-    proc = subprocess.Popen(_equizoo(*args, "--out", str(killed)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _equizoo(*args, "--out", str(killed)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     first = killed / "checkpoints" / "step_000000002" / "state.json"
     deadline = time.time() + 600
     while not first.is_file() and proc.poll() is None and time.time() < deadline:
@@ -238,12 +293,16 @@ def test_killed_run_resumes_bitwise(qm9_cache, tmp_path):
     left = sorted(p.name for p in (killed / "checkpoints").iterdir() if p.name.startswith("step_"))
     assert left and left[-1] < "step_000000008", left  # killed before the end
     assert not (killed / "model").exists()
-    resumed = subprocess.run(_equizoo("train", "--resume", str(killed)), env=env, capture_output=True, text=True, timeout=600, check=False)
+    resumed = subprocess.run(
+        _equizoo("train", "--resume", str(killed)), env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming at step" in resumed.stdout
     for step in ("step_000000004", "step_000000008"):
         for name in ("model.safetensors", "optimizer.pt"):
-            assert (whole / "checkpoints" / step / name).read_bytes() == (killed / "checkpoints" / step / name).read_bytes(), (step, name)
+            assert (whole / "checkpoints" / step / name).read_bytes() == (
+                killed / "checkpoints" / step / name
+            ).read_bytes(), (step, name)
     rows = [json.loads((d / "summary.json").read_text()) for d in (whole, killed)]
     assert rows[0]["val"] == rows[1]["val"] and rows[0]["test"] == rows[1]["test"]
     csv = [(d / "metrics.csv").read_text().splitlines() for d in (whole, killed)]
@@ -253,15 +312,31 @@ def test_killed_run_resumes_bitwise(qm9_cache, tmp_path):
     assert int(state["state"][1]["step"]) == 8
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="torch without gloo")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="torch without gloo"
+)
 def test_ddp_two_processes_match_one(qm9_cache, tmp_path):
     """torchrun with 2 CPU processes (gloo) and the same global batch of 8 trains the same model as 1 process."""
     args = ["train", "qm9/gap", *_qm9_cli_sets(qm9_cache, alpha_drop=0.0), "--set", "schedule.warmup_epochs=0"]
     env = _subprocess_env()
-    one = subprocess.run(_equizoo(*args, "--out", str(tmp_path / "one")), env=env, capture_output=True, text=True, timeout=600, check=False)
+    one = subprocess.run(
+        _equizoo(*args, "--out", str(tmp_path / "one")),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert one.returncode == 0, one.stdout + one.stderr
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "zoo.cli"]
-    two = subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=600, check=False)
+    two = subprocess.run(
+        [*torchrun, *args, "--out", str(tmp_path / "two")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     assert "2 process(es) on cpu" in two.stdout
     history = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two")]
@@ -298,8 +373,12 @@ def test_run_folder_and_data_errors(qm9_cache, tmp_path):
     with pytest.raises(TrainError, match="holds no checkpoint"):
         train(None, resume=tmp_path / "nothing", console=quiet())
     missing = load_recipe("md17/l2/benzene", [f"data.cache_dir={tmp_path / 'empty'}", "data.download=false", *QUICK])
-    with pytest.raises(TrainError, match=r"data.dataset=md17-benzene: .*no source given.*equizoo data prepare md17-benzene"):
+    with pytest.raises(
+        TrainError, match=r"data.dataset=md17-benzene: .*no source given.*equizoo data prepare md17-benzene"
+    ):
         train(missing, out=tmp_path / "md17", console=quiet())
     wrong = load_recipe("qm9/gap", [f"data.cache_dir={qm9_cache}", "data.val_split=valid", *QUICK])
-    with pytest.raises(TrainError, match=r"no split 'valid' \(data.val_split\); its splits are \['train', 'val', 'test'\]"):
+    with pytest.raises(
+        TrainError, match=r"no split 'valid' \(data.val_split\); its splits are \['train', 'val', 'test'\]"
+    ):
         train(wrong, out=tmp_path / "wrong", console=quiet())

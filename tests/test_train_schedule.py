@@ -27,7 +27,9 @@ def timm_epoch_lr(epoch: int, lr: float, epochs: int, warmup: int, warmup_lr: fl
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * epoch / epochs))
 
 
-def oc20_lambda(k: int, warmup_steps: int, total_steps: int, warmup_factor: float = 0.2, min_factor: float = 0.01) -> float:
+def oc20_lambda(
+    k: int, warmup_steps: int, total_steps: int, warmup_factor: float = 0.2, min_factor: float = 0.01
+) -> float:
     """oc20/trainer/lr_scheduler.py CosineLRLambda, with epochs already converted to steps."""
     if k <= warmup_steps:
         alpha = k / float(warmup_steps)
@@ -39,7 +41,12 @@ def oc20_lambda(k: int, warmup_steps: int, total_steps: int, warmup_factor: floa
 
 @pytest.mark.parametrize(
     "name, n_train, lr, epochs, warmup",
-    [("qm9/gap", 110_000, 5e-4, 300, 5), ("qm9/U0", 110_000, 1.5e-4, 600, 5), ("md17/l2/aspirin", 950, 5e-4, 1500, 10), ("md17/l3/benzene", 950, 1e-4, 2000, 10)],
+    [
+        ("qm9/gap", 110_000, 5e-4, 300, 5),
+        ("qm9/U0", 110_000, 1.5e-4, 600, 5),
+        ("md17/l2/aspirin", 950, 5e-4, 1500, 10),
+        ("md17/l3/benzene", 950, 1e-4, 2000, 10),
+    ],
 )
 def test_epoch_cosine_first_epochs(name, n_train, lr, epochs, warmup):
     r = load_recipe(name)
@@ -50,11 +57,15 @@ def test_epoch_cosine_first_epochs(name, n_train, lr, epochs, warmup):
         expected = timm_epoch_lr(epoch, lr, epochs, warmup, 1e-6, 1e-6)
         lrs = {schedule(step) for step in range(epoch * spe, (epoch + 1) * spe)}
         assert len(lrs) == 1 and lrs.pop() == pytest.approx(expected, rel=1e-12), epoch  # constant within an epoch
-    assert schedule(0) == pytest.approx(1e-6) and schedule(warmup * spe) == pytest.approx(timm_epoch_lr(warmup, lr, epochs, warmup, 1e-6, 1e-6))
+    assert schedule(0) == pytest.approx(1e-6) and schedule(warmup * spe) == pytest.approx(
+        timm_epoch_lr(warmup, lr, epochs, warmup, 1e-6, 1e-6)
+    )
     assert schedule(epochs * spe - 1) == pytest.approx(timm_epoch_lr(epochs - 1, lr, epochs, warmup, 1e-6, 1e-6))
 
 
-@pytest.mark.parametrize("name, lr, epochs", [("oc20/is2re-l1", 2e-4, 20), ("oc20/is2re-l1-aux18-noisy-nodes", 5e-4, 40)])
+@pytest.mark.parametrize(
+    "name, lr, epochs", [("oc20/is2re-l1", 2e-4, 20), ("oc20/is2re-l1-aux18-noisy-nodes", 5e-4, 40)]
+)
 def test_oc20_step_cosine_first_epochs(name, lr, epochs):
     r = load_recipe(name)
     n_train = 460_328
@@ -75,7 +86,12 @@ _EXCLUDED = re.compile(r"(\.bias$|\.affine_weight$|\.affine_bias$|^rbf\.)")
 
 
 def _layer_norm_names(model: torch.nn.Module) -> set[str]:
-    return {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, torch.nn.LayerNorm) for p, _ in mod.named_parameters()}
+    return {
+        f"{m}.{p}"
+        for m, mod in model.named_modules()
+        if isinstance(mod, torch.nn.LayerNorm)
+        for p, _ in mod.named_parameters()
+    }
 
 
 @pytest.mark.parametrize("variant", ["qm9-l2", "qm9-l2-bessel", "qm9-l2-dot", "md17-l3", "oc20-l1-aux18"])
@@ -117,7 +133,11 @@ def _fake_batch(n_graphs: int, atoms: int, seed: int) -> tuple[dict, dict]:
         keys.FORCES: torch.randn(n, 3, generator=g), keys.POSITIONS: torch.randn(n, 3, generator=g),
         keys.POS_RELAXED: torch.randn(n, 3, generator=g), keys.TAGS: torch.randint(0, 3, (n,), generator=g),
     }  # fmt: skip
-    out = {keys.ENERGY: torch.randn(n_graphs, generator=g), keys.FORCES: torch.randn(n, 3, generator=g), keys.AUX_DISPLACEMENT: torch.randn(n, 3, generator=g)}
+    out = {
+        keys.ENERGY: torch.randn(n_graphs, generator=g),
+        keys.FORCES: torch.randn(n, 3, generator=g),
+        keys.AUX_DISPLACEMENT: torch.randn(n, 3, generator=g),
+    }
     return batch, out
 
 
@@ -125,7 +145,9 @@ def _concat(a: dict, b: dict) -> dict:
     return {k: torch.cat([a[k], b[k]]) for k in a}
 
 
-@pytest.mark.parametrize("recipe, sizes", [("md17/l2/aspirin", [(3, 21), (2, 21)]), ("oc20/is2re-l1-aux18-noisy-nodes", [(2, 13), (3, 13)])])
+@pytest.mark.parametrize(
+    "recipe, sizes", [("md17/l2/aspirin", [(3, 21), (2, 21)]), ("oc20/is2re-l1-aux18-noisy-nodes", [(2, 13), (3, 13)])]
+)
 def test_losses_average_to_the_single_process_loss(recipe, sizes):
     """Two ranks with unequal shares: the mean of their losses (what DDP's gradient averaging sees) is the
     loss of one process on the whole global batch, as OCP's DDPLoss makes it."""
@@ -138,8 +160,13 @@ def test_losses_average_to_the_single_process_loss(recipe, sizes):
     if r["task"] == "md17":
         totals = torch.tensor([sum(g for g, _ in sizes), sum(g * a for g, a in sizes)], dtype=torch.float64)
     else:
-        totals = torch.tensor([sum(g for g, _ in sizes), float((whole_batch[keys.TAGS] > 0).sum())], dtype=torch.float64)
-    ranks = [Objective(r, target, 0.3, 1.7, keys.ENERGY, 100, _FakeWorld(2, i, totals)).loss(out, batch, step=10)[0] for i, (batch, out) in enumerate(parts)]
+        totals = torch.tensor(
+            [sum(g for g, _ in sizes), float((whole_batch[keys.TAGS] > 0).sum())], dtype=torch.float64
+        )
+    ranks = [
+        Objective(r, target, 0.3, 1.7, keys.ENERGY, 100, _FakeWorld(2, i, totals)).loss(out, batch, step=10)[0]
+        for i, (batch, out) in enumerate(parts)
+    ]
     assert float(sum(ranks) / 2) == pytest.approx(float(expected), rel=1e-6)
 
 
@@ -154,7 +181,9 @@ def test_md17_and_oc20_loss_terms():
     assert float(parts["loss_aux"]) == pytest.approx(float(aux), rel=1e-6)
     assert obj.aux_weight(49) == pytest.approx(15 - 14 * 50 / 100) and obj.aux_weight(0) == pytest.approx(15 - 14 / 100)
     assert obj.aux_weight(10_000) == 1.0
-    assert float(loss) == pytest.approx(float((out[keys.ENERGY] - batch[keys.Y_RELAXED]).abs().mean() + obj.aux_weight(49) * aux), rel=1e-6)
+    assert float(loss) == pytest.approx(
+        float((out[keys.ENERGY] - batch[keys.Y_RELAXED]).abs().mean() + obj.aux_weight(49) * aux), rel=1e-6
+    )
     r = load_recipe("md17/l2/naphthalene")
     obj = Objective(r, keys.ENERGY, 0.5, 2.0, keys.ENERGY, 100, DistEnv())
     loss, parts = obj.loss(out, batch, step=0)
@@ -183,10 +212,14 @@ def test_noisy_nodes():
     noised = shift[:, 1:].abs().sum(dim=(1, 2)) > 0
     assert 0.4 < float(noised.double().mean()) < 0.6  # half the structures
     assert float(shift[noised][:, 1:].std()) == pytest.approx(0.3, rel=0.1)  # pos == pos_relaxed: pure noise
-    single = apply_noisy_nodes({k: v[:atoms] if k != keys.NUM_ATOMS else v[:1] for k, v in batch.items()}, ids[:1], 3, 0, cfg)
+    single = apply_noisy_nodes(
+        {k: v[:atoms] if k != keys.NUM_ATOMS else v[:1] for k, v in batch.items()}, ids[:1], 3, 0, cfg
+    )
     assert torch.equal(single[keys.POSITIONS], moved[:atoms])  # drawn per structure: independent of the batch
     far = dict(batch, **{keys.POS_RELAXED: pos + 10.0})
-    interp = (apply_noisy_nodes(far, ids, 3, 0, dict(cfg, noise_std=0.0))[keys.POSITIONS] - pos).view(n_graphs, atoms, 3)[noised][:, 1:]
+    interp = (apply_noisy_nodes(far, ids, 3, 0, dict(cfg, noise_std=0.0))[keys.POSITIONS] - pos).view(
+        n_graphs, atoms, 3
+    )[noised][:, 1:]
     assert float(interp.min()) >= 0.0 and float(interp.max()) <= 10.0  # f pos + (1 - f) pos_relaxed, f in [0, 1]
 
 

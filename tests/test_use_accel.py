@@ -32,7 +32,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_buckets_grow_in_quarter_steps():
-    assert [accel.bucket(n) for n in (0, 1, 8, 9, 16, 17, 21, 33, 100, 1000)] == [8, 8, 8, 10, 16, 20, 24, 40, 112, 1024]
+    assert [accel.bucket(n) for n in (0, 1, 8, 9, 16, 17, 21, 33, 100, 1000)] == [
+        8,
+        8,
+        8,
+        10,
+        16,
+        20,
+        24,
+        40,
+        112,
+        1024,
+    ]
     for n in range(1, 5000):
         b = accel.bucket(n)
         assert n <= b <= max(8, 1.25 * n)
@@ -79,7 +90,11 @@ def test_padding_keeps_periodic_virials_tags_and_every_qm9_target():
     slab = read_structures(OC20)
     _assert_same(*_padded_vs_plain(oc20_model(), slab))
     torch.manual_seed(0)
-    force_field = ZooModel({"energy": build_model("oc20-l1", **SMALL_L1, forces=True)}, [TargetInfo("energy", "eV")]).double().eval()
+    force_field = (
+        ZooModel({"energy": build_model("oc20-l1", **SMALL_L1, forces=True)}, [TargetInfo("energy", "eV")])
+        .double()
+        .eval()
+    )
     plain, padded = _padded_vs_plain(force_field, slab, virial=True)
     _assert_same(plain, padded)
     assert plain["virial"].shape == (1, 3, 3) and plain["forces"].shape == (slab[0].n_atoms, 3)
@@ -149,7 +164,11 @@ def compiled():
 
 def test_compiled_runner_matches_eager_in_predict_and_the_calculator(compiled):
     model, runner = compiled
-    assert runner.backend == "compile" and isinstance(runner.module, accel.CompiledModel) and runner.module.backend == "eager"
+    assert (
+        runner.backend == "compile"
+        and isinstance(runner.module, accel.CompiledModel)
+        and runner.module.backend == "eager"
+    )
     eager = Predictor(model, device="cpu").run(str(ASPIRIN) + "@:2", batch_size=2).frame()
     fast = Predictor(runner).run(str(ASPIRIN) + "@:2", batch_size=2).frame()
     assert list(fast["status"]) == ["ok", "ok"]
@@ -179,7 +198,9 @@ def test_cuda_graph_runner_replays_buckets_and_matches_eager():
         ref, got = eager(inputs, n), runner(inputs, n)
         for name, diff in accel.relative_difference(ref, got).items():
             assert diff <= 1e-5, (name, diff)
-    assert len(runner.module.graphs) - checked <= 3  # at most one new capture per size (1, 2, 3 frames), replayed when repeated
+    assert (
+        len(runner.module.graphs) - checked <= 3
+    )  # at most one new capture per size (1, 2, 3 frames), replayed when repeated
     atoms = ase.io.read(ASPIRIN, index=0)
     atoms.calc = EquiformerCalculator(model, device="cuda", cuda_graphs=True, skin=0.5)
     f0 = atoms.get_forces()

@@ -36,7 +36,9 @@ def test_atoms_closer_than_the_threshold_are_an_error_for_that_structure():
 
 @pytest.mark.parametrize("length, words", [(1e-3, "too small for the cutoff"), (1e12, "exceed 1e+06 Å")])
 def test_degenerate_and_absurd_periodic_cells_are_an_error_for_that_structure(length, words):
-    cell = ase.Atoms("CO", positions=[[0.0, 0.0, 0.0], [0.4 * length, 0.4 * length, 0.4 * length]], cell=np.eye(3) * length, pbc=True)
+    cell = ase.Atoms(
+        "CO", positions=[[0.0, 0.0, 0.0], [0.4 * length, 0.4 * length, 0.4 * length]], cell=np.eye(3) * length, pbc=True
+    )
     frame = Predictor(model_dir("md17")).run([_aspirin(), cell, _aspirin(2)]).frame()
     assert list(frame["status"]) == ["ok", "error", "ok"]
     assert words in frame["error"][1] and "cell" in frame["error"][1]

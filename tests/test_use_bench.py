@@ -16,7 +16,6 @@ from zoo.errors import UseError
 from zoo.use.bench import BENCH_FIELDS, SUITES, bench, workload
 from zoo.use.runner import load_runner
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -26,7 +25,9 @@ def test_cli_bench_compare_writes_the_documented_fields(tmp_path):
                    env={"COLUMNS": "80"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "torchscript" in proc.stdout and "vs eager" in proc.stdout
-    table = proc.stdout.split("workload:")[0].splitlines()  # title, table and hints (the file path after them may be long)
+    table = proc.stdout.split("workload:")[
+        0
+    ].splitlines()  # title, table and hints (the file path after them may be long)
     assert max(len(line) for line in table) <= 80 and "…" not in proc.stdout  # the default columns fit a terminal
     payload = json.loads(out.read_text())
     assert payload["fields"] == list(BENCH_FIELDS) and payload["machine"]["torch"] == torch.__version__
@@ -36,7 +37,11 @@ def test_cli_bench_compare_writes_the_documented_fields(tmp_path):
         ("eager", "inference"), ("torchscript", "inference"), ("eager", "latency"), ("torchscript", "latency"), ("eager", "train_step"),
     }  # fmt: skip
     assert (rows["status"] == "ok").all(), rows["error"]
-    assert (rows["median_ms"] > 0).all() and (rows["min_ms"] <= rows["median_ms"]).all() and (rows["median_ms"] <= rows["max_ms"]).all()
+    assert (
+        (rows["median_ms"] > 0).all()
+        and (rows["min_ms"] <= rows["median_ms"]).all()
+        and (rows["median_ms"] <= rows["max_ms"]).all()
+    )
     inference = rows[rows["task"] == "inference"].iloc[0]
     assert inference["batch_size"] == 2 and inference["atoms_per_batch"] == 42 and inference["forces"]
     assert inference["structures_per_s"] == pytest.approx(2000 / inference["median_ms"])
@@ -66,9 +71,19 @@ def test_workloads_are_real_geometries(shared_data):
 
 
 def test_profile_counts_operators_and_cuda_only_backends_say_why():
-    frame = bench(model_dir("md17"), tasks=("latency",), backends=("eager", "cuda-graphs"), device="cpu", warmup=0, repeats=1, profile=True)
+    frame = bench(
+        model_dir("md17"),
+        tasks=("latency",),
+        backends=("eager", "cuda-graphs"),
+        device="cpu",
+        warmup=0,
+        repeats=1,
+        profile=True,
+    )
     eager, graphs = frame.iloc[0], frame.iloc[1]
-    assert eager["status"] == "ok" and eager["aten_calls"] > 100 and np.isnan(eager["gpu_kernels"])  # no CUDA counters on the CPU
+    assert (
+        eager["status"] == "ok" and eager["aten_calls"] > 100 and np.isnan(eager["gpu_kernels"])
+    )  # no CUDA counters on the CPU
     assert graphs["status"] == "error" and "needs a CUDA device" in graphs["error"]
 
 

@@ -85,10 +85,14 @@ def test_nve_md_of_aspirin_conserves_energy():
     the cutoff (its radial MLP and attention softmax do not vanish there), see the bench/report."""
     torch.manual_seed(0)
     network = build_model("md17-l2", **dict(SMALL_L2, r_max=12.0))
-    model = ZooModel({"energy": network}, [TargetInfo("energy", "eV", mean=ASPIRIN_ENERGY_MEAN, std=0.2)]).double().eval()
+    model = (
+        ZooModel({"energy": network}, [TargetInfo("energy", "eV", mean=ASPIRIN_ENERGY_MEAN, std=0.2)]).double().eval()
+    )
     atoms = _aspirin()
     atoms.calc = EquiformerCalculator(model, dtype="float64", skin=0.5)
-    thermalize = getattr(velocitydistribution, "thermalize_momenta", None) or velocitydistribution.MaxwellBoltzmannDistribution  # ase < 3.26
+    thermalize = (
+        getattr(velocitydistribution, "thermalize_momenta", None) or velocitydistribution.MaxwellBoltzmannDistribution
+    )  # ase < 3.26
     thermalize(atoms, temperature_K=300, rng=np.random.default_rng(0))
     Stationary(atoms)
     ZeroRotation(atoms)
@@ -135,4 +139,3 @@ def test_a_calculator_needs_an_energy_model_or_an_explicit_target():
     assert 0.0 < water.get_potential_energy() < 30.0
     with pytest.raises(PropertyNotImplementedError):
         water.get_forces()
-

@@ -55,7 +55,18 @@ def ran(tmp_path_factory, shared_data):
         "unseen-allowed": ["predict", mixed, "--model", hco, "--rows", "0", "--allow-unseen-elements"],
         "unknown-elements": ["predict", mixed, "--model", model_dir("md17"), "--rows", "0"],
         "symlink": ["predict", EXAMPLE, "--rows", "0", "-o", tmp / "link.csv"],
-        "eval-files": ["eval", ethanol, "--model", model_dir("md17"), "--limit", "3", "-o", tmp / "m.json", "--plot", tmp / "p.png"],
+        "eval-files": [
+            "eval",
+            ethanol,
+            "--model",
+            model_dir("md17"),
+            "--limit",
+            "3",
+            "-o",
+            tmp / "m.json",
+            "--plot",
+            tmp / "p.png",
+        ],
     }
     results = run_cli_many(commands.values(), env={"EQUIZOO_CACHE": str(tmp / "cache")})
     return dict(zip(commands, results)), tmp
@@ -71,7 +82,9 @@ def ran_without_extras(tmp_path_factory):
         "oc20": ["eval", "oc20-is2re", "--model", model_dir("oc20")],
         "export": ["export", ETHANOL_MODEL, "--format", "onnx", "--out", tmp / "exported"],
     }
-    results = run_cli_many(commands.values(), missing=("huggingface_hub", "onnxruntime", "lmdb"), env={"EQUIZOO_CACHE": str(tmp / "cache")})
+    results = run_cli_many(
+        commands.values(), missing=("huggingface_hub", "onnxruntime", "lmdb"), env={"EQUIZOO_CACHE": str(tmp / "cache")}
+    )
     return dict(zip(commands, results)), tmp
 
 
@@ -127,8 +140,10 @@ def test_tables_and_help_fit_80_columns(ran):
     assert max(len(line) for line in lines) <= 80 and "…" not in out
     rows = [line.split() for line in lines if line.strip().startswith("equiformer-")]
     statuses = [row[1] for row in rows]
-    assert statuses.index("not") > 0 and all(s != "not" for s in statuses[: statuses.index("not")])  # usable models first
-    assert all(s == "not" for s in statuses[statuses.index("not"):])
+    assert statuses.index("not") > 0 and all(
+        s != "not" for s in statuses[: statuses.index("not")]
+    )  # usable models first
+    assert all(s == "not" for s in statuses[statuses.index("not") :])
     for key in ("list-help", "eval-help", "predict-help"):
         code, out, _ = results[key]
         assert code == 0 and "<bool>" not in out and max(len(line) for line in out.splitlines()) <= 80, key
@@ -178,13 +193,28 @@ def test_the_parity_plot_titles_the_metric_of_all_points(tmp_path):
     e_ref = -17630e3 + rng.normal(scale=100.0, size=50)
     e_pred = e_ref + rng.normal(scale=5.0, size=50)
     maes = {"energy": float(np.abs(e_pred - e_ref).mean()), "forces": float(np.abs(f_pred - f_ref).mean())}
-    metrics = pd.DataFrame([{"quantity": q, "metric": "MAE", "unit": u, "value": maes[q]} for q, u in (("energy", "meV"), ("forces", "meV/Å"))])
-    ev = Evaluation(metrics, {"energy": (e_ref, e_pred, "meV"), "forces": (f_ref, f_pred, "meV/Å")}, {"model": "m", "dataset": "d", "split": "test", "n_structures": 50})
+    metrics = pd.DataFrame(
+        [
+            {"quantity": q, "metric": "MAE", "unit": u, "value": maes[q]}
+            for q, u in (("energy", "meV"), ("forces", "meV/Å"))
+        ]
+    )
+    ev = Evaluation(
+        metrics,
+        {"energy": (e_ref, e_pred, "meV"), "forces": (f_ref, f_pred, "meV/Å")},
+        {"model": "m", "dataset": "d", "split": "test", "n_structures": 50},
+    )
     energy, forces = ev.panels(max_points=20000)
     assert forces["ref"].size == 20000 and forces["title"].startswith(f"forces: MAE {maes['forces']:.4g} meV/Å")
-    assert abs(np.abs(forces["pred"] - forces["ref"]).mean() - maes["forces"]) > 0  # the subset alone would give another number
-    assert energy["title"] == f"energy: MAE {maes['energy']:.4g} meV" and abs(energy["ref"].mean()) < 1e-6 and "mean" in energy["xlabel"]
-    assert (energy["pred"] - energy["ref"] == pytest.approx(e_pred - e_ref, abs=1e-6))
+    assert (
+        abs(np.abs(forces["pred"] - forces["ref"]).mean() - maes["forces"]) > 0
+    )  # the subset alone would give another number
+    assert (
+        energy["title"] == f"energy: MAE {maes['energy']:.4g} meV"
+        and abs(energy["ref"].mean()) < 1e-6
+        and "mean" in energy["xlabel"]
+    )
+    assert energy["pred"] - energy["ref"] == pytest.approx(e_pred - e_ref, abs=1e-6)
     ev.plot(tmp_path / "parity.png")
     assert (tmp_path / "parity.png").read_bytes()[:4] == b"\x89PNG"
 

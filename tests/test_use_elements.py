@@ -73,12 +73,14 @@ def test_calculator_refuses_unseen_elements_unless_allowed(hco_model):
 
 
 def test_eval_refuses_a_dataset_with_unseen_elements(hco_model, shared_data):
-    from zoo.use.evaluate import run_evaluation
     from zoo.errors import UseError
+    from zoo.use.evaluate import run_evaluation
 
     record = shutil.copytree(hco_model, hco_model.parent / "h-only")
     config = json.loads((record / "config.json").read_text())
     config["metadata"]["elements"] = [1]
     (record / "config.json").write_text(json.dumps(config))
     with pytest.raises(UseError, match="C, O not in the training data"):
-        run_evaluation(str(shared_data / "md17" / "mdbenchgnn" / "ethanol"), record, split="test", limit=2, device="cpu")
+        run_evaluation(
+            str(shared_data / "md17" / "mdbenchgnn" / "ethanol"), record, split="test", limit=2, device="cpu"
+        )

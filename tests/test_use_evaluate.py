@@ -15,7 +15,6 @@ from zoo.data import load_dataset, read_mdbenchgnn
 from zoo.errors import UseError
 from zoo.use.evaluate import open_dataset, run_evaluation
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -31,7 +30,14 @@ def test_md17_metrics_equal_a_direct_computation(shared_data):
     test = read_mdbenchgnn(folder)["test"][:6]
     frame = zoo.predict(test, model_dir("md17"))
     e_mae = np.mean(np.abs(frame["energy [eV]"].to_numpy() - [s.targets["energy"] for s in test])) * 1000
-    f_mae = np.mean(np.abs(np.concatenate(frame["forces [eV/Å]"].to_list()) - np.concatenate([s.targets["forces"] for s in test]))) * 1000
+    f_mae = (
+        np.mean(
+            np.abs(
+                np.concatenate(frame["forces [eV/Å]"].to_list()) - np.concatenate([s.targets["forces"] for s in test])
+            )
+        )
+        * 1000
+    )
     energy, forces = _metric(metrics, "energy"), _metric(metrics, "forces")
     assert (energy["unit"], forces["unit"], energy["n"]) == ("meV", "meV/Å", 6)
     assert energy["value"] == pytest.approx(e_mae, rel=1e-10) and forces["value"] == pytest.approx(f_mae, rel=1e-10)

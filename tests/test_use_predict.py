@@ -35,7 +35,9 @@ def _direct(model_path, species, positions, cell=None, pbc=None, tags=None):
     pos = torch.tensor(positions, dtype=torch.float64)
     batch = torch.zeros(len(species), dtype=torch.long)
     if pbc is not None and np.any(pbc):
-        edge_index, _, shift = periodic_graph(pos, torch.tensor(cell)[None], torch.tensor(pbc)[None], batch, model.r_max)
+        edge_index, _, shift = periodic_graph(
+            pos, torch.tensor(cell)[None], torch.tensor(pbc)[None], batch, model.r_max
+        )
     else:
         edge_index, shift = radius_graph(pos, batch, model.r_max), None
     tag_tensor = torch.tensor(tags) if tags is not None else None
@@ -53,7 +55,9 @@ def test_qm9_model_predicts_every_target_with_units(shared_data):
     s = read_structures(shared_data / "qm9" / "dsgdb9nsd_xyz_samples" / "dsgdb9nsd_100001.xyz")[0]
     direct = _direct(model_dir("qm9"), s.species, s.positions)
     for t in QM9_TEST_TARGETS:
-        assert row[[c for c in frame.columns if c.startswith(t + " [")][0]] == pytest.approx(float(direct[t][0]), abs=1e-10)
+        assert row[[c for c in frame.columns if c.startswith(t + " [")][0]] == pytest.approx(
+            float(direct[t][0]), abs=1e-10
+        )
 
 
 def test_bad_structures_are_reported_and_the_rest_still_run(tmp_path):
@@ -185,7 +189,15 @@ def test_default_model_mechanism(tmp_path, monkeypatch):
 
 def test_cli_predict_readme_example_with_the_default_model(tmp_path):
     out = tmp_path / "aspirin.csv"
-    proc = run_cli("predict", ASPIRIN_EXAMPLE, "--output", out, "--batch-size", "2", env={"EQUIZOO_DEFAULT_MODEL": str(model_dir("md17"))})
+    proc = run_cli(
+        "predict",
+        ASPIRIN_EXAMPLE,
+        "--output",
+        out,
+        "--batch-size",
+        "2",
+        env={"EQUIZOO_DEFAULT_MODEL": str(model_dir("md17"))},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "energy [eV]" in proc.stdout and "5 of 5 structures predicted" in proc.stdout
     written = pd.read_csv(out)
@@ -216,11 +228,15 @@ def test_cli_predict_oc20_lmdb_and_json(tmp_path, shared_data):
     lmdb = f"{shared_data / 'oc20' / 'format_reference_not_oc20' / 'val.lmdb'}@:20"  # record 25's cell is near singular: slow
     adslab = shared_data / "oc20" / "oc20_adslab_frame.json"
     out = tmp_path / "oc20.json"
-    proc = run_cli("predict", adslab, lmdb, "--model", model_dir("oc20"), "-o", out, "--batch-size", "16", "--rows", "3")
+    proc = run_cli(
+        "predict", adslab, lmdb, "--model", model_dir("oc20"), "-o", out, "--batch-size", "16", "--rows", "3"
+    )
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(out.read_text())
     assert payload["n_structures"] == 21 and payload["n_failed"] == 0 and payload["units"] == {"energy [eV]": "eV"}
-    assert [r["frame"] for r in payload["structures"]] == [0, *range(20)] and payload["structures"][1]["name"] == "sid 0"
+    assert [r["frame"] for r in payload["structures"]] == [0, *range(20)] and payload["structures"][1][
+        "name"
+    ] == "sid 0"
     api = zoo.predict([str(adslab), lmdb], model_dir("oc20"))
     np.testing.assert_allclose([r["energy [eV]"] for r in payload["structures"]], api["energy [eV]"], atol=1e-9)
 

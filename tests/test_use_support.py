@@ -44,7 +44,9 @@ def qm9_model(dtype=torch.float64) -> ZooModel:
 def md17_model(dtype=torch.float64, seed: int = 0) -> ZooModel:
     """A small md17-l2 force field (exp-normal basis, cosine cutoff) predicting energy and forces in eV."""
     torch.manual_seed(seed)
-    target = TargetInfo("energy", "eV", mean=ASPIRIN_ENERGY_MEAN, std=0.2, description="total energy", forces_unit="eV/Å")
+    target = TargetInfo(
+        "energy", "eV", mean=ASPIRIN_ENERGY_MEAN, std=0.2, description="total energy", forces_unit="eV/Å"
+    )
     return ZooModel({"energy": build_model("md17-l2", **SMALL_L2)}, [target]).to(dtype).eval()
 
 
@@ -60,13 +62,13 @@ _ROOT = Path(tempfile.mkdtemp(prefix="equizoo-use-tests-"))
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model_dir(kind: str) -> Path:
     """A saved model directory of `kind` (qm9, md17, oc20), built once per test process."""
     return save_model_dir(_BUILDERS[kind](), _ROOT / f"{kind}-small", name=f"test-{kind}-small")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def exported_model_dir(kind: str, fmt: str) -> Path:
     """A copy of model_dir(kind) with an export in `fmt` (zoo.export.export_model checks it against eager)."""
     from zoo.export import export_model

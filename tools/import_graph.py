@@ -11,7 +11,10 @@ from pathlib import Path
 # The intended layers, lowest first (docs/architecture.md, pyproject [tool.importlinter]); a module belongs to
 # the layer of the longest prefix it matches.
 LAYERS = (
-    ("base", ("zoo._version", "zoo.keys", "zoo.errors", "zoo.io", "zoo.extras", "zoo.device", "zoo.paper", "zoo.paths")),
+    (
+        "base",
+        ("zoo._version", "zoo.keys", "zoo.errors", "zoo.io", "zoo.extras", "zoo.device", "zoo.paper", "zoo.paths"),
+    ),
     ("nn", ("zoo.nn",)),
     ("core", ("zoo.models", "zoo.data", "zoo.graph", "zoo.accel", "zoo.lammps")),
     ("artifact", ("zoo.artifact", "zoo.spec", "zoo.forward", "zoo.convert")),
@@ -19,7 +22,18 @@ LAYERS = (
     ("services", ("zoo.train", "zoo.export", "zoo.hub")),
     ("use", ("zoo.use", "zoo.api", "zoo.predict", "zoo.evaluate", "zoo.bench", "zoo.calculators", "zoo.pretrained")),
     ("release", ("zoo.release", "zoo.cards", "zoo.publish", "zoo.distribution")),
-    ("cli", ("zoo.cli", "zoo.cli_console", "zoo.cli_use", "zoo.cli_artifacts", "zoo.cli_train", "zoo.cli_lammps", "zoo.data.cli")),
+    (
+        "cli",
+        (
+            "zoo.cli",
+            "zoo.cli_console",
+            "zoo.cli_use",
+            "zoo.cli_artifacts",
+            "zoo.cli_train",
+            "zoo.cli_lammps",
+            "zoo.data.cli",
+        ),
+    ),
     ("package", ("zoo",)),
 )
 
@@ -161,9 +175,15 @@ def main(root: Path) -> None:
     print(f"import edges (module pairs): {n_edges}")
     print(f"internal import statements: {n_imports}, of them inside functions: {n_function}")
     print(f"cycles: {len(cycles)}" + "".join(f"\n  {len(c)} modules: {' '.join(c)}" for c in cycles))
-    print(f"cycles without the package root: {len(cycles_below)}" + "".join(f"\n  {len(c)} modules: {' '.join(c)}" for c in cycles_below))
+    print(
+        f"cycles without the package root: {len(cycles_below)}"
+        + "".join(f"\n  {len(c)} modules: {' '.join(c)}" for c in cycles_below)
+    )
     print(f"edges up the intended layers: {len(upward)}" + "".join(f"\n  {u}" for u in upward))
-    print(f"importlib.import_module calls (constant of ours, or a computed name): {len(dynamic)}" + "".join(f"\n  {d}" for d in dynamic))
+    print(
+        f"importlib.import_module calls (constant of ours, or a computed name): {len(dynamic)}"
+        + "".join(f"\n  {d}" for d in dynamic)
+    )
     print("longest modules (lines):")
     for n, m in sorted(sizes, reverse=True)[:10]:
         print(f"  {n:5d} {m}")

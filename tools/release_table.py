@@ -22,7 +22,11 @@ def _recipe_file(name: str) -> str:
     records, else the CPU recipe named after it."""
     description = (read_config(releases_dir() / name)["metadata"].get("recipe") or {}).get("description")
     root = recipes_dir()
-    budget = [p for p in sorted((root / "budget").glob("*.yml")) if description and f"description: {description}\n" in p.read_text()]
+    budget = [
+        p
+        for p in sorted((root / "budget").glob("*.yml"))
+        if description and f"description: {description}\n" in p.read_text()
+    ]
     if budget:
         return f"recipes/budget/{budget[0].name}"
     return f"recipes/cpu/{name.removeprefix('equiformer-').removesuffix('-cpu')}.yml"
@@ -34,7 +38,9 @@ def release_table() -> str:
         paper = {m.target: m for m in entry.paper}
         measured = [m for m in entry.metrics if base_split(m.split) == "test"]
         ours = ", ".join(f"{m.target} {m.value:.4g} {m.unit}" for m in measured)
-        theirs = ", ".join(f"{m.target} {paper[m.target].value:g} {paper[m.target].unit}" for m in measured if m.target in paper)
+        theirs = ", ".join(
+            f"{m.target} {paper[m.target].value:g} {paper[m.target].unit}" for m in measured if m.target in paper
+        )
         split = measured[0].split if measured else "test"
         recipe = f"`{_recipe_file(entry.name)}`"
         rows.append(f"| `{entry.name}` | {recipe} | {ours} ({split}) | {theirs} |")

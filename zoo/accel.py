@@ -21,8 +21,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from zoo.errors import ZooError
 from zoo import keys
+from zoo.errors import ZooError
 
 PER_ATOM_OUTPUTS = (keys.FORCES, keys.AUX_DISPLACEMENT)
 # torch.compile(fullgraph=True): the network traces forces (torch.func.grad under dynamo) without a graph
@@ -70,7 +70,9 @@ def pad_inputs(
     n, e = pos.shape[0], edge_index.shape[1]
     n_cap, e_cap, g_cap = capacity
     if n_cap <= n or e_cap < e or g_cap <= num_graphs:
-        raise ValueError(f"capacity {capacity} too small for {n} atoms, {e} edges, {num_graphs} structures (need one padding atom and structure)")
+        raise ValueError(
+            f"capacity {capacity} too small for {n} atoms, {e} edges, {num_graphs} structures (need one padding atom and structure)"
+        )
     pn, pe = n_cap - n, e_cap - e
     shift = inputs.get("edge_shift")
     if shift is None:
@@ -92,7 +94,9 @@ def pad_inputs(
 
 def unpad_outputs(out: Dict[str, torch.Tensor], n_atoms: int, num_graphs: int) -> Dict[str, torch.Tensor]:
     """The real rows of padded outputs (copies, detached): per-atom outputs [:n_atoms], the rest [:num_graphs]."""
-    return {k: v[:n_atoms].detach().clone() if is_per_atom(k) else v[:num_graphs].detach().clone() for k, v in out.items()}
+    return {
+        k: v[:n_atoms].detach().clone() if is_per_atom(k) else v[:num_graphs].detach().clone() for k, v in out.items()
+    }
 
 
 class _Wrapped:
@@ -128,7 +132,9 @@ class CompiledModel(_Wrapped):
         return f"CompiledModel(backend={self.backend}, fullgraph={self.fullgraph}, dynamic=True)"
 
 
-def compile_model(model: torch.nn.Module, fullgraph: Optional[bool] = None, backend: Optional[str] = None) -> CompiledModel:
+def compile_model(
+    model: torch.nn.Module, fullgraph: Optional[bool] = None, backend: Optional[str] = None
+) -> CompiledModel:
     """torch.compile of `model` (see CompiledModel)."""
     return CompiledModel(model, fullgraph, backend)
 
@@ -150,7 +156,15 @@ class CudaGraphModel(_Wrapped):
     on first use (after `warmup` uncaptured calls on a side stream); all graphs share one memory pool.
     `grad` says whether the captured call records autograd (forces and virial need it)."""
 
-    def __init__(self, module: Callable, model: torch.nn.Module, pad_species: int, pad_length: float, grad: bool = True, warmup: int = 2) -> None:
+    def __init__(
+        self,
+        module: Callable,
+        model: torch.nn.Module,
+        pad_species: int,
+        pad_length: float,
+        grad: bool = True,
+        warmup: int = 2,
+    ) -> None:
         if not torch.cuda.is_available():
             raise CaptureError("CUDA graphs need a CUDA GPU and torch sees none")
         self.module = module
@@ -162,12 +176,21 @@ class CudaGraphModel(_Wrapped):
         self.graphs: Dict[tuple, _Captured] = {}
         self.pool = None
 
-    def __call__(self, pos, species, edge_index, batch, edge_shift=None, tags=None, num_graphs: int = -1) -> Dict[str, torch.Tensor]:
+    def __call__(
+        self, pos, species, edge_index, batch, edge_shift=None, tags=None, num_graphs: int = -1
+    ) -> Dict[str, torch.Tensor]:
         if pos.device.type != "cuda":
             raise CaptureError(f"CUDA graphs need inputs on a CUDA device, got {pos.device}")
         if num_graphs < 0:
             raise ValueError("CUDA graphs need num_graphs (the number of structures) given")
-        inputs = {"pos": pos, "species": species, "edge_index": edge_index, "batch": batch, "edge_shift": edge_shift, "tags": tags}
+        inputs = {
+            "pos": pos,
+            "species": species,
+            "edge_index": edge_index,
+            "batch": batch,
+            "edge_shift": edge_shift,
+            "tags": tags,
+        }
         cap = capacity_for(pos.shape[0], edge_index.shape[1], num_graphs)
         padded = pad_inputs(inputs, num_graphs, cap, self.pad_species, self.pad_length)
         key = cap + (self.compute_virial, tags is not None, pos.dtype)
@@ -193,7 +216,9 @@ class CudaGraphModel(_Wrapped):
                 outputs = {k: v.detach() for k, v in self.module(**static, num_graphs=num_graphs).items()}
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CaptureError(f"the network could not be captured as a CUDA graph ({first}); use it without --cuda-graphs") from exc
+            raise CaptureError(
+                f"the network could not be captured as a CUDA graph ({first}); use it without --cuda-graphs"
+            ) from exc
         self.pool = graph.pool()
         return _Captured(graph, static, outputs)
 
@@ -226,4 +251,15 @@ def relative_difference(reference: Dict[str, torch.Tensor], candidate: Dict[str,
     return out
 
 
-__all__ = ["FULLGRAPH", "CaptureError", "CompiledModel", "CudaGraphModel", "bucket", "capacity_for", "compile_model", "pad_inputs", "relative_difference", "unpad_outputs"]
+__all__ = [
+    "FULLGRAPH",
+    "CaptureError",
+    "CompiledModel",
+    "CudaGraphModel",
+    "bucket",
+    "capacity_for",
+    "compile_model",
+    "pad_inputs",
+    "relative_difference",
+    "unpad_outputs",
+]

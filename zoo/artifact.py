@@ -17,9 +17,9 @@ from typing import Any, Optional, Union
 
 import torch
 
+from zoo._version import __version__
 from zoo.device import DTYPES, dtype_name
 from zoo.errors import ZooError
-from zoo._version import __version__
 from zoo.io import replace_dir
 from zoo.models.config import EquiformerConfig
 from zoo.models.equiformer import Equiformer
@@ -78,7 +78,9 @@ def save_model_dir(
 
     def write(tmp: Path) -> None:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "name": config["name"], "dtype": config["dtype"]})
+        save_file(
+            state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "name": config["name"], "dtype": config["dtype"]}
+        )
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
     return atomic_write_dir(out_dir, write, overwrite=overwrite)
@@ -162,7 +164,14 @@ def check_config(config: Any, path: Union[str, Path]) -> dict:
             problem = _type_problem(value, network_fields.get(key, ""))
             if problem:
                 raise bad(f"key 'networks.{name}.{key}'", problem)
-        for key in ("irreps_node_embedding", "irreps_sh", "irreps_head", "irreps_mlp_mid", "irreps_feature", "irreps_pre_attn"):
+        for key in (
+            "irreps_node_embedding",
+            "irreps_sh",
+            "irreps_head",
+            "irreps_mlp_mid",
+            "irreps_feature",
+            "irreps_pre_attn",
+        ):
             if isinstance(network.get(key), str):
                 try:
                     o3.Irreps(network[key])
@@ -182,7 +191,19 @@ def build_from_config(config: dict) -> ZooModel:
 
 
 _SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}  # real floating point only
-_SAFETENSORS_OTHER = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "C64": 8, "C128": 16}
+_SAFETENSORS_OTHER = {
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+    "C64": 8,
+    "C128": 16,
+}
 
 
 def read_weights_header(weights: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -193,11 +214,15 @@ def read_weights_header(weights: Path) -> dict[str, tuple[str, tuple[int, ...]]]
         head = fh.read(8)
         length = int.from_bytes(head, "little") if len(head) == 8 else -1
         if length < 2 or length > min(size - 8, 100 << 20):
-            raise ArtifactError(f"{weights} is not a safetensors file (header length {length} for {size} bytes); pull or export it again")
+            raise ArtifactError(
+                f"{weights} is not a safetensors file (header length {length} for {size} bytes); pull or export it again"
+            )
         try:
             header = json.loads(fh.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ArtifactError(f"{weights} has a damaged safetensors header ({exc}); pull or export it again") from None
+            raise ArtifactError(
+                f"{weights} has a damaged safetensors header ({exc}); pull or export it again"
+            ) from None
     if not isinstance(header, dict):
         raise ArtifactError(f"{weights} has a damaged safetensors header; pull or export it again")
     data_size = size - 8 - length
@@ -208,7 +233,9 @@ def read_weights_header(weights: Path) -> dict[str, tuple[str, tuple[int, ...]]]
         dtype = entry.get("dtype") if isinstance(entry, dict) else None
         if dtype not in _SAFETENSORS_DTYPES:
             kind = f"dtype {dtype}" if dtype in _SAFETENSORS_OTHER else f"an unknown dtype {dtype!r}"
-            raise ArtifactError(f"{weights}: tensor {name!r} has {kind}; equizoo weights are real floating point (float32/float64). The file is not an equizoo model; pull or export it again")
+            raise ArtifactError(
+                f"{weights}: tensor {name!r} has {kind}; equizoo weights are real floating point (float32/float64). The file is not an equizoo model; pull or export it again"
+            )
         shape, offsets = entry.get("shape"), entry.get("data_offsets")
         if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)
                 and isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):  # fmt: skip
@@ -218,7 +245,9 @@ def read_weights_header(weights: Path) -> dict[str, tuple[str, tuple[int, ...]]]
             numel *= n
         begin, end = offsets
         if not 0 <= begin <= end <= data_size or end - begin != numel * _SAFETENSORS_DTYPES[dtype]:
-            raise ArtifactError(f"{weights}: tensor {name!r} of shape {shape} does not fit the file ({size} bytes); the file is truncated or damaged, pull or export it again")
+            raise ArtifactError(
+                f"{weights}: tensor {name!r} of shape {shape} does not fit the file ({size} bytes); the file is truncated or damaged, pull or export it again"
+            )
         out[name] = (dtype, tuple(shape))
     return out
 
@@ -241,7 +270,9 @@ class _AllocationBudget:
         self.limit, self.used, self.message, self.mode = limit, 0, message, Mode()
 
     def charge(self, func, args, kwargs) -> None:
-        values = {a.name: (args[i] if i < len(args) else kwargs.get(a.name)) for i, a in enumerate(func._schema.arguments)}
+        values = {
+            a.name: (args[i] if i < len(args) else kwargs.get(a.name)) for i, a in enumerate(func._schema.arguments)
+        }
         size = values.get("size")
         if isinstance(size, (list, tuple)) and all(isinstance(n, int) for n in size):
             numel = 1
@@ -273,7 +304,9 @@ def _numel(shape: tuple[int, ...]) -> int:
     return numel
 
 
-def load_model_dir(model_dir: Union[str, Path], dtype: Optional[torch.dtype] = None, device: Union[str, torch.device] = "cpu") -> ZooModel:
+def load_model_dir(
+    model_dir: Union[str, Path], dtype: Optional[torch.dtype] = None, device: Union[str, torch.device] = "cpu"
+) -> ZooModel:
     """Load a model directory into an eval-mode ZooModel (dtype: the saved one unless given)."""
     from safetensors.torch import load_file
 
@@ -284,22 +317,28 @@ def load_model_dir(model_dir: Union[str, Path], dtype: Optional[torch.dtype] = N
         raise ArtifactError(f"{model_dir} has no {WEIGHTS}")
     header = read_weights_header(weights)
     file_bytes = sum(_numel(shape) * 8 for _, shape in header.values())
-    message = (f"{model_dir / CONFIG} describes a model far larger than {weights} holds (building it passed "
-               "{limit:,} bytes); the config's dimensions do not match its weights, fix or re-export the model")
+    message = (
+        f"{model_dir / CONFIG} describes a model far larger than {weights} holds (building it passed "
+        "{limit:,} bytes); the config's dimensions do not match its weights, fix or re-export the model"
+    )
     try:
         with _AllocationBudget(8 * file_bytes + (1 << 30), message):
             model = build_from_config(config)
     except (ValueError, TypeError, AssertionError) as exc:
         if isinstance(exc, ArtifactError):
             raise
-        raise ArtifactError(f"{model_dir / CONFIG}: the networks cannot be built ({type(exc).__name__}: {exc}); fix or re-export the model") from None
+        raise ArtifactError(
+            f"{model_dir / CONFIG}: the networks cannot be built ({type(exc).__name__}: {exc}); fix or re-export the model"
+        ) from None
     model = model.to(DTYPES[config.get("dtype", "float32")])
     expected = model.state_dict()
     missing = [k for k, v in expected.items() if k not in header and v.numel() > 0]
     unexpected = [k for k in header if k not in expected]
     wrong = [k for k in header if k in expected and header[k][1] != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
-        raise ArtifactError(f"{weights} does not match {CONFIG}: missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}")
+        raise ArtifactError(
+            f"{weights} does not match {CONFIG}: missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}"
+        )
     try:
         state = load_file(str(weights))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for damaged files

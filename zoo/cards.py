@@ -145,9 +145,19 @@ def dataset_facts(metadata: dict) -> Optional[DatasetFacts]:
     if kind is None:
         return None
     facts = DATASETS[kind]
-    molecule = str(ds.get("name", "")).split("-", 1)[1] if kind in ("md17", "rmd17") and "-" in str(ds.get("name", "")) else None
+    molecule = (
+        str(ds.get("name", "")).split("-", 1)[1]
+        if kind in ("md17", "rmd17") and "-" in str(ds.get("name", ""))
+        else None
+    )
     if molecule:
-        facts = DatasetFacts(facts.title, facts.level_of_theory, facts.licence, facts.source.replace("MOLECULE", molecule), facts.citation)
+        facts = DatasetFacts(
+            facts.title,
+            facts.level_of_theory,
+            facts.licence,
+            facts.source.replace("MOLECULE", molecule),
+            facts.citation,
+        )
     return facts
 
 
@@ -160,6 +170,7 @@ def code_licence() -> str:
     except metadata.PackageNotFoundError:
         return "unknown (equizoo is not installed as a distribution)"
     return str(meta.get("License-Expression") or meta.get("License") or "MIT")
+
 
 _TO_PAPER = {("eV", "meV"): 1000.0, ("eV/Å", "meV/Å"): 1000.0, ("eV/A", "meV/Å"): 1000.0}
 
@@ -199,14 +210,30 @@ def _targets(config: dict) -> List[dict]:
     rows = []
     for t in config["targets"]:
         net = config["networks"][t["name"]]
-        what = t.get("description") or ("per-structure prediction" if net.get("output") != "energy" else "energy per structure")
+        what = t.get("description") or (
+            "per-structure prediction" if net.get("output") != "energy" else "energy per structure"
+        )
         rows.append({"name": t["name"], "unit": t["unit"], "what": what})
-        rows.append({"name": f"atomic_{t['name']}", "unit": t["unit"], "what": f"per-atom contributions to `{t['name']}`"})
+        rows.append(
+            {"name": f"atomic_{t['name']}", "unit": t["unit"], "what": f"per-atom contributions to `{t['name']}`"}
+        )
         if net.get("forces"):
             symbol = "E" if t["name"] == "energy" else t["name"]
-            rows.append({"name": "forces", "unit": t.get("forces_unit") or f"{t['unit']}/Å", "what": f"-d{symbol}/dx (autograd of the energy)"})
+            rows.append(
+                {
+                    "name": "forces",
+                    "unit": t.get("forces_unit") or f"{t['unit']}/Å",
+                    "what": f"-d{symbol}/dx (autograd of the energy)",
+                }
+            )
         if net.get("aux_head"):
-            rows.append({"name": "aux_displacement", "unit": "Å", "what": "IS2RS auxiliary head: predicted displacement towards the relaxed structure"})
+            rows.append(
+                {
+                    "name": "aux_displacement",
+                    "unit": "Å",
+                    "what": "IS2RS auxiliary head: predicted displacement towards the relaxed structure",
+                }
+            )
     return rows
 
 
@@ -221,7 +248,11 @@ def _covered(metadata: dict) -> Optional[str]:
     from ase.data import chemical_symbols
 
     numbers = metadata.get("elements")
-    if not isinstance(numbers, list) or not numbers or not all(isinstance(z, int) and 0 < z < len(chemical_symbols) for z in numbers):
+    if (
+        not isinstance(numbers, list)
+        or not numbers
+        or not all(isinstance(z, int) and 0 < z < len(chemical_symbols) for z in numbers)
+    ):
         return None
     numbers = sorted(numbers)
     return f"{', '.join(chemical_symbols[z] for z in numbers)} (Z = {', '.join(str(z) for z in numbers)})"
@@ -230,7 +261,11 @@ def _covered(metadata: dict) -> Optional[str]:
 def _files(model_dir: Path) -> List[dict]:
     """Size and sha256 of every file of the directory but the card itself and the manifest (which hash it)."""
 
-    return [{"path": name, "size": f"{info['size']:,}", "sha256": info["sha256"]} for name, info in hash_files(model_dir).items() if name not in (CARD, MANIFEST)]
+    return [
+        {"path": name, "size": f"{info['size']:,}", "sha256": info["sha256"]}
+        for name, info in hash_files(model_dir).items()
+        if name not in (CARD, MANIFEST)
+    ]
 
 
 def _precision(config: dict, exports: List[dict]) -> List[tuple]:
@@ -241,7 +276,10 @@ def _precision(config: dict, exports: List[dict]) -> List[tuple]:
     rows += [(f"export `{e['path']}` ({e['format']}, {e['device']})", str(e["dtype"])) for e in exports]
     rows += [
         ("cutoff r_max", f"{first['r_max']:g} Å"),
-        ("neighbour cap", f"the {cap} nearest neighbours within r_max" if cap else "none: every neighbour within r_max"),
+        (
+            "neighbour cap",
+            f"the {cap} nearest neighbours within r_max" if cap else "none: every neighbour within r_max",
+        ),
         ("receptive field", f"(layers + 1) x r_max = {(layers + 1) * first['r_max']:g} Å"),
     ]
     return rows
@@ -266,14 +304,25 @@ def _training(metadata: dict) -> List[tuple]:
     if isinstance(recipe, dict) and recipe:
         optim = recipe.get("optim") or {}
         bits = [f"task {recipe['task']}"] if recipe.get("task") else []
-        for key, label in (("optimizer", "optimizer"), ("lr", "lr"), ("weight_decay", "weight decay"), ("batch_size", "batch"), ("max_epochs", "epochs")):
+        for key, label in (
+            ("optimizer", "optimizer"),
+            ("lr", "lr"),
+            ("weight_decay", "weight decay"),
+            ("batch_size", "batch"),
+            ("max_epochs", "epochs"),
+        ):
             if key in optim:
                 bits.append(f"{label} {optim[key]}")
         rows.append(("recipe", "; ".join(bits) + " (the full recipe is in config.json, metadata.recipe)"))
     metrics = metadata.get("metrics") or {}
     if isinstance(metrics, dict) and metrics.get("final_weights"):
         epoch = metrics.get("weights_epoch")
-        rows.append(("weights", f"{metrics['final_weights']}" + (f" (epoch {epoch:g})" if isinstance(epoch, (int, float)) else "")))
+        rows.append(
+            (
+                "weights",
+                f"{metrics['final_weights']}" + (f" (epoch {epoch:g})" if isinstance(epoch, (int, float)) else ""),
+            )
+        )
     hw = metadata.get("hardware") or {}
     if isinstance(hw, dict) and hw:
         text = f"{hw.get('processes', 1)} x {hw.get('cpu_model') if hw.get('device_type') == 'cpu' and hw.get('cpu_model') else hw.get('device_name') or hw.get('device_type', '?')}"
@@ -285,11 +334,15 @@ def _training(metadata: dict) -> List[tuple]:
         rows.append(("training time", f"{s / 3600:.2f} h ({s:,.0f} s wall clock)"))
     env = metadata.get("environment") or {}
     if isinstance(env, dict) and env:
-        rows.append(("software", ", ".join(f"{k} {env[k]}" for k in ("equizoo", "torch", "e3nn", "cuda") if env.get(k))))
+        rows.append(
+            ("software", ", ".join(f"{k} {env[k]}" for k in ("equizoo", "torch", "e3nn", "cuda") if env.get(k)))
+        )
     if metadata.get("hardware_note"):
         rows.append(("hardware note", str(metadata["hardware_note"])))
     if metadata.get("source"):
-        rows.append(("source", str(metadata["source"]) + (f" ({metadata['checkpoint']})" if metadata.get("checkpoint") else "")))
+        rows.append(
+            ("source", str(metadata["source"]) + (f" ({metadata['checkpoint']})" if metadata.get("checkpoint") else ""))
+        )
     return rows
 
 
@@ -306,10 +359,26 @@ def _results(measured, paper) -> tuple:
             if conv is not None and p.unit != m.unit:
                 text += f" ({_fmt(conv)} {p.unit})"
             seen.add((p.split, p.target))
-        rows.append({"split": m.split, "target": m.target, "metric": m.metric, "measured": text, "paper": f"{_fmt(p.value)} {p.unit}" if p else "—"})
+        rows.append(
+            {
+                "split": m.split,
+                "target": m.target,
+                "metric": m.metric,
+                "measured": text,
+                "paper": f"{_fmt(p.value)} {p.unit}" if p else "—",
+            }
+        )
     for p in paper:
         if (p.split, p.target) not in seen:
-            rows.append({"split": p.split, "target": p.target, "metric": p.metric, "measured": "—", "paper": f"{_fmt(p.value)} {p.unit}"})
+            rows.append(
+                {
+                    "split": p.split,
+                    "target": p.target,
+                    "metric": p.metric,
+                    "measured": "—",
+                    "paper": f"{_fmt(p.value)} {p.unit}",
+                }
+            )
     sources = sorted({p.source for p in paper if p.source})
     return rows, "; ".join(sources)
 
@@ -319,15 +388,25 @@ def _limits(config: dict, entry, measured: list, dataset: str) -> List[str]:
     task = entry.task if entry is not None else ""
     out = []
     if dataset:
-        out.append(f"Made for {dataset}: structures unlike those (other elements, bonding, sizes or conditions) are extrapolation, and nothing here measures how well it does there.")
+        out.append(
+            f"Made for {dataset}: structures unlike those (other elements, bonding, sizes or conditions) are extrapolation, and nothing here measures how well it does there."
+        )
     if task == "qm9":
-        out.append("QM9 domain: small organic molecules (H, C, N, O, F; up to 9 heavy atoms) at their DFT equilibrium geometries; one network per property.")
+        out.append(
+            "QM9 domain: small organic molecules (H, C, N, O, F; up to 9 heavy atoms) at their DFT equilibrium geometries; one network per property."
+        )
     if task == "md17":
-        out.append("A force field for the one molecule it was trained on (MD17 trajectories of that molecule); it does not transfer to other molecules.")
+        out.append(
+            "A force field for the one molecule it was trained on (MD17 trajectories of that molecule); it does not transfer to other molecules."
+        )
     if task == "oc20" or first.get("periodic"):
-        out.append("IS2RE: predicts the relaxed adsorption energy from the initial structure of an OC20-style adsorbate + slab in a periodic cell; it gives no forces and does not relax structures.")
+        out.append(
+            "IS2RE: predicts the relaxed adsorption energy from the initial structure of an OC20-style adsorbate + slab in a periodic cell; it gives no forces and does not relax structures."
+        )
     if not measured:
-        out.append("No metrics are recorded for this model: evaluate it (`equizoo eval`) before relying on its predictions.")
+        out.append(
+            "No metrics are recorded for this model: evaluate it (`equizoo eval`) before relying on its predictions."
+        )
     layers = max(n.get("num_layers", 1) for n in config["networks"].values())
     out.append(
         f"Neighbours within r_max = {first['r_max']:g} Å; the receptive field is (layers + 1) x r_max = {(layers + 1) * first['r_max']:g} Å, "
@@ -337,7 +416,9 @@ def _limits(config: dict, entry, measured: list, dataset: str) -> List[str]:
     if covered:
         out.append(f"Elements: trained on {covered} only. Structures with any other element are refused unless {UNSEEN_FLAG} is given, "
                    "and what it predicts for them then is untested extrapolation.")  # fmt: skip
-    out.append("Exports run in the dtype they were exported in; float32 outputs differ from float64 ones at the 1e-5 relative level.")
+    out.append(
+        "Exports run in the dtype they were exported in; float32 outputs differ from float64 ones at the 1e-5 relative level."
+    )
     return out
 
 
@@ -357,12 +438,20 @@ def _card_data(entry, name: str, dataset: str, measured: list):
     dataset_id = dataset.lower().replace(" ", "-").replace("/", "-") or "unknown"
     eval_results = [
         EvalResult(
-            task_type="graph-ml", task_name=f"{m.target} prediction", dataset_type=dataset_id, dataset_name=dataset or "unknown",
-            dataset_split=m.split, metric_type=m.metric.lower(), metric_name=f"{m.target} {m.metric} ({m.unit})", metric_value=m.value,
+            task_type="graph-ml",
+            task_name=f"{m.target} prediction",
+            dataset_type=dataset_id,
+            dataset_name=dataset or "unknown",
+            dataset_split=m.split,
+            metric_type=m.metric.lower(),
+            metric_name=f"{m.target} {m.metric} ({m.unit})",
+            metric_value=m.value,
         )  # fmt: skip
         for m in measured
     ]
-    tags = ["equiformer", "equivariant", "e3nn", "graph-neural-network", "atomistic", "pytorch"] + list(entry.tags if entry is not None else [])
+    tags = ["equiformer", "equivariant", "e3nn", "graph-neural-network", "atomistic", "pytorch"] + list(
+        entry.tags if entry is not None else []
+    )
     return ModelCardData(
         library_name=LIBRARY, license=entry.license if entry is not None else "mit", tags=list(dict.fromkeys(tags)),
         datasets=[dataset] if dataset else None, model_name=name, eval_results=eval_results or None,
@@ -374,7 +463,9 @@ def _present_exports(model_dir: Path) -> list:
     exports = []
     for rec in read_exports(model_dir).values():
         if (model_dir / rec.get("path", "")).is_file():
-            exports.append({**rec, "max_abs_error": f"{rec['max_abs_error']:.1e}", "tolerance": f"{rec['tolerance']:.0e}"})
+            exports.append(
+                {**rec, "max_abs_error": f"{rec['max_abs_error']:.1e}", "tolerance": f"{rec['tolerance']:.0e}"}
+            )
     return exports
 
 
@@ -387,7 +478,9 @@ def card_context(model_dir: Union[str, Path], entry=None) -> tuple:
     measured = metrics_from_config(config)
     first = next(iter(config["networks"].values()))
     ds_meta = metadata.get("dataset") or {}
-    dataset = entry.dataset if entry is not None else (str(ds_meta.get("name") or "") if isinstance(ds_meta, dict) else "")
+    dataset = (
+        entry.dataset if entry is not None else (str(ds_meta.get("name") or "") if isinstance(ds_meta, dict) else "")
+    )
     name = entry.name if entry is not None else str(config.get("name") or model_dir.name)
     card_data = _card_data(entry, name, dataset, measured)
     rows, paper_source = _results(measured, entry.paper if entry is not None else ())
@@ -397,7 +490,11 @@ def card_context(model_dir: Union[str, Path], entry=None) -> tuple:
     evaluation = metadata.get("evaluation") if isinstance(metadata.get("evaluation"), dict) else {}
     facts = dataset_facts(metadata)
     lammps = "C H O" if {"C", "H", "O"} <= set(types) else " ".join(types[:3])
-    load_spec = entry.name if entry is not None and entry.published else (entry.hub_id if entry is not None and entry.hub_id else str(model_dir))
+    load_spec = (
+        entry.name
+        if entry is not None and entry.published
+        else (entry.hub_id if entry is not None and entry.hub_id else str(model_dir))
+    )
     variables = {
         "title": name,
         "description": entry.description if entry is not None else str(first.get("description") or ""),
@@ -408,7 +505,9 @@ def card_context(model_dir: Union[str, Path], entry=None) -> tuple:
         "r_max": f"{first['r_max']:g}",
         "periodic": bool(first.get("periodic")),
         "needs_tags": int(first.get("num_tags", 0)) > 0,
-        "variant": entry.variant if entry is not None else ", ".join(sorted({n["name"] for n in config["networks"].values()})),
+        "variant": entry.variant
+        if entry is not None
+        else ", ".join(sorted({n["name"] for n in config["networks"].values()})),
         "num_layers": max(n["num_layers"] for n in config["networks"].values()),
         "params": f"{params:,}" if params is not None else "unknown",
         "dtype": config.get("dtype", "float32"),
@@ -438,7 +537,9 @@ def render_card(model_dir: Union[str, Path], entry=None, template: Union[str, Pa
 
     template = Path(template) if template is not None else TEMPLATE
     if not template.is_file():
-        raise CardError(f"model card template {template} is missing; it ships inside the zoo package (zoo/templates/); reinstall equizoo")
+        raise CardError(
+            f"model card template {template} is missing; it ships inside the zoo package (zoo/templates/); reinstall equizoo"
+        )
     card_data, variables = card_context(model_dir, entry)
     return ModelCard.from_template(card_data, template_path=str(template), **variables)
 
@@ -456,7 +557,6 @@ def card_metrics(path: Union[str, Path]) -> List[dict]:
     """The model-index metrics of a rendered card, parsed back with huggingface_hub (after the front
     matter passed zoo.hub.frontmatter: no YAML anchors or aliases, bounded size)."""
     from huggingface_hub import ModelCard
-
 
     try:
         load_front_matter(Path(path).read_text(encoding="utf-8", errors="replace"), str(path))

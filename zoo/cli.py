@@ -18,8 +18,14 @@ from zoo.errors import ZooError
 from zoo.extras import missing_extra
 from zoo.models.summary import variant_summaries
 
-app = typer.Typer(help="equizoo: trained, verified, fast Equiformer models.", no_args_is_help=True, pretty_exceptions_show_locals=False)
-convert_app = typer.Typer(help="Convert checkpoints from other code bases into equizoo model directories.", no_args_is_help=True)
+app = typer.Typer(
+    help="equizoo: trained, verified, fast Equiformer models.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+convert_app = typer.Typer(
+    help="Convert checkpoints from other code bases into equizoo model directories.", no_args_is_help=True
+)
 app.add_typer(convert_app, name="convert")
 
 
@@ -90,30 +96,52 @@ def variants(
         return
     table = Table(title="Equiformer variants")
     for col in ("name", "params", "lmax", "layers", "irreps_node_embedding", "r_max", "predicts"):
-        table.add_column(col, justify="right" if col in ("params", "lmax", "layers", "r_max") else "left", no_wrap=col in ("name", "params"))
+        table.add_column(
+            col,
+            justify="right" if col in ("params", "lmax", "layers", "r_max") else "left",
+            no_wrap=col in ("name", "params"),
+        )
     for r in rows:
-        table.add_row(r["name"], f"{r['params']:,}", str(r["lmax"]), str(r["num_layers"]), r["irreps_node_embedding"], f"{r['r_max']:g}", r["predicts"])
+        table.add_row(
+            r["name"],
+            f"{r['params']:,}",
+            str(r["lmax"]),
+            str(r["num_layers"]),
+            r["irreps_node_embedding"],
+            f"{r['r_max']:g}",
+            r["predicts"],
+        )
     console.print(table)
 
 
 @convert_app.command("reference")
 def convert_reference(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint of the authors' code: torch.save'd dict (with 'state_dict') or safetensors."),
-    variant: str = typer.Option(..., "--variant", help="equizoo variant the checkpoint was trained as (see `equizoo variants`)."),
+    checkpoint: Path = typer.Argument(
+        ..., help="Checkpoint of the authors' code: torch.save'd dict (with 'state_dict') or safetensors."
+    ),
+    variant: str = typer.Option(
+        ..., "--variant", help="equizoo variant the checkpoint was trained as (see `equizoo variants`)."
+    ),
     out: Path = typer.Option(..., "--out", help="Model directory to write (safetensors + config.json)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing directory."),
     target: Optional[str] = typer.Option(None, "--target", help="Output name (default: energy or property)."),
     unit: Optional[str] = typer.Option(None, "--unit", help="Physical unit of the target, e.g. eV."),
-    mean: float = typer.Option(0.0, "--mean", help="Target mean the reference normalised with (physical = mean + std * raw)."),
+    mean: float = typer.Option(
+        0.0, "--mean", help="Target mean the reference normalised with (physical = mean + std * raw)."
+    ),
     std: float = typer.Option(1.0, "--std", help="Target std the reference normalised with."),
 ) -> None:
     """Convert a reference Equiformer checkpoint into an equizoo model directory."""
     try:
-        info = convert_reference_checkpoint(checkpoint, variant, out, dtype=dtype, overwrite=overwrite, target=target, unit=unit, mean=mean, std=std)
+        info = convert_reference_checkpoint(
+            checkpoint, variant, out, dtype=dtype, overwrite=overwrite, target=target, unit=unit, mean=mean, std=std
+        )
     except (FileNotFoundError, KeyError, ValueError) as exc:  # torch and safetensors raise these for a bad file
         fail(str(exc))
-    console.print(f"wrote [bold]{info['out']}[/bold]: variant {info['variant']}, {info['params']:,} parameters, {info['dtype']}")
+    console.print(
+        f"wrote [bold]{info['out']}[/bold]: variant {info['variant']}, {info['params']:,} parameters, {info['dtype']}"
+    )
 
 
 _register_commands()

@@ -10,7 +10,9 @@ import typer
 from zoo.artifact import EXPORT_FILES
 from zoo.cli_console import fail
 
-lammps_app = typer.Typer(help="LAMMPS: build the pair_style equiformer plugin, write example inputs.", no_args_is_help=True)
+lammps_app = typer.Typer(
+    help="LAMMPS: build the pair_style equiformer plugin, write example inputs.", no_args_is_help=True
+)
 
 TORCHSCRIPT_NAME = EXPORT_FILES["torchscript"]
 
@@ -56,15 +58,29 @@ def _model_file(model: Path, out: Path, structure) -> Path:
 
 @lammps_app.command("example")
 def example(
-    model: Path = typer.Argument(..., help="An exported model.torchscript.pt or model.pt2, or a model directory (exported here if it has none)."),
-    out: Path = typer.Option(Path("lammps-example"), "--out", help="Folder to write in.equiformer and system.data into."),
-    structure: Optional[Path] = typer.Option(None, "--structure", help="Any file ASE reads (xyz, extxyz, cif, ...); periodic if its pbc is set."),
-    molecule: str = typer.Option("CH3CH2OH", "--molecule", help="ASE g2 molecule name, used when --structure is not given."),
+    model: Path = typer.Argument(
+        ..., help="An exported model.torchscript.pt or model.pt2, or a model directory (exported here if it has none)."
+    ),
+    out: Path = typer.Option(
+        Path("lammps-example"), "--out", help="Folder to write in.equiformer and system.data into."
+    ),
+    structure: Optional[Path] = typer.Option(
+        None, "--structure", help="Any file ASE reads (xyz, extxyz, cif, ...); periodic if its pbc is set."
+    ),
+    molecule: str = typer.Option(
+        "CH3CH2OH", "--molecule", help="ASE g2 molecule name, used when --structure is not given."
+    ),
     steps: int = typer.Option(100, "--steps", help="NVE steps."),
-    timestep: Optional[float] = typer.Option(None, "--timestep", help="Time step in the LAMMPS time unit (default 0.5 fs)."),
+    timestep: Optional[float] = typer.Option(
+        None, "--timestep", help="Time step in the LAMMPS time unit (default 0.5 fs)."
+    ),
     temperature: float = typer.Option(300.0, "--temperature", help="Initial temperature (K)."),
-    plugin: Optional[Path] = typer.Option(None, "--plugin", help="A built plugin .so (default: build or reuse the cached one)."),
-    no_build: bool = typer.Option(False, "--no-build", help="Do not build the plugin; the input then expects LAMMPS_PLUGIN_PATH."),
+    plugin: Optional[Path] = typer.Option(
+        None, "--plugin", help="A built plugin .so (default: build or reuse the cached one)."
+    ),
+    no_build: bool = typer.Option(
+        False, "--no-build", help="Do not build the plugin; the input then expects LAMMPS_PLUGIN_PATH."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
 ) -> None:
     """Write a ready-to-run LAMMPS input (+ data file) running NVE MD with MODEL."""
@@ -83,12 +99,24 @@ def example(
     plugin_path = _plugin_path(plugin, no_build)
 
     periodic = bool(atoms.pbc.all())
-    write_data(out / "system.data", atoms.positions, atoms.numbers, elements, cell=atoms.cell.array if periodic else None)
+    write_data(
+        out / "system.data", atoms.positions, atoms.numbers, elements, cell=atoms.cell.array if periodic else None
+    )
     text = input_script(
-        "system.data", str(model_file), elements, plugin_path, periodic, units=lmp_units, steps=steps, timestep=timestep, temperature=temperature
+        "system.data",
+        str(model_file),
+        elements,
+        plugin_path,
+        periodic,
+        units=lmp_units,
+        steps=steps,
+        timestep=timestep,
+        temperature=temperature,
     )
     (out / "in.equiformer").write_text(text)
-    typer.echo(f"wrote {out / 'in.equiformer'} and {out / 'system.data'} ({len(atoms)} atoms, {'periodic' if periodic else 'molecule'}, units {lmp_units})")
+    typer.echo(
+        f"wrote {out / 'in.equiformer'} and {out / 'system.data'} ({len(atoms)} atoms, {'periodic' if periodic else 'molecule'}, units {lmp_units})"
+    )
     try:
         exe = lmp_executable()
     except BuildError:
@@ -113,7 +141,9 @@ def _read_atoms(structure: Optional[Path], molecule: str):
         except KeyError:
             fail(f"unknown molecule {molecule!r}; give an ASE g2 name (e.g. H2O, CH3CH2OH) or --structure FILE")
     if atoms.pbc.any() and not atoms.pbc.all():
-        fail(f"{structure}: partly periodic cells (pbc={atoms.pbc.tolist()}) are not supported; use fully periodic or none")
+        fail(
+            f"{structure}: partly periodic cells (pbc={atoms.pbc.tolist()}) are not supported; use fully periodic or none"
+        )
     return atoms
 
 
@@ -127,12 +157,16 @@ def _export_metadata(model_file: Path) -> dict:
         if not meta.get("format", "").startswith("equizoo-aoti/"):
             fail(f"{model_file} is an AOTInductor package but not an equizoo export (no 'format' metadata)")
         if meta.get("device") != "cpu":
-            typer.echo(f"note: {model_file.name} was built for {meta.get('device')}; LAMMPS will run it there", err=True)
+            typer.echo(
+                f"note: {model_file.name} was built for {meta.get('device')}; LAMMPS will run it there", err=True
+            )
         return meta
     try:
         _, meta = load_torchscript(model_file)
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/ValueError for non-TorchScript files
-        fail(f"{model_file} is neither a loadable TorchScript model nor an AOTInductor package: {str(exc).splitlines()[0]}")
+        fail(
+            f"{model_file} is neither a loadable TorchScript model nor an AOTInductor package: {str(exc).splitlines()[0]}"
+        )
     if not meta.get("format", "").startswith("equizoo-torchscript/"):
         fail(f"{model_file} is not an equizoo TorchScript export (no 'format' metadata)")
     return meta
@@ -157,7 +191,9 @@ def _elements_known_to(meta: dict, atoms) -> list[str]:
     elements = list(dict.fromkeys(atoms.get_chemical_symbols()))
     missing = [s for s in elements if s not in known]
     if missing:
-        fail(f"element(s) {', '.join(missing)} of the structure are not in the model (it knows {', '.join(k for k in known if k != 'X')})")
+        fail(
+            f"element(s) {', '.join(missing)} of the structure are not in the model (it knows {', '.join(k for k in known if k != 'X')})"
+        )
     return elements
 
 

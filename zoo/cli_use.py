@@ -26,12 +26,29 @@ from zoo.errors import ZooError
 EXIT_OK, EXIT_PARTIAL, EXIT_INPUT, EXIT_ALL_FAILED, EXIT_CRASH = 0, 1, 2, 3, 4
 MAX_ERROR_LINES = 10
 
-ModelOption = typer.Option(None, "--model", "-m", help="Model directory, registry name, hf-hub: id or TorchScript file (default: the embedded default model).")
+ModelOption = typer.Option(
+    None,
+    "--model",
+    "-m",
+    help="Model directory, registry name, hf-hub: id or TorchScript file (default: the embedded default model).",
+)
 DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda.")
 DtypeOption = typer.Option(None, "--dtype", help="float32 or float64 (default: the model's own).")
-AllowUnseenOption = typer.Option(False, "--allow-unseen-elements", help="Predict also for elements the model's training data did not contain (normally an error per structure).")
-BackendOption = typer.Option("eager", "--backend", help="eager, torchscript, compile (torch.compile, checked against eager), aoti or onnx (aoti/onnx need `equizoo export MODEL_DIR --format aoti|onnx` first).")
-CudaGraphsOption = typer.Option(False, "--cuda-graphs", help="Replay the eager/compiled model as CUDA graphs on inputs padded to size buckets (needs a CUDA device; fastest for small systems).")
+AllowUnseenOption = typer.Option(
+    False,
+    "--allow-unseen-elements",
+    help="Predict also for elements the model's training data did not contain (normally an error per structure).",
+)
+BackendOption = typer.Option(
+    "eager",
+    "--backend",
+    help="eager, torchscript, compile (torch.compile, checked against eager), aoti or onnx (aoti/onnx need `equizoo export MODEL_DIR --format aoti|onnx` first).",
+)
+CudaGraphsOption = typer.Option(
+    False,
+    "--cuda-graphs",
+    help="Replay the eager/compiled model as CUDA graphs on inputs padded to size buckets (needs a CUDA device; fastest for small systems).",
+)
 
 
 def _guarded(command):
@@ -63,14 +80,24 @@ def _fmt(value, digits: int = 6) -> str:
 
 
 def predict_command(
-    files: List[str] = typer.Argument(..., help="Structure files, quoted globs or FILE@SELECTION (ASE index syntax, e.g. traj.extxyz@-1): any ASE format (xyz, extxyz, cif, traj, json, db, ...), MD npz, OC20 LMDB, QM9 xyz."),
+    files: List[str] = typer.Argument(
+        ...,
+        help="Structure files, quoted globs or FILE@SELECTION (ASE index syntax, e.g. traj.extxyz@-1): any ASE format (xyz, extxyz, cif, traj, json, db, ...), MD npz, OC20 LMDB, QM9 xyz.",
+    ),
     model: Optional[str] = ModelOption,
     device: str = DeviceOption,
-    batch_size: int = typer.Option(32, "--batch-size", help="Structures per batch at most (batches group structures of similar size)."),
+    batch_size: int = typer.Option(
+        32, "--batch-size", help="Structures per batch at most (batches group structures of similar size)."
+    ),
     max_atoms: int = typer.Option(8192, "--max-atoms", help="Atoms per batch at most."),
     backend: str = BackendOption,
     dtype: Optional[str] = DtypeOption,
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results: .csv (per structure), .json (all, with per-atom arrays) or .extxyz (structures with energy/forces)."),
+    output: Optional[Path] = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Write the results: .csv (per structure), .json (all, with per-atom arrays) or .extxyz (structures with energy/forces).",
+    ),
     rows: int = typer.Option(20, "--rows", help="Rows of the printed table (0: none)."),
     allow_unseen_elements: bool = AllowUnseenOption,
     cuda_graphs: bool = CudaGraphsOption,
@@ -82,7 +109,14 @@ def predict_command(
     written = False
     if output is not None:
         check_output(output, OUTPUT_FORMATS, "--output")
-    predictor = Predictor(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements, cuda_graphs=cuda_graphs)
+    predictor = Predictor(
+        model,
+        backend=backend,
+        device=device,
+        dtype=dtype,
+        allow_unseen_elements=allow_unseen_elements,
+        cuda_graphs=cuda_graphs,
+    )
     result = predictor.run(files, batch_size=batch_size, max_atoms=max_atoms, progress=True)
     if output is not None and (len(result.items) > result.n_failed or output.suffix.lower() in (".csv", ".json")):
         written = bool(result.write(output))
@@ -98,21 +132,44 @@ def predict_command(
         frame = result.frame(per_atom=False)
         for _, row in frame.head(rows).iterrows():
             status = "[green]ok[/green]" if row["status"] == "ok" else "[red]error[/red]"
-            table.add_row(escape(Path(row["file"]).name), str(row["frame"]) if row["frame"] >= 0 else "-", row["formula"], str(row["n_atoms"]), *(_fmt(row[c]) for c in value_columns), status)
+            table.add_row(
+                escape(Path(row["file"]).name),
+                str(row["frame"]) if row["frame"] >= 0 else "-",
+                row["formula"],
+                str(row["n_atoms"]),
+                *(_fmt(row[c]) for c in value_columns),
+                status,
+            )
         console.print(table)
         if len(frame) > rows:
-            console.print(escape(f"... {len(frame) - rows} more rows" + (f" in {output}" if output else " (write them all with --output)")))
+            console.print(
+                escape(
+                    f"... {len(frame) - rows} more rows"
+                    + (f" in {output}" if output else " (write them all with --output)")
+                )
+            )
     caveat = model_caveat(info)
     if caveat:
         console.print(f"[yellow]caveat:[/yellow] {escape(caveat)}", highlight=False)
     if info.elements is None:
-        console.print(escape(f"note: {info.name} does not record the elements of its training data; structures with other elements are not flagged"), highlight=False)
+        console.print(
+            escape(
+                f"note: {info.name} does not record the elements of its training data; structures with other elements are not flagged"
+            ),
+            highlight=False,
+        )
     for source, frame_index, reason in result.errors[:MAX_ERROR_LINES]:
         where = f"frame {frame_index}" if frame_index >= 0 else "the whole file"
         err_console.print(f"[red]failed[/red] {escape(source)} ({where}): {escape(reason)}")
     if result.n_failed > MAX_ERROR_LINES:
-        where = f"the error column of {output}" if output is not None and output.suffix.lower() != ".extxyz" else "--output x.csv"
-        err_console.print(escape(f"... and {result.n_failed - MAX_ERROR_LINES} more failed structures (every reason: {where})"))
+        where = (
+            f"the error column of {output}"
+            if output is not None and output.suffix.lower() != ".extxyz"
+            else "--output x.csv"
+        )
+        err_console.print(
+            escape(f"... and {result.n_failed - MAX_ERROR_LINES} more failed structures (every reason: {where})")
+        )
     ok = len(result.items) - result.n_failed
     summary = f"{ok} of {len(result.items)} structures predicted"
     if written:
@@ -123,14 +180,29 @@ def predict_command(
 
 
 def eval_command(
-    dataset: str = typer.Argument(..., help="qm9[:TARGET,...], md17:MOLECULE, rmd17:MOLECULE, oc20-is2re, or a local dataset path."),
+    dataset: str = typer.Argument(
+        ..., help="qm9[:TARGET,...], md17:MOLECULE, rmd17:MOLECULE, oc20-is2re, or a local dataset path."
+    ),
     model: Optional[str] = ModelOption,
-    split: Optional[str] = typer.Option(None, "--split", help="Split (default: test; OC20: val_id; val_ood_ads, val_ood_cat, val_ood_both)."),
+    split: Optional[str] = typer.Option(
+        None, "--split", help="Split (default: test; OC20: val_id; val_ood_ads, val_ood_cat, val_ood_both)."
+    ),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N structures of the split."),
-    target: Optional[str] = typer.Option(None, "--target", help="QM9 target(s), comma-separated (default: all the model predicts)."),
-    source: Optional[Path] = typer.Option(None, "--source", "--data", help="Local copy of the dataset's files, to prepare it if it is not prepared yet (--data: the same)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Dataset cache root (default $EQUIZOO_CACHE or ~/.cache/equizoo)."),
-    energy_unit: Optional[str] = typer.Option(None, "--energy-unit", help="Energy unit of an extxyz --source (eV, meV, kcal/mol, Hartree)."),
+    target: Optional[str] = typer.Option(
+        None, "--target", help="QM9 target(s), comma-separated (default: all the model predicts)."
+    ),
+    source: Optional[Path] = typer.Option(
+        None,
+        "--source",
+        "--data",
+        help="Local copy of the dataset's files, to prepare it if it is not prepared yet (--data: the same).",
+    ),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir", help="Dataset cache root (default $EQUIZOO_CACHE or ~/.cache/equizoo)."
+    ),
+    energy_unit: Optional[str] = typer.Option(
+        None, "--energy-unit", help="Energy unit of an extxyz --source (eV, meV, kcal/mol, Hartree)."
+    ),
     batch_size: int = typer.Option(32, "--batch-size", help="Structures per batch at most."),
     device: str = DeviceOption,
     backend: str = BackendOption,
@@ -157,11 +229,20 @@ def eval_command(
     if plot is not None:
         result.plot(plot)
     info = result.info
-    table = Table(title=escape(f"{info['model']} on {info['dataset']} / {info['split']} ({info['n_structures']} structures)"))
+    table = Table(
+        title=escape(f"{info['model']} on {info['dataset']} / {info['split']} ({info['n_structures']} structures)")
+    )
     for name in ("quantity", "metric", "unit", "measured", "paper", "paper source"):
         table.add_column(name, justify="right" if name in ("measured", "paper") else "left")
     for _, row in result.metrics.iterrows():
-        table.add_row(escape(row["quantity"]), row["metric"], escape(row["unit"]), _fmt(row["value"], 4), _fmt(row["paper"], 4), escape(row["paper_source"] or "-"))
+        table.add_row(
+            escape(row["quantity"]),
+            row["metric"],
+            escape(row["unit"]),
+            _fmt(row["value"], 4),
+            _fmt(row["paper"], 4),
+            escape(row["paper_source"] or "-"),
+        )
     console.print(table)
     for path in (output, plot):
         if path is not None:
@@ -169,23 +250,46 @@ def eval_command(
 
 
 def bench_command(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory, registry name, or a variant name (benches a randomly initialised network)."),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Model directory, registry name, or a variant name (benches a randomly initialised network).",
+    ),
     device: str = DeviceOption,
     batch_size: int = typer.Option(32, "--batch-size", help="Structures per batch for throughput and training steps."),
-    backend: List[str] = typer.Option(["eager"], "--backend", help="eager, torchscript, compile, cuda-graphs, compile+cuda-graphs, aoti, onnx; repeat for several."),
+    backend: List[str] = typer.Option(
+        ["eager"],
+        "--backend",
+        help="eager, torchscript, compile, cuda-graphs, compile+cuda-graphs, aoti, onnx; repeat for several.",
+    ),
     compile: bool = typer.Option(False, "--compile", help="Also run torch.compile (cold compiles take minutes)."),
-    compare: bool = typer.Option(False, "--compare", help="Run eager, TorchScript (+ compile, + exports present) in this process and report speedups."),
-    task: List[str] = typer.Option(["inference", "latency"], "--task", help="inference, latency, train_step; repeat for several."),
+    compare: bool = typer.Option(
+        False,
+        "--compare",
+        help="Run eager, TorchScript (+ compile, + exports present) in this process and report speedups.",
+    ),
+    task: List[str] = typer.Option(
+        ["inference", "latency"], "--task", help="inference, latency, train_step; repeat for several."
+    ),
     train: bool = typer.Option(False, "--train", help="Add the training step (eager)."),
     dtype: Optional[str] = DtypeOption,
     warmup: int = typer.Option(3, "--warmup", help="Untimed calls before timing."),
     repeats: int = typer.Option(10, "--repeats", help="Timed calls (median and spread are reported)."),
-    structures: Optional[List[Path]] = typer.Option(None, "--structures", help="Bench on these structure files instead of the built-in workload."),
-    suite: Optional[str] = typer.Option(None, "--suite", help="A named set of cases; 'speed' gives the rows of the speed table."),
+    structures: Optional[List[Path]] = typer.Option(
+        None, "--structures", help="Bench on these structure files instead of the built-in workload."
+    ),
+    suite: Optional[str] = typer.Option(
+        None, "--suite", help="A named set of cases; 'speed' gives the rows of the speed table."
+    ),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write all fields as .json or .csv."),
     wide: bool = typer.Option(False, "--wide", help="All columns (needs a wide terminal); --output has every field."),
     as_json: bool = typer.Option(False, "--json", help="Print every field of every row as JSON instead of a table."),
-    profile: bool = typer.Option(False, "--profile", help="Also count per call: aten operators (torch.profiler) and, on CUDA, kernels, launches and GPU-busy time."),
+    profile: bool = typer.Option(
+        False,
+        "--profile",
+        help="Also count per call: aten operators (torch.profiler) and, on CUDA, kernels, launches and GPU-busy time.",
+    ),
 ) -> None:
     """Throughput, latency at batch 1 and peak memory of a model under several backends."""
     from zoo.use.bench import bench, write_bench
@@ -209,8 +313,15 @@ def bench_command(
         err_console.print(escape(f"error {n}: {error}"), highlight=False)
     first = frame.iloc[0]
     if not wide:
-        console.print("--wide: atoms, spread, atoms/s, peak memory; --output FILE.json|csv: every field", highlight=False, soft_wrap=False)
-    console.print(escape(f"workload: {first['workload']}; {first['warmup']} warm-up and {first['repeats']} timed calls per row"), soft_wrap=False)
+        console.print(
+            "--wide: atoms, spread, atoms/s, peak memory; --output FILE.json|csv: every field",
+            highlight=False,
+            soft_wrap=False,
+        )
+    console.print(
+        escape(f"workload: {first['workload']}; {first['warmup']} warm-up and {first['repeats']} timed calls per row"),
+        soft_wrap=False,
+    )
     if output is not None:
         console.print(escape(f"wrote {output}"))
 
@@ -238,13 +349,38 @@ def _print_bench_table(frame, wide: bool) -> List[str]:
     first = frame.iloc[0]
     models = list(dict.fromkeys(str(m) for m in frame["model"]))
     title = f"equizoo bench{' of ' + models[0] if len(models) == 1 else ''} on {first['device_name']} ({first['device']}, torch {first['torch']}, {first['threads']} threads)"
-    columns = ["model", "backend", "task", "batch", "atoms", "median ms", "iqr ms", "structures/s", "atoms/s", "peak MB", "vs eager", "status"]
+    columns = [
+        "model",
+        "backend",
+        "task",
+        "batch",
+        "atoms",
+        "median ms",
+        "iqr ms",
+        "structures/s",
+        "atoms/s",
+        "peak MB",
+        "vs eager",
+        "status",
+    ]
     if not wide:
-        columns = (["model"] if len(models) > 1 else []) + ["backend", "task", "batch", "median ms", "structures/s", "vs eager", "status"]
-    console.print(escape(title), soft_wrap=False, highlight=False)  # wrapped at the terminal width, unlike a table title
+        columns = (["model"] if len(models) > 1 else []) + [
+            "backend",
+            "task",
+            "batch",
+            "median ms",
+            "structures/s",
+            "vs eager",
+            "status",
+        ]
+    console.print(
+        escape(title), soft_wrap=False, highlight=False
+    )  # wrapped at the terminal width, unlike a table title
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for name in columns:
-        table.add_column(name, justify="left" if name in ("model", "backend", "task", "status") else "right", overflow="fold")
+        table.add_column(
+            name, justify="left" if name in ("model", "backend", "task", "status") else "right", overflow="fold"
+        )
     errors = []
     for _, r in frame.iterrows():
         if r["status"] == "ok":
@@ -269,11 +405,15 @@ def _print_profile(frame) -> None:
     """Per-call operation counts of `bench --profile` (one profiled call per row)."""
     cuda = frame["gpu_kernels"].notna().any()
     table = Table(title="per call (torch.profiler)")
-    names = ["model", "backend", "task", "batch", "aten calls"] + (["kernels", "launches", "GPU busy ms"] if cuda else [])
+    names = ["model", "backend", "task", "batch", "aten calls"] + (
+        ["kernels", "launches", "GPU busy ms"] if cuda else []
+    )
     for name in names:
         table.add_column(name, justify="left" if name in ("model", "backend", "task") else "right")
     for _, r in frame.iterrows():
-        counts = [_fmt(r["aten_calls"])] + ([_fmt(r["gpu_kernels"]), _fmt(r["kernel_launches"]), _fmt(r["gpu_busy_ms"], 4)] if cuda else [])
+        counts = [_fmt(r["aten_calls"])] + (
+            [_fmt(r["gpu_kernels"]), _fmt(r["kernel_launches"]), _fmt(r["gpu_busy_ms"], 4)] if cuda else []
+        )
         table.add_row(escape(str(r["model"])), r["backend"], r["task"], str(r["batch_size"]), *counts)
     console.print(table)
 

@@ -108,7 +108,9 @@ def convert_state_dict(reference: Mapping[str, torch.Tensor], model: Equiformer)
 def has_float32_cg(reference: Mapping[str, torch.Tensor]) -> bool:
     """Whether the checkpoint's e3nn tensor products carry float32 Wigner 3j buffers (as every float32
     reference checkpoint does); the converted model then uses the same rounded coefficients."""
-    return any(k.split("._compiled_main_left_right._w3j_")[-1] != k and v.dtype == torch.float32 for k, v in reference.items())
+    return any(
+        k.split("._compiled_main_left_right._w3j_")[-1] != k and v.dtype == torch.float32 for k, v in reference.items()
+    )
 
 
 def load_reference(
@@ -161,4 +163,10 @@ def convert_reference_checkpoint(
     model = ZooModel({name: network}, [info])
     metadata = {"source": "reference checkpoint (atomicarchitects/equiformer)", "checkpoint": Path(checkpoint).name}
     save_model_dir(model, out, metadata=metadata, name=f"{variant}-converted", overwrite=overwrite)
-    return {"out": str(out), "variant": network.config.name, "params": count_parameters(network), "dtype": dtype, "target": name}
+    return {
+        "out": str(out),
+        "variant": network.config.name,
+        "params": count_parameters(network),
+        "dtype": dtype,
+        "target": name,
+    }

@@ -23,7 +23,9 @@ def pick_device(device: Union[str, torch.device, None] = "auto", error: type = U
     except RuntimeError:
         raise error(f"unknown device {name!r}; use auto, cpu or cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise error(f"device {name!r} asked for but torch sees no CUDA GPU here (CUDA is not available); use --device cpu or auto")
+        raise error(
+            f"device {name!r} asked for but torch sees no CUDA GPU here (CUDA is not available); use --device cpu or auto"
+        )
     return dev
 
 

@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
-from zoo.errors import ZooError
 from zoo._version import __version__
+from zoo.errors import ZooError
 from zoo.paths import releases_dir
 from zoo.registry import MODELS_DISTRIBUTION, MODELS_PACKAGE
 
@@ -56,7 +56,9 @@ def stage(out: Union[str, Path], releases: Union[str, Path, None] = None) -> lis
 
     root = Path(releases) if releases is not None else releases_dir()
     if root is None:
-        raise DistributionError("no releases folder: pass one (or set EQUIZOO_RELEASES); only a source checkout has releases/ of its own")
+        raise DistributionError(
+            "no releases folder: pass one (or set EQUIZOO_RELEASES); only a source checkout has releases/ of its own"
+        )
     out = Path(out)
     package = out / MODELS_PACKAGE
     package.mkdir(parents=True)
@@ -64,7 +66,9 @@ def stage(out: Union[str, Path], releases: Union[str, Path, None] = None) -> lis
     for entry in local_releases():
         folder = root / entry.release
         if not folder.is_dir():
-            raise DistributionError(f"release {entry.name} is registered but {folder} does not exist; release it or remove its registry entry")
+            raise DistributionError(
+                f"release {entry.name} is registered but {folder} does not exist; release it or remove its registry entry"
+            )
         with tempfile.TemporaryDirectory() as views:
             checked = verified_dir(folder, entry.file_hashes(), f"release {entry.name}", views)
             (package / entry.release).mkdir()
@@ -76,22 +80,42 @@ def stage(out: Union[str, Path], releases: Union[str, Path, None] = None) -> lis
     if not names:
         raise DistributionError("the registry lists no local releases to package")
     listing = "\n".join(f"    {n}" for n in sorted(names))
-    (package / "__init__.py").write_text(f'"""equizoo\'s released models, one folder per registry name (read by zoo.registry):\n\n{listing}\n"""\n')
-    (out / "pyproject.toml").write_text(_PYPROJECT.format(name=MODELS_DISTRIBUTION, version=__version__, package=MODELS_PACKAGE))
+    (package / "__init__.py").write_text(
+        f'"""equizoo\'s released models, one folder per registry name (read by zoo.registry):\n\n{listing}\n"""\n'
+    )
+    (out / "pyproject.toml").write_text(
+        _PYPROJECT.format(name=MODELS_DISTRIBUTION, version=__version__, package=MODELS_PACKAGE)
+    )
     return sorted(names)
 
 
-def build_models_wheel(out_dir: Union[str, Path], releases: Union[str, Path, None] = None, python: Optional[str] = None) -> Path:
+def build_models_wheel(
+    out_dir: Union[str, Path], releases: Union[str, Path, None] = None, python: Optional[str] = None
+) -> Path:
     """Build the `equizoo-models` wheel into `out_dir` and return its path."""
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="equizoo-models-") as tmp:
         src = Path(tmp) / "src"
         stage(src, releases)
-        cmd = [python or sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(out_dir), str(src)]
+        cmd = [
+            python or sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(out_dir),
+            str(src),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise DistributionError(f"building the {MODELS_DISTRIBUTION} wheel failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
+            raise DistributionError(
+                f"building the {MODELS_DISTRIBUTION} wheel failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}"
+            )
     wheels = sorted(out_dir.glob(f"{MODELS_PACKAGE}-{__version__}-*.whl"))
     if not wheels:
         raise DistributionError(f"pip reported success but wrote no {MODELS_PACKAGE} wheel into {out_dir}")

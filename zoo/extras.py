@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from typing import Optional
+
 from zoo.errors import ZooError
 
 EXTRAS = {
@@ -33,7 +34,9 @@ def require(*modules: str, what: str) -> None:
         try:
             importlib.import_module(module)
         except ImportError:
-            raise MissingExtra(f"{what} needs the Python package {module.split('.')[0]}, which is not installed: {install_hint(module)}") from None
+            raise MissingExtra(
+                f"{what} needs the Python package {module.split('.')[0]}, which is not installed: {install_hint(module)}"
+            ) from None
 
 
 def missing_extra(exc: BaseException) -> Optional[str]:
@@ -42,5 +45,7 @@ def missing_extra(exc: BaseException) -> Optional[str]:
         return str(exc)
     name = getattr(exc, "name", None) or ""
     if isinstance(exc, ImportError) and name.split(".")[0] in EXTRAS:
-        return f"this command needs the Python package {name.split('.')[0]}, which is not installed: {install_hint(name)}"
+        return (
+            f"this command needs the Python package {name.split('.')[0]}, which is not installed: {install_hint(name)}"
+        )
     return None

@@ -13,8 +13,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from zoo.errors import ZooError
 from zoo import keys
+from zoo.errors import ZooError
 
 _DENSE_MAX_ATOMS = 1024  # larger molecules use the cell list
 _DENSE_MAX_ENTRIES = 1 << 24  # padded distance entries per dense chunk (128 MB in float64)
@@ -27,7 +27,9 @@ class GraphError(ZooError, ValueError):
     """A structure whose neighbour list cannot be built (absurd cell or coordinates)."""
 
 
-def radius_graph(pos: torch.Tensor, batch: torch.Tensor, r_max: float, max_neighbors: Optional[int] = None) -> torch.Tensor:
+def radius_graph(
+    pos: torch.Tensor, batch: torch.Tensor, r_max: float, max_neighbors: Optional[int] = None
+) -> torch.Tensor:
     """Edges between atoms of the same structure closer than r_max; [2, E] ordered by (dst, src).
 
     Structures of up to 1,024 atoms use a padded dense distance matrix (batched); larger ones a cell
@@ -50,7 +52,9 @@ def radius_graph(pos: torch.Tensor, batch: torch.Tensor, r_max: float, max_neigh
         sub_batch = batch[keep]
         _, sub_batch = torch.unique_consecutive(sub_batch, return_inverse=True)
         sub_counts = torch.bincount(sub_batch)
-        sub_edges = _dense_graphs(pos[keep], sub_batch, sub_counts, torch.cumsum(sub_counts, 0) - sub_counts, r_max, max_neighbors)
+        sub_edges = _dense_graphs(
+            pos[keep], sub_batch, sub_counts, torch.cumsum(sub_counts, 0) - sub_counts, r_max, max_neighbors
+        )
         parts.append(index[sub_edges])
     for g in large:
         a, n = int(starts[g]), int(counts[g])
@@ -245,7 +249,11 @@ def periodic_graph(
         dists.append(d[keep])
     if not srcs:
         empty = torch.zeros(0, dtype=torch.long, device=device)
-        return torch.stack([empty, empty]), torch.zeros(0, 3, dtype=torch.long, device=device), torch.zeros(0, 3, dtype=dtype, device=device)
+        return (
+            torch.stack([empty, empty]),
+            torch.zeros(0, 3, dtype=torch.long, device=device),
+            torch.zeros(0, 3, dtype=dtype, device=device),
+        )
     src, dst = np.concatenate(srcs), np.concatenate(dsts)
     off, dist = np.concatenate(offs), np.concatenate(dists)
     order = np.lexsort((off[:, 2], off[:, 1], off[:, 0], src, dst))
@@ -255,7 +263,9 @@ def periodic_graph(
         keep = _cap_mask(edge_index, torch.from_numpy(dist[order]), max_neighbors)
         edge_index, offsets = edge_index[:, keep], offsets[keep]
     edge_index, offsets = edge_index.to(device), offsets.to(device)
-    shift = torch.einsum("ei,eij->ej", offsets.to(dtype), cell.to(dtype).index_select(0, batch.index_select(0, edge_index[1])))
+    shift = torch.einsum(
+        "ei,eij->ej", offsets.to(dtype), cell.to(dtype).index_select(0, batch.index_select(0, edge_index[1]))
+    )
     return edge_index, offsets, shift
 
 

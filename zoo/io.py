@@ -38,7 +38,9 @@ def atomic_path(path: PathLike, suffix: Optional[str] = None, executable: bool =
     target = destination(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     mode = (target.stat().st_mode & 0o7777) if target.is_file() else default_mode(executable)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix if suffix is None else suffix, dir=target.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=target.suffix if suffix is None else suffix, dir=target.parent
+    )
     os.close(fd)
     try:
         yield tmp
@@ -126,7 +128,14 @@ def unwritable_reason(path: PathLike) -> Optional[str]:
 def progress_bar(total: int, description: str):
     """A started-later rich progress bar on stderr with one task; returns (bar, task id)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(stderr=True)
     room = max(12, console.width - 50)  # the bar (20), counts and times take the rest: the line fits the terminal

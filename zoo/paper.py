@@ -31,7 +31,9 @@ MD17 = {
 OC20_VAL_SPLITS = ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")
 OC20_TEST_SPLITS = ("test_id", "test_ood_ads", "test_ood_cat", "test_ood_both")
 OC20 = {
-    "oc20-l1": dict(zip(OC20_VAL_SPLITS + OC20_TEST_SPLITS, (0.5088, 0.6271, 0.5051, 0.5545, 0.5037, 0.6881, 0.5213, 0.6301))),
+    "oc20-l1": dict(
+        zip(OC20_VAL_SPLITS + OC20_TEST_SPLITS, (0.5088, 0.6271, 0.5051, 0.5545, 0.5037, 0.6881, 0.5213, 0.6301))
+    ),
     "oc20-l1-linear": dict(zip(OC20_VAL_SPLITS, (0.5168, 0.6308, 0.5088, 0.5657))),
     "oc20-l1-dot": dict(zip(OC20_VAL_SPLITS, (0.5386, 0.6382, 0.5297, 0.5692))),
     "oc20-l1-aux18": dict(zip(("val_id",) + OC20_TEST_SPLITS, (0.4156, 0.4171, 0.5479, 0.4248, 0.4741))),

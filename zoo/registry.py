@@ -48,7 +48,9 @@ REGISTRY_ENV = "EQUIZOO_REGISTRY"
 MODELS_PACKAGE = "equizoo_models"  # import name of the model distribution `equizoo-models`
 MODELS_DISTRIBUTION = "equizoo-models"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")  # a file of a model directory: no '/', '..', absolute or hidden path
+FILE_NAME = re.compile(
+    r"^[A-Za-z0-9_][A-Za-z0-9._-]*$"
+)  # a file of a model directory: no '/', '..', absolute or hidden path
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -89,12 +91,14 @@ class Metric:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping, where: str) -> "Metric":
+    def from_dict(cls, d: Mapping, where: str) -> Metric:
         try:
             return cls(split=str(d["split"]), target=str(d["target"]), value=float(d["value"]), unit=str(d.get("unit", "")),
                        metric=str(d.get("metric", "MAE")), source=str(d.get("source", "")))  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
-            raise RegistryError(f"{where}: a metric needs split, target and a numeric value ({exc}): {dict(d)}") from None
+            raise RegistryError(
+                f"{where}: a metric needs split, target and a numeric value ({exc}): {dict(d)}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,10 @@ def _catalogue() -> Dict[str, PretrainedModel]:
                 task="md17",
                 variant=f"md17-l{lmax}",
                 targets=(("energy", "eV"), ("forces", "eV/Å")),
-                paper=(Metric("test", "energy", e, "meV", source=_PAPER_MD17), Metric("test", "forces", f, "meV/Å", source=_PAPER_MD17)),
+                paper=(
+                    Metric("test", "energy", e, "meV", source=_PAPER_MD17),
+                    Metric("test", "forces", f, "meV/Å", source=_PAPER_MD17),
+                ),
                 tags=("md17", "force-field", "molecular-dynamics"),
             )
     out["equiformer-oc20-is2re-l1"] = PretrainedModel(
@@ -193,7 +200,10 @@ def _catalogue() -> Dict[str, PretrainedModel]:
         task="oc20",
         variant="oc20-l1",
         targets=(("energy", "eV"),),
-        paper=tuple(Metric(s, "energy", v, "eV", source="paper, OC20 IS2RE trained on IS2RE only (energy MAE)") for s, v in paper.OC20["oc20-l1"].items()),
+        paper=tuple(
+            Metric(s, "energy", v, "eV", source="paper, OC20 IS2RE trained on IS2RE only (energy MAE)")
+            for s, v in paper.OC20["oc20-l1"].items()
+        ),
         tags=("oc20", "catalysis", "is2re", "periodic"),
     )
     aux = paper.OC20["oc20-l1-aux18"]
@@ -205,7 +215,10 @@ def _catalogue() -> Dict[str, PretrainedModel]:
         variant="oc20-l1-aux18",
         targets=(("energy", "eV"), ("aux_displacement", "Å")),
         paper=(Metric("val_id", "energy", aux["val_id"], "eV", source="reference README (val ID)"),)
-        + tuple(Metric(s, "energy", aux[s], "eV", source="paper, IS2RE + IS2RS auxiliary + Noisy Nodes (test energy MAE)") for s in paper.OC20_TEST_SPLITS),
+        + tuple(
+            Metric(s, "energy", aux[s], "eV", source="paper, IS2RE + IS2RS auxiliary + Noisy Nodes (test energy MAE)")
+            for s in paper.OC20_TEST_SPLITS
+        ),
         tags=("oc20", "catalysis", "is2re", "periodic", "noisy-nodes"),
     )
     out.update(_cpu_catalogue(out))
@@ -260,7 +273,7 @@ def models_package_dir() -> Optional[Path]:
     return Path(locations[0]) if locations else None
 
 
-def release_sources(entry: "PretrainedModel") -> List[Tuple[str, Optional[Path]]]:
+def release_sources(entry: PretrainedModel) -> List[Tuple[str, Optional[Path]]]:
     """The local places a release's files may be, in the order they are tried after the Hub:
     [(label, folder or None if that source is absent)]."""
     name = entry.release or entry.name
@@ -268,7 +281,10 @@ def release_sources(entry: "PretrainedModel") -> List[Tuple[str, Optional[Path]]
     env = os.environ.get(RELEASES_ENV, "").strip()
     checkout = checkout_releases_dir()
     out: List[Tuple[str, Optional[Path]]] = [
-        (f"installed model distribution {MODELS_DISTRIBUTION}" + ("" if package else " (not installed)"), package / name if package else None),
+        (
+            f"installed model distribution {MODELS_DISTRIBUTION}" + ("" if package else " (not installed)"),
+            package / name if package else None,
+        ),
         (f"${RELEASES_ENV}" + (f"={env}" if env else " (not set)"), Path(env).expanduser() / name if env else None),
     ]
     if checkout is not None:
@@ -293,7 +309,9 @@ def _read_registry(path: Path) -> Dict[str, dict]:
     except json.JSONDecodeError as exc:
         raise RegistryError(f"registry file {path} is not valid JSON ({exc}); fix or remove it") from None
     if not isinstance(doc, dict) or doc.get("format") != REGISTRY_FORMAT or not isinstance(doc.get("models"), dict):
-        raise RegistryError(f"registry file {path} must be a JSON object with format {REGISTRY_FORMAT!r} and a 'models' mapping")
+        raise RegistryError(
+            f"registry file {path} must be a JSON object with format {REGISTRY_FORMAT!r} and a 'models' mapping"
+        )
     return doc["models"]
 
 
@@ -323,7 +341,9 @@ def _entry(name: str, data: Mapping, base: Optional[PretrainedModel], where: str
         files = []
         for path, info in dict(data["files"]).items():
             if not FILE_NAME.match(str(path)):
-                raise RegistryError(f"{where}: file {path!r} must be a plain file name of the model directory (no '/', '..' or absolute path)")
+                raise RegistryError(
+                    f"{where}: file {path!r} must be a plain file name of the model directory (no '/', '..' or absolute path)"
+                )
             info = {"sha256": info} if isinstance(info, str) else dict(info)
             digest = str(info.get("sha256", "")).lower()
             if not _SHA256.match(digest):
@@ -450,7 +470,11 @@ def metrics_from_config(config: Mapping) -> List[Metric]:
                 for r in evaluation["results"]]  # fmt: skip
     metrics = metadata.get("metrics") or {}
     targets = [t["name"] for t in config.get("targets", [])]
-    blocks = {targets[0]: metrics} if targets and ("val" in metrics or "test" in metrics) else {k: v for k, v in metrics.items() if k in targets}
+    blocks = (
+        {targets[0]: metrics}
+        if targets and ("val" in metrics or "test" in metrics)
+        else {k: v for k, v in metrics.items() if k in targets}
+    )
     out = []
     for target, block in blocks.items():
         if not isinstance(block, Mapping):
@@ -463,5 +487,7 @@ def metrics_from_config(config: Mapping) -> List[Metric]:
                 name = {"mae": target, "energy_mae": target, "force_mae": "forces"}.get(key)
                 if name is None:
                     continue
-                out.append(Metric(split, name, float(value), str(units.get(key, "")), "MAE", "measured (config.json metadata)"))
+                out.append(
+                    Metric(split, name, float(value), str(units.get(key, "")), "MAE", "measured (config.json metadata)")
+                )
     return out

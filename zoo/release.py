@@ -63,7 +63,9 @@ def default_data(config: Mapping) -> str:
         return f"{kind}:{molecule}"
     if task == "oc20":
         return "oc20-is2re"
-    raise ReleaseError(f"cannot tell which dataset to evaluate {config.get('name')} on (no training record); pass --data")
+    raise ReleaseError(
+        f"cannot tell which dataset to evaluate {config.get('name')} on (no training record); pass --data"
+    )
 
 
 def roundoff_tolerance(metric: str, value: float, ref, pred, dtype: str) -> float:
@@ -111,7 +113,11 @@ def source_placeholder(path: Union[str, Path]) -> str:
 def public_evaluation(record: Mapping, name: str, config: Mapping) -> dict:
     """The evaluation record with a local data folder replaced by the public dataset spec and a placeholder."""
     record = dict(record)
-    local = record.get("source") if is_local_path(record.get("source")) else (record.get("data") if is_local_path(record.get("data")) else None)
+    local = (
+        record.get("source")
+        if is_local_path(record.get("source"))
+        else (record.get("data") if is_local_path(record.get("data")) else None)
+    )
     if local is None:
         return record
     placeholder = source_placeholder(local)
@@ -151,11 +157,17 @@ def training_elements(config: Mapping, source: Optional[str] = None, cache_dir=N
 
     ds = (config.get("metadata") or {}).get("dataset") or {}
     if not ds.get("name"):
-        raise ReleaseError(f"{config.get('name')}: its config.json records no training dataset, so its elements cannot be computed")
+        raise ReleaseError(
+            f"{config.get('name')}: its config.json records no training dataset, so its elements cannot be computed"
+        )
     try:
-        dataset = load_dataset(str(ds["name"]), cache_dir=cache_dir, prepare=True, **({"source": str(source)} if source else {}))
+        dataset = load_dataset(
+            str(ds["name"]), cache_dir=cache_dir, prepare=True, **({"source": str(source)} if source else {})
+        )
     except DataError as exc:
-        raise ReleaseError(f"dataset {ds['name']} (to record the elements of the training data): {exc}; pass --source PATH") from None
+        raise ReleaseError(
+            f"dataset {ds['name']} (to record the elements of the training data): {exc}; pass --source PATH"
+        ) from None
     train = dataset.split(str((ds.get("splits") or {}).get("train") or "train"))
     limit = (ds.get("limits") or {}).get("train")
     if limit is not None:
@@ -174,10 +186,14 @@ def evaluate_release(model_dir: Union[str, Path], name: str, data: str, *, sourc
     results, commands = [], []
     for split in splits:
         if split not in opened.split_names:
-            raise ReleaseError(f"dataset {data} has no split {split!r} (it has {', '.join(opened.split_names)}); choose --split from those")
+            raise ReleaseError(
+                f"dataset {data} has no split {split!r} (it has {', '.join(opened.split_names)}); choose --split from those"
+            )
         total = len(opened.split(split))
         limit = limits.get(split)
-        ev = run_evaluation(opened, model_dir, split=split, limit=limit, device="cpu", backend="eager", progress=progress)
+        ev = run_evaluation(
+            opened, model_dir, split=split, limit=limit, device="cpu", backend="eager", progress=progress
+        )
         label = split_label(split, limit, total)
         commands.append(_eval_command(name, data, source, split, limit if label != split else None))
         for row in ev.metrics.to_dict(orient="records"):
@@ -185,7 +201,15 @@ def evaluate_release(model_dir: Union[str, Path], name: str, data: str, *, sourc
             tolerance = roundoff_tolerance(row["metric"], row["value"], ref, pred, ev.info["dtype"])
             results.append({"split": label, "quantity": row["quantity"], "metric": row["metric"], "unit": row["unit"], "value": float(row["value"]),
                             "n": int(row["n"]), "split_size": total, "roundoff": tolerance})  # fmt: skip
-    return {"data": data, "source": source, "backend": "eager", "device": "cpu", "dtype": ev.info["dtype"], "commands": commands, "results": results}
+    return {
+        "data": data,
+        "source": source,
+        "backend": "eager",
+        "device": "cpu",
+        "dtype": ev.info["dtype"],
+        "commands": commands,
+        "results": results,
+    }
 
 
 def data_elements(data: str, *, source: Optional[str] = None, cache_dir=None) -> list:
@@ -260,10 +284,14 @@ def release_model(
         nonlocal exports, evaluation
         for file in (CONFIG, WEIGHTS):
             shutil.copyfile(src / file, tmp / file)
-        measured = evaluate_release(tmp, name, data, source=source, splits=splits, limits=limits, cache_dir=cache_dir, progress=progress)
+        measured = evaluate_release(
+            tmp, name, data, source=source, splits=splits, limits=limits, cache_dir=cache_dir, progress=progress
+        )
         public = public_metadata({**metadata, EVALUATION: measured, "registry_name": name, **notes}, name, config)
         evaluation = public[EVALUATION]
-        (tmp / CONFIG).write_text(json.dumps({**config, "name": name, "metadata": public}, indent=1, ensure_ascii=False) + "\n")
+        (tmp / CONFIG).write_text(
+            json.dumps({**config, "name": name, "metadata": public}, indent=1, ensure_ascii=False) + "\n"
+        )
         if formats:
             done = export_model(tmp, formats, progress=progress, onnx_optimize=onnx_optimize)
             exports = {k: v.to_dict() for k, v in done.items()}
@@ -277,10 +305,14 @@ def release_model(
 def _release_folder(releases: Union[str, Path, None], name: str, overwrite: bool) -> tuple[Path, Path]:
     """The releases root and the release's folder in it (refused if it exists and `overwrite` is off)."""
     if not _NAME.match(name):
-        raise ReleaseError(f"release name {name!r} must be lowercase letters, digits, '.', '_' or '-' (e.g. equiformer-md17-aspirin-l2)")
+        raise ReleaseError(
+            f"release name {name!r} must be lowercase letters, digits, '.', '_' or '-' (e.g. equiformer-md17-aspirin-l2)"
+        )
     root = Path(releases) if releases is not None else releases_dir()
     if root is None:
-        raise ReleaseError("no releases folder: pass --releases-dir DIR or set EQUIZOO_RELEASES (only a source checkout has releases/ of its own)")
+        raise ReleaseError(
+            "no releases folder: pass --releases-dir DIR or set EQUIZOO_RELEASES (only a source checkout has releases/ of its own)"
+        )
     out = root / name
     if out.exists() and not overwrite:
         raise ReleaseError(f"{out} already exists; pass --overwrite to replace that release")
@@ -342,7 +374,9 @@ def restate_release(
         metadata["hardware"] = {**(metadata.get("hardware") or {}), "cpu_model": hardware_model}
     if hardware_note:
         metadata["hardware_note"] = hardware_note
-    text = json.dumps({**config, "metadata": public_metadata(metadata, name, config)}, indent=1, ensure_ascii=False) + "\n"
+    text = (
+        json.dumps({**config, "metadata": public_metadata(metadata, name, config)}, indent=1, ensure_ascii=False) + "\n"
+    )
     fd, tmp = tempfile.mkstemp(prefix=f".{CONFIG}.", dir=out)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
@@ -381,8 +415,14 @@ def check_release(name: str, *, data: Optional[str] = None, source: Optional[str
     card = {(m["dataset_split"], m["metric_name"]): float(m["metric_value"]) for m in card_metrics(folder / CARD)}
     registered = {(m.split, m.target): m.value for m in entry.metrics}
     splits = [base_split(s) for s in dict.fromkeys(r["split"] for r in record["results"])]
-    limits = {base_split(r["split"]): (r["n"] if r["split"] != base_split(r["split"]) else None) for r in record["results"]}
-    if data is None and source is not None and record["data"].partition(":")[0] not in ("qm9", "md17", "rmd17", "oc20", "oc20-is2re"):
+    limits = {
+        base_split(r["split"]): (r["n"] if r["split"] != base_split(r["split"]) else None) for r in record["results"]
+    }
+    if (
+        data is None
+        and source is not None
+        and record["data"].partition(":")[0] not in ("qm9", "md17", "rmd17", "oc20", "oc20-is2re")
+    ):
         data, source = source, None  # the recorded dataset is a local folder: `source` is that folder found elsewhere
     fresh = evaluate_release(folder, name, data or record["data"], source=source if source is not None else record.get("source"),
                              splits=splits, limits=limits, cache_dir=cache_dir, progress=progress)  # fmt: skip
@@ -395,7 +435,9 @@ def check_release(name: str, *, data: Optional[str] = None, source: Optional[str
         key = (r["split"], r["quantity"])
         value = measured.get(key)
         if value is None:
-            raise ReleaseError(f"{name}: {r['split']} {r['quantity']} {r['metric']} is recorded but `equizoo eval` measures no such number")
+            raise ReleaseError(
+                f"{name}: {r['split']} {r['quantity']} {r['metric']} is recorded but `equizoo eval` measures no such number"
+            )
         tolerance = tolerances[key]
         if abs(value - r["value"]) > tolerance:
             raise ReleaseError(
@@ -405,10 +447,14 @@ def check_release(name: str, *, data: Optional[str] = None, source: Optional[str
                 "the data evaluated now is not the recorded data, or the code computes differently"
             )
         if abs(registered.get(key, float("nan")) - r["value"]) > atol + rtol * abs(r["value"]):
-            raise ReleaseError(f"{name}: the registry's {key} metric {registered.get(key)} differs from config.json's {r['value']}")
+            raise ReleaseError(
+                f"{name}: the registry's {key} metric {registered.get(key)} differs from config.json's {r['value']}"
+            )
         label = f"{r['quantity']} {r['metric']} ({r['unit']})"
         if abs(card.get((r["split"], label), float("nan")) - r["value"]) > atol + rtol * abs(r["value"]):
-            raise ReleaseError(f"{name}: the card's {r['split']} {label} {card.get((r['split'], label))} differs from config.json's {r['value']}")
+            raise ReleaseError(
+                f"{name}: the card's {r['split']} {label} {card.get((r['split'], label))} differs from config.json's {r['value']}"
+            )
         out[f"{r['split']}/{r['quantity']}"] = (r["value"], value, tolerance)
     return out
 

@@ -29,7 +29,9 @@ class ModelSpec:
     needs_tags: bool
     variants: tuple[str, ...]
     dtype: torch.dtype
-    elements: Optional[tuple[int, ...]] = None  # atomic numbers of the training data (config metadata.elements); None: unknown
+    elements: Optional[tuple[int, ...]] = (
+        None  # atomic numbers of the training data (config metadata.elements); None: unknown
+    )
 
     @classmethod
     def from_config(cls, config: dict, source: str) -> ModelSpec:

@@ -12,9 +12,9 @@ import collections
 import io
 import json
 import os
+import pickle
 import re
 import struct
-import pickle
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -71,7 +71,18 @@ class PygAttrMarker:
 
 _NUMPY_KINDS = "biuf"  # bool, signed and unsigned integers, floats: nothing else is rebuilt
 _DTYPE_SPEC = re.compile(r"^[biuf][0-9]{1,2}$")
-_TORCH_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_TORCH_DTYPES = (
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+)
 
 
 def _torch_storage_numel(storage) -> int:
@@ -97,10 +108,14 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, 
     if all(n > 0 for n in size):
         extent = storage_offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1
         if extent > _torch_storage_numel(storage):
-            raise UnsafePickleError(f"tensor of size {tuple(size)} reaches beyond its storage of {_torch_storage_numel(storage)} elements")
+            raise UnsafePickleError(
+                f"tensor of size {tuple(size)} reaches beyond its storage of {_torch_storage_numel(storage)} elements"
+            )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return torch._utils._rebuild_tensor_v2(storage, storage_offset, tuple(size), tuple(stride), False, collections.OrderedDict())
+        return torch._utils._rebuild_tensor_v2(
+            storage, storage_offset, tuple(size), tuple(stride), False, collections.OrderedDict()
+        )
 
 
 def _is_int_tuple(value) -> bool:
@@ -134,7 +149,9 @@ class _NumpyDtype:
     def build(self, state) -> None:
         if not (isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and state[1] in ("<", ">", "|", "=")
                 and state[2:] == (None, None, None, -1, -1, 0)):  # fmt: skip
-            raise UnsafePickleError(f"numpy dtype state {state!r} is not a plain dtype (fields, subarrays and metadata are refused)")
+            raise UnsafePickleError(
+                f"numpy dtype state {state!r} is not a plain dtype (fields, subarrays and metadata are refused)"
+            )
         if state[1] in "<>":
             self.dtype = self.dtype.newbyteorder(state[1])
 
@@ -158,7 +175,9 @@ class _NumpyArray:
         for n in shape:
             count *= n
         if count * dtype.dtype.itemsize != len(raw):
-            raise UnsafePickleError(f"numpy array of shape {tuple(shape)} and dtype {dtype.dtype} needs {count * dtype.dtype.itemsize} bytes, the record has {len(raw)}")
+            raise UnsafePickleError(
+                f"numpy array of shape {tuple(shape)} and dtype {dtype.dtype} needs {count * dtype.dtype.itemsize} bytes, the record has {len(raw)}"
+            )
         flat = np.frombuffer(bytes(raw), dtype=dtype.dtype, count=count)
         self.array = flat.reshape(tuple(shape), order="F" if fortran else "C").copy()
         return self.array
@@ -220,7 +239,18 @@ ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "scalar"): _np_scalar,
     ("numpy._core.multiarray", "scalar"): _np_scalar,
 }
-_CALLABLES = (PygData, PygStorage, PygAttrMarker, _rebuild_tensor, _load_storage, collections.OrderedDict, _np_dtype, _np_reconstruct, _np_frombuffer, _np_scalar)
+_CALLABLES = (
+    PygData,
+    PygStorage,
+    PygAttrMarker,
+    _rebuild_tensor,
+    _load_storage,
+    collections.OrderedDict,
+    _np_dtype,
+    _np_reconstruct,
+    _np_frombuffer,
+    _np_scalar,
+)
 _CLASSES = (PygData, PygStorage, PygAttrMarker)
 
 
@@ -382,7 +412,9 @@ def _array(value) -> np.ndarray:
         value = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
     array = np.asarray(value)
     if array.dtype.kind not in _NUMPY_KINDS:
-        raise ValueError(f"a field of type {type(value).__name__} (numpy kind {array.dtype.kind!r}) is not plain numbers")
+        raise ValueError(
+            f"a field of type {type(value).__name__} (numpy kind {array.dtype.kind!r}) is not plain numbers"
+        )
     return array
 
 

@@ -378,7 +378,9 @@ def prepare_dataset(
     return write_prepared(out, name, structures, splits, meta, template, progress, total)
 
 
-def _resolve_source(name: str, info, source, cache: Path, download: bool, mirror: str | None, progress, options: dict) -> tuple:
+def _resolve_source(
+    name: str, info, source, cache: Path, download: bool, mirror: str | None, progress, options: dict
+) -> tuple:
     """The local source to prepare from and the files downloaded for it: an http(s) URL is fetched, a missing
     source of a known dataset is its official download (when allowed; QM9 otherwise reads qm9pack), unpacked
     where the dataset ships as an archive. May set `options['uncharacterized']` (QM9)."""

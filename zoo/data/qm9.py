@@ -144,7 +144,9 @@ def parse_qm9_xyz(text: str, path: str | os.PathLike | None = None) -> Structure
             f"{where(path, 1)}: expected the number of atoms, got {lines[0][:40]!r}; not a QM9 xyz file"
         ) from None
     if n < 1:
-        raise DataError(f"{where(path, 1)}: the number of atoms is {n}; it must be positive. Fix or re-extract the file")
+        raise DataError(
+            f"{where(path, 1)}: the number of atoms is {n}; it must be positive. Fix or re-extract the file"
+        )
     if len(lines) < 2:
         raise DataError(f"{where(path)}: truncated after line 1; re-extract the file")
     header = lines[1].split()

@@ -86,9 +86,7 @@ def _open_range(url: str, dest: Path, have: int, timeout: float):
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:
             return None
-        raise DataError(
-            f"download of {url} failed: HTTP {exc.code} {exc.reason}; check the URL or try later"
-        ) from None
+        raise DataError(f"download of {url} failed: HTTP {exc.code} {exc.reason}; check the URL or try later") from None
     except (urllib.error.URLError, OSError) as exc:
         raise DataError(
             f"download of {url} failed ({exc}); check the network or download it by hand to {dest}"
@@ -115,6 +113,4 @@ def _append_body(response, url: str, part: Path, have: int, progress, chunk_size
                 f"download of {url} was interrupted after {done} bytes ({exc}); run again to resume from {part}"
             ) from None
     if total is not None and done != total:
-        raise DataError(
-            f"download of {url} stopped at {done} of {total} bytes; run again to resume from {part}"
-        )
+        raise DataError(f"download of {url} stopped at {done} of {total} bytes; run again to resume from {part}")

@@ -61,13 +61,17 @@ def parse_formats(formats: Union[str, Iterable[str], None]) -> list[str]:
     """Formats from "a,b" or a list ("all" or None: every format), validated, in canonical order."""
     if formats is None:
         return list(FORMATS)
-    items = [f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats) for f in f.split(",")]
+    items = [
+        f.strip().lower() for f in (formats.split(",") if isinstance(formats, str) else formats) for f in f.split(",")
+    ]
     items = [f for f in items if f]
     if "all" in items:
         return list(FORMATS)
     unknown = [f for f in items if f not in FORMATS]
     if unknown or not items:
-        raise ExportError(f"unknown export format(s) {unknown or formats!r}; choose from {', '.join(FORMATS)} (comma-separated) or all")
+        raise ExportError(
+            f"unknown export format(s) {unknown or formats!r}; choose from {', '.join(FORMATS)} (comma-separated) or all"
+        )
     return [f for f in FORMATS if f in items]
 
 
@@ -86,7 +90,13 @@ def _progress():
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
 
 
 def _torchscript(model, path: Path, check: list) -> ExportResult:
@@ -102,8 +112,15 @@ def _torchscript(model, path: Path, check: list) -> ExportResult:
         for kwargs in check:
             with torch.enable_grad():
                 got = module(**kwargs)
-            worst = max(worst, check_outputs(eager_outputs(model, kwargs), got, rtol=tol, atol=tol, what=f"TorchScript export {path.name}"))
-    return ExportResult("torchscript", path, dtype_name(dtype), "cpu", worst, tol, time.perf_counter() - start, torch.__version__)
+            worst = max(
+                worst,
+                check_outputs(
+                    eager_outputs(model, kwargs), got, rtol=tol, atol=tol, what=f"TorchScript export {path.name}"
+                ),
+            )
+    return ExportResult(
+        "torchscript", path, dtype_name(dtype), "cpu", worst, tol, time.perf_counter() - start, torch.__version__
+    )
 
 
 def export_model(
@@ -143,7 +160,9 @@ def export_model(
             for fmt in chosen:
                 task = bar.add_task(f"{fmt}: export and check against eager", total=None)
                 say = functools.partial(bar.update, task)
-                results[fmt] = _export_one(fmt, model, staging / FILES[fmt], check, device, virial, say, onnx_optimize, inductor_configs)
+                results[fmt] = _export_one(
+                    fmt, model, staging / FILES[fmt], check, device, virial, say, onnx_optimize, inductor_configs
+                )
                 bar.remove_task(task)
         results = _install_exports(model_dir, staging, results)
     finally:
@@ -168,7 +187,9 @@ def _export_one(fmt: str, model, staged: Path, check: list, device: torch.device
 
         say(description="onnx: tracing forward and forces")
         names = input_names(model)
-        program = export_program(model, flat_inputs(names, next(model.parameters()).dtype, torch.device("cpu"), **check[-1]), names)
+        program = export_program(
+            model, flat_inputs(names, next(model.parameters()).dtype, torch.device("cpu"), **check[-1]), names
+        )
         say(description="onnx: exporting and checking in onnxruntime")
         if onnx_optimize:
             say(description="onnx: exporting, optimizing (minutes) and checking in onnxruntime")
@@ -193,7 +214,16 @@ def _install_exports(model_dir: Path, staging: Path, results: Dict[str, ExportRe
     for fmt, result in results.items():
         final = model_dir / FILES[fmt]
         (staging / FILES[fmt]).replace(final)
-        installed[fmt] = ExportResult(result.format, final, result.dtype, result.device, result.max_abs_error, result.tolerance, result.seconds, torch.__version__)
+        installed[fmt] = ExportResult(
+            result.format,
+            final,
+            result.dtype,
+            result.device,
+            result.max_abs_error,
+            result.tolerance,
+            result.seconds,
+            torch.__version__,
+        )
         records[fmt] = installed[fmt].to_dict()
     write_exports(model_dir, records)
     stale = model_dir / "manifest.json"  # hashes of the files as last published; republishing rewrites it

@@ -19,10 +19,21 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 
 from zoo.device import dtype_name, parse_dtype, pick_device
-from zoo.io import atomic_path
 from zoo.export.metadata import AOTI_FORMAT, DEVICE, FORMAT_KEY, TORCH_VERSION, model_metadata
 from zoo.export.report import ExportResult
-from zoo.export.trace import ExportError, GraphSignature, first_line, check_inputs, eager_outputs, export_program, flat_inputs, input_names, quiet, tolerance
+from zoo.export.trace import (
+    ExportError,
+    GraphSignature,
+    check_inputs,
+    eager_outputs,
+    export_program,
+    first_line,
+    flat_inputs,
+    input_names,
+    quiet,
+    tolerance,
+)
+from zoo.io import atomic_path
 
 FORMAT = AOTI_FORMAT
 DEVICE_KEY = DEVICE
@@ -69,18 +80,26 @@ class AotiRunner:
         stored = package_metadata(self.path)
         built_torch = stored.get(TORCH_VERSION, "")
         if built_torch and _base_version(built_torch) != _base_version(torch.__version__):
-            raise ExportError(f"torch version mismatch: {self.path} was compiled with torch {built_torch} but this is torch {torch.__version__}; {COMPILE_RULE}")
+            raise ExportError(
+                f"torch version mismatch: {self.path} was compiled with torch {built_torch} but this is torch {torch.__version__}; {COMPILE_RULE}"
+            )
         if stored.get(DEVICE_KEY) and stored[DEVICE_KEY] != self.device.type:
-            raise ExportError(f"{self.path} was built for {stored[DEVICE_KEY]} and cannot run on {self.device}; {COMPILE_RULE}")
+            raise ExportError(
+                f"{self.path} was built for {stored[DEVICE_KEY]} and cannot run on {self.device}; {COMPILE_RULE}"
+            )
         try:
             index = self.device.index if self.device.index is not None else -1
             with quiet():
                 self.package = torch._inductor.aoti_load_package(str(self.path), device_index=index)
             self.metadata: Dict[str, str] = dict(self.package.get_metadata())
         except Exception as exc:  # noqa: BLE001 - the package loader raises RuntimeError and friends
-            raise ExportError(f"{self.path} cannot be loaded as an AOTInductor package ({str(exc).splitlines()[0]}); {COMPILE_RULE}") from exc
+            raise ExportError(
+                f"{self.path} cannot be loaded as an AOTInductor package ({str(exc).splitlines()[0]}); {COMPILE_RULE}"
+            ) from exc
         if self.metadata.get(FORMAT_KEY) != FORMAT:
-            raise ExportError(f"{self.path} is not an equizoo AOTInductor export (format {self.metadata.get(FORMAT_KEY)!r}); export it with `equizoo export`")
+            raise ExportError(
+                f"{self.path} is not an equizoo AOTInductor export (format {self.metadata.get(FORMAT_KEY)!r}); export it with `equizoo export`"
+            )
         built_for = self.metadata.get(DEVICE_KEY, "cpu")
         if built_for != self.device.type:
             raise ExportError(f"{self.path} was built for {built_for} and cannot run on {self.device}; {COMPILE_RULE}")
@@ -97,7 +116,18 @@ class AotiRunner:
         tags: Optional[torch.Tensor] = None,
         num_graphs: int = -1,
     ) -> Dict[str, torch.Tensor]:
-        tensors = flat_inputs(self.signature.inputs, self.dtype, self.device, pos, species, edge_index, batch, edge_shift, tags, num_graphs)
+        tensors = flat_inputs(
+            self.signature.inputs,
+            self.dtype,
+            self.device,
+            pos,
+            species,
+            edge_index,
+            batch,
+            edge_shift,
+            tags,
+            num_graphs,
+        )
         with torch.no_grad():
             out = self.package(*tensors)
         return {name: out[name] for name in self.signature.outputs}
@@ -156,5 +186,16 @@ def export_aoti(
         tol = tolerance("aoti", dtype)
         worst = 0.0
         for kwargs in check:
-            worst = max(worst, check_outputs(eager_outputs(model, kwargs), runner(**kwargs), rtol=tol, atol=tol, what=f"AOTInductor export {path.name}"))
-    return ExportResult("aoti", path, dtype_name(dtype), device.type, worst, tol, time.perf_counter() - start, torch.__version__)
+            worst = max(
+                worst,
+                check_outputs(
+                    eager_outputs(model, kwargs),
+                    runner(**kwargs),
+                    rtol=tol,
+                    atol=tol,
+                    what=f"AOTInductor export {path.name}",
+                ),
+            )
+    return ExportResult(
+        "aoti", path, dtype_name(dtype), device.type, worst, tol, time.perf_counter() - start, torch.__version__
+    )

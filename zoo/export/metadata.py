@@ -8,8 +8,8 @@ import json
 
 import torch
 
-from zoo.device import dtype_name
 from zoo._version import __version__
+from zoo.device import dtype_name
 
 # keys read by C++ / LAMMPS
 R_MAX = "r_max"
@@ -35,7 +35,23 @@ INPUTS = "inputs"  # comma-separated names of the flat graph inputs, in order (z
 OUTPUTS = "outputs"  # comma-separated output names, in order
 DEVICE = "device"  # AOTInductor: the device type the package was compiled for (cpu | cuda)
 
-KEYS = (FORMAT_KEY, VARIANT, R_MAX, TYPE_NUMBERS, TYPE_NAMES, MODEL_DTYPE, TARGETS, UNITS, ENERGY_TARGET, PERIODIC, NEEDS_TAGS, NUM_LAYERS, CONFIG_JSON, EQUIZOO_VERSION, TORCH_VERSION)
+KEYS = (
+    FORMAT_KEY,
+    VARIANT,
+    R_MAX,
+    TYPE_NUMBERS,
+    TYPE_NAMES,
+    MODEL_DTYPE,
+    TARGETS,
+    UNITS,
+    ENERGY_TARGET,
+    PERIODIC,
+    NEEDS_TAGS,
+    NUM_LAYERS,
+    CONFIG_JSON,
+    EQUIZOO_VERSION,
+    TORCH_VERSION,
+)
 
 
 def model_metadata(model, extra: dict | None = None) -> dict[str, str]:

@@ -18,10 +18,21 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 
 from zoo.device import dtype_name, parse_dtype
-from zoo.io import atomic_path
 from zoo.export.metadata import FORMAT_KEY, ONNX_FORMAT, model_metadata
 from zoo.export.report import ExportResult
-from zoo.export.trace import ExportError, GraphSignature, first_line, check_inputs, eager_outputs, export_program, flat_inputs, input_names, quiet, tolerance
+from zoo.export.trace import (
+    ExportError,
+    GraphSignature,
+    check_inputs,
+    eager_outputs,
+    export_program,
+    first_line,
+    flat_inputs,
+    input_names,
+    quiet,
+    tolerance,
+)
+from zoo.io import atomic_path
 
 FORMAT = ONNX_FORMAT
 
@@ -38,12 +49,16 @@ class OnnxRunner:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=list(providers or ["CPUExecutionProvider"]))
+            self.session = ort.InferenceSession(
+                str(self.path), options, providers=list(providers or ["CPUExecutionProvider"])
+            )
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ExportError(f"{self.path} cannot be loaded by onnxruntime ({exc}); export it again") from exc
         self.metadata: Dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         if self.metadata.get(FORMAT_KEY) != FORMAT:
-            raise ExportError(f"{self.path} is not an equizoo ONNX export (format {self.metadata.get(FORMAT_KEY)!r}); export it with `equizoo export`")
+            raise ExportError(
+                f"{self.path} is not an equizoo ONNX export (format {self.metadata.get(FORMAT_KEY)!r}); export it with `equizoo export`"
+            )
         self.signature = GraphSignature.from_metadata(self.metadata, str(self.path))
         self.dtype = parse_dtype(self.metadata.get("model_dtype", "float32"), error=ExportError)
         self._onnx_inputs = [i.name for i in self.session.get_inputs()]
@@ -59,7 +74,18 @@ class OnnxRunner:
         tags: Optional[torch.Tensor] = None,
         num_graphs: int = -1,
     ) -> Dict[str, torch.Tensor]:
-        tensors = flat_inputs(self.signature.inputs, self.dtype, torch.device("cpu"), pos, species, edge_index, batch, edge_shift, tags, num_graphs)
+        tensors = flat_inputs(
+            self.signature.inputs,
+            self.dtype,
+            torch.device("cpu"),
+            pos,
+            species,
+            edge_index,
+            batch,
+            edge_shift,
+            tags,
+            num_graphs,
+        )
         feeds = {name: t.detach().contiguous().numpy() for name, t in zip(self._onnx_inputs, tensors)}
         results = self.session.run(self._onnx_outputs, feeds)
         return {name: torch.from_numpy(r).to(pos.device) for name, r in zip(self.signature.outputs, results)}
@@ -117,10 +143,17 @@ def export_onnx(
     try:
         with quiet():
             onnx_program = torch.onnx.export(
-                ep, dynamo=True, input_names=list(signature.inputs), output_names=list(signature.outputs), optimize=optimize, verbose=False
+                ep,
+                dynamo=True,
+                input_names=list(signature.inputs),
+                output_names=list(signature.outputs),
+                optimize=optimize,
+                verbose=False,
             )
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types
-        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {first_line(exc)}; the torchscript and aoti formats may still work") from exc
+        raise ExportError(
+            f"ONNX export failed: {type(exc).__name__}: {first_line(exc)}; the torchscript and aoti formats may still work"
+        ) from exc
     _refuse_racy_scatters(onnx_program.model)
     onnx_program.model.metadata_props.update(meta)
     path = Path(path)
@@ -130,5 +163,12 @@ def export_onnx(
         tol = tolerance("onnx", dtype)
         worst = 0.0
         for kwargs in check:
-            worst = max(worst, check_outputs(eager_outputs(model, kwargs), runner(**kwargs), rtol=tol, atol=tol, what=f"ONNX export {path.name}"))
-    return ExportResult("onnx", path, dtype_name(dtype), "cpu", worst, tol, time.perf_counter() - start, torch.__version__)
+            worst = max(
+                worst,
+                check_outputs(
+                    eager_outputs(model, kwargs), runner(**kwargs), rtol=tol, atol=tol, what=f"ONNX export {path.name}"
+                ),
+            )
+    return ExportResult(
+        "onnx", path, dtype_name(dtype), "cpu", worst, tol, time.perf_counter() - start, torch.__version__
+    )

@@ -10,7 +10,6 @@ from typing import Dict, Union
 from zoo.artifact import EXPORTS
 
 
-
 @dataclass(frozen=True)
 class ExportResult:
     """One exported file: its format, dtype and device, and its largest deviation from eager on the check
@@ -45,9 +44,9 @@ def read_exports(model_dir: Union[str, Path]) -> Dict[str, dict]:
 
 def write_exports(model_dir: Union[str, Path], records: Dict[str, dict]) -> Path:
     """Write `exports.json` atomically."""
-    from zoo._version import __version__
-
     import torch
+
+    from zoo._version import __version__
 
     path = Path(model_dir) / EXPORTS
     doc = {"equizoo_version": __version__, "torch_version": torch.__version__, "exports": records}

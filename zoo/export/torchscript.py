@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 
 from zoo.errors import ZooError
-from zoo.io import atomic_path
 from zoo.export.metadata import KEYS, model_metadata
+from zoo.io import atomic_path
 
 
 class ExportMismatch(ZooError, RuntimeError):
@@ -65,7 +65,13 @@ def export_torchscript(
             loaded, _ = load_torchscript(tmp)
             dtype = next(model.parameters()).dtype
             tol = 1e-10 if dtype == torch.float64 else 1e-5
-            check_outputs(model(**example_inputs), loaded(**example_inputs), rtol=tol, atol=tol, what=f"TorchScript export {path.name}")
+            check_outputs(
+                model(**example_inputs),
+                loaded(**example_inputs),
+                rtol=tol,
+                atol=tol,
+                what=f"TorchScript export {path.name}",
+            )
     return path
 
 

@@ -36,8 +36,8 @@ import torch
 from zoo import keys
 from zoo.data import Structure
 from zoo.errors import ZooError
-from zoo.forward import structure_inputs
 from zoo.export.metadata import INPUTS, OUTPUTS
+from zoo.forward import structure_inputs
 
 CHECK_STRUCTURES = Path(__file__).resolve().parent / "check_structures.json"
 NATOMS = keys.NUM_ATOMS
@@ -59,13 +59,22 @@ class GraphSignature:
         return {INPUTS: ",".join(self.inputs), OUTPUTS: ",".join(self.outputs)}
 
     @classmethod
-    def from_metadata(cls, meta: Dict[str, str], where: str) -> "GraphSignature":
+    def from_metadata(cls, meta: Dict[str, str], where: str) -> GraphSignature:
         if INPUTS not in meta or OUTPUTS not in meta:
-            raise ExportError(f"{where} carries no equizoo input/output metadata; export it again with `equizoo export`")
+            raise ExportError(
+                f"{where} carries no equizoo input/output metadata; export it again with `equizoo export`"
+            )
         return cls(tuple(meta[INPUTS].split(",")), tuple(meta[OUTPUTS].split(",")))
 
 
-_NOISY_LOGGERS = ("torch.onnx", "onnx_ir", "onnxscript", "torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes")
+_NOISY_LOGGERS = (
+    "torch.onnx",
+    "onnx_ir",
+    "onnxscript",
+    "torch.export",
+    "torch._export",
+    "torch.fx.experimental.symbolic_shapes",
+)
 
 
 @contextlib.contextmanager
@@ -116,7 +125,9 @@ def flat_inputs(
     if edge_index.ndim != 2 or edge_index.shape[0] != 2:
         raise ExportError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
     if edge_index.shape[1] == 0:
-        raise ExportError("the graph has no edges (every atom is farther than r_max from all others); exported models need at least one edge, use the eager model")
+        raise ExportError(
+            "the graph has no edges (every atom is farther than r_max from all others); exported models need at least one edge, use the eager model"
+        )
     if num_graphs < 0:
         num_graphs = int(batch.max().item()) + 1 if batch.numel() else 0
     values = {
@@ -124,13 +135,17 @@ def flat_inputs(
         keys.SPECIES: species.to(device=device, dtype=torch.long),
         keys.EDGE_INDEX: edge_index.to(device=device, dtype=torch.long),
         keys.BATCH: batch.to(device=device, dtype=torch.long),
-        keys.EDGE_SHIFT: (edge_shift if edge_shift is not None else pos.new_zeros(edge_index.shape[1], 3)).to(device=device, dtype=dtype),
+        keys.EDGE_SHIFT: (edge_shift if edge_shift is not None else pos.new_zeros(edge_index.shape[1], 3)).to(
+            device=device, dtype=dtype
+        ),
     }
     if keys.TAGS in names:
         if tags is None:
             raise ExportError("this model needs per-atom OC20 tags (0 subsurface, 1 surface, 2 adsorbate); pass tags=")
         values[keys.TAGS] = tags.to(device=device, dtype=torch.long)
-    values[NATOMS] = torch.bincount(values[keys.BATCH], minlength=num_graphs)[:num_graphs] if num_graphs > 0 else batch.new_zeros(0)
+    values[NATOMS] = (
+        torch.bincount(values[keys.BATCH], minlength=num_graphs)[:num_graphs] if num_graphs > 0 else batch.new_zeros(0)
+    )
     if ENERGY_WEIGHT in names:
         values[ENERGY_WEIGHT] = torch.ones(pos.shape[0], dtype=dtype, device=device)
     return [values[n] for n in names]
@@ -230,12 +245,23 @@ def _decompositions() -> dict:
 
 
 def _exact_in_float32(value: float) -> bool:
-    return struct.unpack("f", struct.pack("f", value))[0] == value if abs(value) < 3.4e38 else value in (float("inf"), float("-inf"))
+    return (
+        struct.unpack("f", struct.pack("f", value))[0] == value
+        if abs(value) < 3.4e38
+        else value in (float("inf"), float("-inf"))
+    )
 
 
 def _float_literal_ops() -> dict:
     aten = torch.ops.aten
-    same = [aten.mul.Tensor, aten.add.Tensor, aten.sub.Tensor, aten.div.Tensor, aten.maximum.default, aten.minimum.default]
+    same = [
+        aten.mul.Tensor,
+        aten.add.Tensor,
+        aten.sub.Tensor,
+        aten.div.Tensor,
+        aten.maximum.default,
+        aten.minimum.default,
+    ]
     ops = {op: op for op in same}
     ops.update({
         aten.mul.Scalar: aten.mul.Tensor, aten.add.Scalar: aten.add.Tensor, aten.sub.Scalar: aten.sub.Tensor,
@@ -282,7 +308,9 @@ def trace(model, example: Sequence[torch.Tensor], names: Sequence[str]) -> torch
 
     flat = FlatModel(model, names).eval()
     with torch.enable_grad():
-        gm = make_fx(flat, tracing_mode="symbolic", decomposition_table=_decompositions(), _allow_non_fake_inputs=True)(*example)
+        gm = make_fx(flat, tracing_mode="symbolic", decomposition_table=_decompositions(), _allow_non_fake_inputs=True)(
+            *example
+        )
     dtype = example[0].dtype
     if dtype == torch.float64:
         float_literals_to_tensors(gm, dtype)

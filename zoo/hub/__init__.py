@@ -8,7 +8,17 @@ server for tests and local team hubs (zoo.hub.server). Publishing with a model c
 Supported huggingface_hub: >=0.30,<3 (tested with 2.4).
 """
 
-from zoo.hub.client import HubError, Publication, copy_model, endpoint, model_dir_of, parse_hub_id, pull, resolve_model, upload
+from zoo.hub.client import (
+    HubError,
+    Publication,
+    copy_model,
+    endpoint,
+    model_dir_of,
+    parse_hub_id,
+    pull,
+    resolve_model,
+    upload,
+)
 from zoo.hub.manifest import MANIFEST, IntegrityError, hash_files, read_manifest, sha256_file, verify_files
 
 __all__ = [

@@ -21,7 +21,15 @@ from typing import Callable, Dict, Optional, Union
 
 from zoo.artifact import CONFIG, WEIGHTS
 from zoo.errors import ZooError
-from zoo.hub.manifest import MANIFEST, IntegrityError, read_manifest, sha256_file, verified_dir, verify_files, write_manifest
+from zoo.hub.manifest import (
+    MANIFEST,
+    IntegrityError,
+    read_manifest,
+    sha256_file,
+    verified_dir,
+    verify_files,
+    write_manifest,
+)
 
 HF_PREFIX = "hf-hub:"
 _HF_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
@@ -75,7 +83,9 @@ def _hub():
     try:
         import huggingface_hub
     except ModuleNotFoundError as exc:
-        raise HubError("the Hub client is not installed: pip install 'huggingface_hub>=0.30,<3' (or equizoo[hub])") from exc
+        raise HubError(
+            "the Hub client is not installed: pip install 'huggingface_hub>=0.30,<3' (or equizoo[hub])"
+        ) from exc
     return huggingface_hub
 
 
@@ -87,8 +97,12 @@ def model_dir_of(path: Union[str, Path]) -> Path:
     if (path / "model" / CONFIG).is_file():
         return path / "model"
     if not path.exists():
-        raise HubError(f"{path} does not exist; give a model directory (config.json + model.safetensors) or a training run directory")
-    raise HubError(f"{path} is neither a model directory (no config.json) nor a training run directory (no model/config.json)")
+        raise HubError(
+            f"{path} does not exist; give a model directory (config.json + model.safetensors) or a training run directory"
+        )
+    raise HubError(
+        f"{path} is neither a model directory (no config.json) nor a training run directory (no model/config.json)"
+    )
 
 
 def _explain(exc: Exception, what: str, url: str) -> HubError:
@@ -96,9 +110,13 @@ def _explain(exc: Exception, what: str, url: str) -> HubError:
     from huggingface_hub import errors
 
     if isinstance(exc, errors.RevisionNotFoundError):
-        return HubError(f"{what}: the revision does not exist on {url}; check the @REV part (a branch, tag or full commit sha) or `equizoo info`")
+        return HubError(
+            f"{what}: the revision does not exist on {url}; check the @REV part (a branch, tag or full commit sha) or `equizoo info`"
+        )
     if isinstance(exc, errors.RepositoryNotFoundError):
-        return HubError(f"{what}: repository not found on {url} (or it is private and no valid token was given: set HF_TOKEN)")
+        return HubError(
+            f"{what}: repository not found on {url} (or it is private and no valid token was given: set HF_TOKEN)"
+        )
     if isinstance(exc, errors.LocalEntryNotFoundError):
         return HubError(f"{what}: not in the local Hugging Face cache and the Hub cannot be used (offline or unreachable: {url}); "
                         "connect and pull it once, or unset HF_HUB_OFFLINE")  # fmt: skip
@@ -165,7 +183,7 @@ def upload(
 # ---------------------------------------------------------------------------------------------- pull
 def parse_hub_id(spec: str) -> tuple[str, Optional[str]]:
     """(repo_id, revision or None) of `hf-hub:ORG/NAME[@REV]`."""
-    m = _HF_ID.match(spec[len(HF_PREFIX):] if spec.startswith(HF_PREFIX) else spec)
+    m = _HF_ID.match(spec[len(HF_PREFIX) :] if spec.startswith(HF_PREFIX) else spec)
     if not m:
         raise HubError(f"{spec!r} is not a Hub id; write hf-hub:ORG/NAME@REVISION (a 40-hex commit sha, tag or branch)")
     return m.group("repo"), m.group("rev")
@@ -219,12 +237,23 @@ def _pull_registry(entry, endpoint_url, token, cache_dir, force) -> Path:
             return verified_dir(folder, expected, f"model {entry.name} ({label})", _views())
         except IntegrityError as exc:
             before = f" (tried before: {'; '.join(tried)})" if tried else ""
-            raise IntegrityError(f"{exc}{before}; refusing model {entry.name} from {label} rather than falling back to another copy") from None
+            raise IntegrityError(
+                f"{exc}{before}; refusing model {entry.name} from {label} rather than falling back to another copy"
+            ) from None
 
     if entry.repo_id and entry.revision:
         label = f"Hub {entry.repo_id}@{entry.revision} at {endpoint(endpoint_url)}"
         try:
-            snapshot = _download(entry.repo_id, entry.revision, f"pulling {entry.name}", endpoint_url, token, cache_dir, force, list(expected))
+            snapshot = _download(
+                entry.repo_id,
+                entry.revision,
+                f"pulling {entry.name}",
+                endpoint_url,
+                token,
+                cache_dir,
+                force,
+                list(expected),
+            )
         except HubError as exc:
             tried.append(f"{label}: {exc}")
         else:
@@ -268,7 +297,9 @@ def pull(
     if text.startswith(HF_PREFIX):
         return _pull_hub_id(text, endpoint_url, token, cache_dir, force)
     if os.sep in text or text.startswith((".", "~")):
-        raise HubError(f"{text}: no such model directory; give a model directory, a registry name (`equizoo list`) or hf-hub:ORG/NAME@REV")
+        raise HubError(
+            f"{text}: no such model directory; give a model directory, a registry name (`equizoo list`) or hf-hub:ORG/NAME@REV"
+        )
     entry = get_model(text)
     if not entry.published:
         raise RegistryError(

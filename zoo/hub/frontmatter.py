@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import yaml
+
 from zoo.errors import ZooError
 
 MAX_FRONT_MATTER = 256 * 1024  # bytes of YAML between the --- lines; real cards are a few KB
@@ -33,11 +34,15 @@ def load_front_matter(text: str, what: str = "card metadata") -> Optional[dict]:
     if block is None:
         return None
     if len(block.encode("utf-8", errors="replace")) > MAX_FRONT_MATTER:
-        raise FrontMatterError(f"{what}: the YAML front matter is over {MAX_FRONT_MATTER // 1024} KiB; keep card metadata small")
+        raise FrontMatterError(
+            f"{what}: the YAML front matter is over {MAX_FRONT_MATTER // 1024} KiB; keep card metadata small"
+        )
     try:
         for event in yaml.parse(block, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-                raise FrontMatterError(f"{what}: YAML anchors and aliases (&name, *name) are not accepted in card metadata; write the values out")
+                raise FrontMatterError(
+                    f"{what}: YAML anchors and aliases (&name, *name) are not accepted in card metadata; write the values out"
+                )
         data = yaml.safe_load(block)
     except yaml.YAMLError as exc:
         raise FrontMatterError(f"{what}: invalid YAML front matter: {exc}") from exc

@@ -32,13 +32,18 @@ def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
 def model_files(model_dir: Union[str, Path]) -> list[str]:
     """The files a model directory publishes: regular top-level files, no hidden ones, not the manifest."""
     model_dir = Path(model_dir)
-    return sorted(p.name for p in model_dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST)
+    return sorted(
+        p.name for p in model_dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST
+    )
 
 
 def hash_files(model_dir: Union[str, Path]) -> Dict[str, dict]:
     """{file: {"sha256", "size"}} of the directory's model files."""
     model_dir = Path(model_dir)
-    return {name: {"sha256": sha256_file(model_dir / name), "size": (model_dir / name).stat().st_size} for name in model_files(model_dir)}
+    return {
+        name: {"sha256": sha256_file(model_dir / name), "size": (model_dir / name).stat().st_size}
+        for name in model_files(model_dir)
+    }
 
 
 def write_manifest(model_dir: Union[str, Path], name: str) -> Dict[str, dict]:
@@ -69,7 +74,9 @@ def read_manifest(model_dir: Union[str, Path]) -> Dict[str, str]:
     names anything but a plain file of that directory."""
     path = Path(model_dir) / MANIFEST
     if not path.is_file():
-        raise IntegrityError(f"{path.parent} has no {MANIFEST}, so its files cannot be verified; publish it with `equizoo publish` (or pin it in the registry)")
+        raise IntegrityError(
+            f"{path.parent} has no {MANIFEST}, so its files cannot be verified; publish it with `equizoo publish` (or pin it in the registry)"
+        )
     try:
         doc = json.loads(path.read_text())
         files = {k: str(v["sha256"]) for k, v in doc["files"].items()}
@@ -104,7 +111,9 @@ def verified_dir(src: Union[str, Path], expected: Mapping[str, str], what: str, 
     hash covers (an export the Hub, a cache or a user put beside the verified ones)."""
     src = Path(src)
     names = {check_file_name(n, what) for n in expected}
-    if src.is_dir() and {p.name for p in src.iterdir()} - {MANIFEST} == names - {MANIFEST}:  # a manifest is read, never loaded
+    if src.is_dir() and {p.name for p in src.iterdir()} - {MANIFEST} == names - {
+        MANIFEST
+    }:  # a manifest is read, never loaded
         verify_files(src, expected, what)
         return src
     missing = sorted(n for n in names if not (src / n).is_file())

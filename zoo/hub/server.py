@@ -73,7 +73,7 @@ class HubHandler(BaseHTTPRequestHandler):
     """One request; the server object carries the store, the tokens and the limits."""
 
     protocol_version = "HTTP/1.1"
-    server: "HubHTTPServer"
+    server: HubHTTPServer
 
     def setup(self) -> None:
         self.timeout = self.server.timeout_s  # every socket read waits at most this long
@@ -90,7 +90,9 @@ class HubHandler(BaseHTTPRequestHandler):
         lengths = [v.strip() for v in self.headers.get_all("Content-Length") or []]
         if encoding:
             if [e.strip().lower() for e in encoding] != ["chunked"]:
-                raise RequestError(400, f"unsupported Transfer-Encoding {', '.join(encoding)!r}: send chunked or a Content-Length")
+                raise RequestError(
+                    400, f"unsupported Transfer-Encoding {', '.join(encoding)!r}: send chunked or a Content-Length"
+                )
             if lengths:
                 raise RequestError(400, "a request has either Content-Length or Transfer-Encoding: chunked, not both")
             return None
@@ -100,7 +102,10 @@ class HubHandler(BaseHTTPRequestHandler):
             raise RequestError(400, f"invalid Content-Length {', '.join(lengths)!r}: expected one non-negative integer")
         length = int(lengths[0])
         if length > self.server.max_body:
-            raise RequestError(413, f"request body of {length} bytes is over this server's limit of {self.server.max_body} bytes (hub serve --max-body-mb)")
+            raise RequestError(
+                413,
+                f"request body of {length} bytes is over this server's limit of {self.server.max_body} bytes (hub serve --max-body-mb)",
+            )
         return length
 
     def _read_body(self, length: Optional[int]) -> bytes:
@@ -110,9 +115,13 @@ class HubHandler(BaseHTTPRequestHandler):
                 return self._read_chunked()
             data = self.rfile.read(length) if length else b""
         except TimeoutError:
-            raise RequestError(408, f"the request body did not arrive within {self.server.timeout_s:g} s; nothing was changed") from None
+            raise RequestError(
+                408, f"the request body did not arrive within {self.server.timeout_s:g} s; nothing was changed"
+            ) from None
         if len(data) < length:
-            raise RequestError(400, f"the request body was cut off ({len(data)} of {length} bytes arrived); nothing was changed")
+            raise RequestError(
+                400, f"the request body was cut off ({len(data)} of {length} bytes arrived); nothing was changed"
+            )
         return data
 
     def _read_chunked(self) -> bytes:
@@ -125,13 +134,18 @@ class HubHandler(BaseHTTPRequestHandler):
                 raise cut
             size_text = line.split(b";")[0].strip()
             if not _CHUNK_SIZE.fullmatch(size_text):
-                raise RequestError(400, f"malformed chunk size {size_text[:20]!r} in the chunked request body; nothing was changed")
+                raise RequestError(
+                    400, f"malformed chunk size {size_text[:20]!r} in the chunked request body; nothing was changed"
+                )
             size = int(size_text, 16)
             if size == 0:
                 break
             total += size
             if total > self.server.max_body:
-                raise RequestError(413, f"request body over this server's limit of {self.server.max_body} bytes (hub serve --max-body-mb)")
+                raise RequestError(
+                    413,
+                    f"request body over this server's limit of {self.server.max_body} bytes (hub serve --max-body-mb)",
+                )
             data = self.rfile.read(size)
             if len(data) < size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
                 raise cut
@@ -144,7 +158,14 @@ class HubHandler(BaseHTTPRequestHandler):
                 raise cut
         raise RequestError(400, "too many trailer lines after the chunked request body")
 
-    def _send(self, status: int, body: bytes = b"", content_type: str = "application/json", headers: Optional[Mapping[str, str]] = None, head: bool = False) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: str = "application/json",
+        headers: Optional[Mapping[str, str]] = None,
+        head: bool = False,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -191,7 +212,12 @@ class HubHandler(BaseHTTPRequestHandler):
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         user = self.server.user_of(token) if token else None
         if user is None and required:
-            raise RequestError(401, "Invalid credentials in Authorization header" if token else "You must be authenticated (Authorization: Bearer TOKEN) to do this")
+            raise RequestError(
+                401,
+                "Invalid credentials in Authorization header"
+                if token
+                else "You must be authenticated (Authorization: Bearer TOKEN) to do this",
+            )
         return user
 
     def _readable(self, repo_type: str, repo_id: str) -> dict:
@@ -210,7 +236,10 @@ class HubHandler(BaseHTTPRequestHandler):
         user = self._user(True)
         repo = self._readable(repo_type, repo_id)
         if user != repo_owner(repo):
-            raise RequestError(403, f"You don't have the rights to change {repo_type} repo {repo_id} (it belongs to {repo_owner(repo)})")
+            raise RequestError(
+                403,
+                f"You don't have the rights to change {repo_type} repo {repo_id} (it belongs to {repo_owner(repo)})",
+            )
         return repo, user
 
     @staticmethod
@@ -220,7 +249,11 @@ class HubHandler(BaseHTTPRequestHandler):
             return False
         if parts[1:3] in (["repos", "create"], ["repos", "delete"]):
             return True
-        return len(parts) >= 6 and parts[1] in ("models", "datasets", "spaces") and parts[4] in ("preupload", "commit", "tag", "branch")
+        return (
+            len(parts) >= 6
+            and parts[1] in ("models", "datasets", "spaces")
+            and parts[4] in ("preupload", "commit", "tag", "branch")
+        )
 
     def _dispatch(self) -> None:
         in_step = False  # the request body has been read in full: the connection can carry another request
@@ -250,7 +283,16 @@ class HubHandler(BaseHTTPRequestHandler):
             rest = parts[1:]
             if rest == ["whoami-v2"] and m == "GET":
                 user = self._user(True)
-                return self._json(200, {"type": "user", "name": user, "fullname": user, "orgs": [], "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}}})
+                return self._json(
+                    200,
+                    {
+                        "type": "user",
+                        "name": user,
+                        "fullname": user,
+                        "orgs": [],
+                        "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}},
+                    },
+                )
             if rest == ["repos", "create"] and m == "POST":
                 return self._create(json.loads(body or b"{}"))
             if rest == ["repos", "delete"] and m == "DELETE":
@@ -266,7 +308,12 @@ class HubHandler(BaseHTTPRequestHandler):
             if parts and parts[0] in ("datasets", "spaces"):
                 repo_type, parts = parts[0][:-1], parts[1:]
             if len(parts) >= 5 and parts[2] == "resolve" and m in ("GET", "HEAD"):
-                return self._resolve(repo_type, check_repo_id(f"{parts[0]}/{parts[1]}"), check_revision(parts[3]), check_path("/".join(parts[4:])))
+                return self._resolve(
+                    repo_type,
+                    check_repo_id(f"{parts[0]}/{parts[1]}"),
+                    check_revision(parts[3]),
+                    check_path("/".join(parts[4:])),
+                )
         raise RequestError(404, f"no route for {m} {urlsplit(self.path).path}")
 
     def _repo_api(self, repo_type: str, repo_id: str, rest: list, query: dict, body: bytes) -> None:
@@ -282,9 +329,19 @@ class HubHandler(BaseHTTPRequestHandler):
         if rest == ["refs"] and m == "GET":
             repo = self._readable(repo_type, repo_id)
             refs = repo["refs"]
+
             def items(kind: str, prefix: str) -> list:
                 return [{"name": n, "ref": f"{prefix}{n}", "targetCommit": s} for n, s in sorted(refs[kind].items())]
-            return self._json(200, {"branches": items("branches", "refs/heads/"), "tags": items("tags", "refs/tags/"), "converts": [], "pullRequests": []})
+
+            return self._json(
+                200,
+                {
+                    "branches": items("branches", "refs/heads/"),
+                    "tags": items("tags", "refs/tags/"),
+                    "converts": [],
+                    "pullRequests": [],
+                },
+            )
         if len(rest) == 2 and rest[0] == "commits" and m == "GET":
             return self._commits(repo_type, repo_id, rest[1])
         if len(rest) == 2 and rest[0] == "preupload" and m == "POST":
@@ -295,7 +352,15 @@ class HubHandler(BaseHTTPRequestHandler):
                 raise RequestError(400, "pull requests are not supported by this server")
             lines = [json.loads(line) for line in body.splitlines() if line.strip()]
             sha = store.apply_commit(repo_type, repo_id, rest[1], lines, user)
-            return self._json(200, {"success": True, "commitOid": sha, "commitUrl": f"{self._base()}/{self._prefix(repo_type)}{repo_id}/commit/{sha}", "pullRequestUrl": None})
+            return self._json(
+                200,
+                {
+                    "success": True,
+                    "commitOid": sha,
+                    "commitUrl": f"{self._base()}/{self._prefix(repo_type)}{repo_id}/commit/{sha}",
+                    "pullRequestUrl": None,
+                },
+            )
         if len(rest) == 2 and rest[0] == "tag" and m in ("POST", "DELETE"):
             self._writable(repo_type, repo_id)
             if m == "POST":
@@ -354,7 +419,13 @@ class HubHandler(BaseHTTPRequestHandler):
         except FrontMatterError as exc:
             return self._json(400, {"errors": [{"message": str(exc)}], "warnings": []})
         if content.startswith("---") and content.find("\n---", 3) < 0:
-            return self._json(400, {"errors": [{"message": "the metadata block must be a YAML mapping between --- lines"}], "warnings": []})
+            return self._json(
+                400,
+                {
+                    "errors": [{"message": "the metadata block must be a YAML mapping between --- lines"}],
+                    "warnings": [],
+                },
+            )
         self._json(200, {"errors": [], "warnings": []})
 
     def _summary(self, repo_type: str, repo_id: str, repo: dict, sha: str, blobs: bool) -> dict:
@@ -365,7 +436,9 @@ class HubHandler(BaseHTTPRequestHandler):
             entry = {"rfilename": path}
             if blobs:
                 e = tree[path]
-                entry.update(size=e["size"], blobId=e["oid"], lfs={"sha256": e["sha256"], "size": e["size"], "pointerSize": 134})
+                entry.update(
+                    size=e["size"], blobId=e["oid"], lfs={"sha256": e["sha256"], "size": e["size"], "pointerSize": 134}
+                )
             siblings.append(entry)
         card = None
         if "README.md" in tree:
@@ -392,7 +465,11 @@ class HubHandler(BaseHTTPRequestHandler):
         user = self._user(False)
         out = []
         for repo_id, repo in self.server.store.repos(repo_type):
-            if (author and repo_id.split("/")[0] != author) or (search and search not in repo_id.lower()) or (repo["private"] and user != repo_owner(repo)):
+            if (
+                (author and repo_id.split("/")[0] != author)
+                or (search and search not in repo_id.lower())
+                or (repo["private"] and user != repo_owner(repo))
+            ):
                 continue
             head = repo["refs"]["branches"].get("main") or next(iter(repo["refs"]["branches"].values()), None)
             if head is not None:
@@ -409,7 +486,7 @@ class HubHandler(BaseHTTPRequestHandler):
         for path in sorted(tree):
             if not path.startswith(prefix):
                 continue
-            rest = path[len(prefix):]
+            rest = path[len(prefix) :]
             if "/" in rest:
                 parts = rest.split("/")[:-1]
                 for depth in range(1, (len(parts) if recursive else 1) + 1):
@@ -420,7 +497,15 @@ class HubHandler(BaseHTTPRequestHandler):
         out = [{"type": "directory", "oid": hashlib.sha1(f.encode()).hexdigest(), "path": f} for f in sorted(folders)]
         for path in files:
             e = tree[path]
-            out.append({"type": "file", "oid": e["oid"], "size": e["size"], "path": path, "lfs": {"oid": e["sha256"], "size": e["size"], "pointerSize": 134}})
+            out.append(
+                {
+                    "type": "file",
+                    "oid": e["oid"],
+                    "size": e["size"],
+                    "path": path,
+                    "lfs": {"oid": e["sha256"], "size": e["size"], "pointerSize": 134},
+                }
+            )
         return out
 
     def _tree(self, repo_type: str, repo_id: str, rev: str, path: str, query: dict) -> None:
@@ -463,7 +548,15 @@ class HubHandler(BaseHTTPRequestHandler):
         out = []
         while sha:
             c = store.commit(repo_type, repo_id, sha)
-            out.append({"id": c["id"], "title": c["title"], "message": c["message"], "authors": [{"user": c["author"]}], "date": c["date"]})
+            out.append(
+                {
+                    "id": c["id"],
+                    "title": c["title"],
+                    "message": c["message"],
+                    "authors": [{"user": c["author"]}],
+                    "date": c["date"],
+                }
+            )
             sha = c["parents"][0] if c["parents"] else None
         self._json(200, out)
 
@@ -474,12 +567,18 @@ class HubHandler(BaseHTTPRequestHandler):
             tree = store.commit(repo_type, repo_id, store.resolve(repo_type, repo_id, rev))["tree"]
         except RequestError:
             tree = {}
-        patterns = [line.strip() for line in (payload.get("gitIgnore") or "").splitlines() if line.strip() and not line.startswith("#")]
+        patterns = [
+            line.strip()
+            for line in (payload.get("gitIgnore") or "").splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
         files = []
         for f in payload.get("files", []):
             path = check_path(f["path"])
             ignored = any(fnmatch.fnmatch(path, p) for p in patterns)
-            files.append({"path": path, "uploadMode": "regular", "shouldIgnore": ignored, "oid": tree.get(path, {}).get("oid")})
+            files.append(
+                {"path": path, "uploadMode": "regular", "shouldIgnore": ignored, "oid": tree.get(path, {}).get("oid")}
+            )
         self._json(200, {"files": files, "commitOid": None})
 
     def _resolve(self, repo_type: str, repo_id: str, rev: str, path: str) -> None:
@@ -495,7 +594,12 @@ class HubHandler(BaseHTTPRequestHandler):
         entry = tree[path]
         blob = store.blob(entry["sha256"])
         size = entry["size"]
-        headers = {"X-Repo-Commit": sha, "ETag": f'"{entry["sha256"]}"', "Accept-Ranges": "bytes", "Content-Disposition": f'inline; filename="{Path(path).name}"'}
+        headers = {
+            "X-Repo-Commit": sha,
+            "ETag": f'"{entry["sha256"]}"',
+            "Accept-Ranges": "bytes",
+            "Content-Disposition": f'inline; filename="{Path(path).name}"',
+        }
         start, end, status = 0, size - 1, 200
         rng = self.headers.get("Range")
         if rng and rng.startswith("bytes="):
@@ -533,7 +637,15 @@ class HubHandler(BaseHTTPRequestHandler):
 class HubHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, store: HubStore, tokens: Mapping[str, str], verbose: bool, max_body: int = MAX_BODY, timeout: float = TIMEOUT) -> None:
+    def __init__(
+        self,
+        address,
+        store: HubStore,
+        tokens: Mapping[str, str],
+        verbose: bool,
+        max_body: int = MAX_BODY,
+        timeout: float = TIMEOUT,
+    ) -> None:
         if not tokens or not all(isinstance(t, str) and t for t in tokens):
             raise ValueError("the Hub server needs at least one non-empty token")
         super().__init__(address, HubHandler)
@@ -640,7 +752,9 @@ def parse_tokens(items: Optional[list]) -> Optional[Dict[str, str]]:
         token, _, user = item.partition("=")
         user = user or "equizoo"
         if not token or any(c.isspace() for c in token):
-            raise ValueError(f"invalid --token {item!r}: give TOKEN or TOKEN=USER with a non-empty token without spaces")
+            raise ValueError(
+                f"invalid --token {item!r}: give TOKEN or TOKEN=USER with a non-empty token without spaces"
+            )
         if not NAME_RULE.fullmatch(user) or "--" in user or ".." in user:
             raise ValueError(f"invalid user in --token {item!r}: 1-96 of A-Z a-z 0-9 _ . -")
         out[token] = user

@@ -60,7 +60,9 @@ def check_repo_id(repo_id: object) -> str:
     """NAMESPACE/NAME, each 1-96 of A-Z a-z 0-9 _ . - (starting and ending with a letter, digit or _),
     without `--` or `..` and not ending in `.git`, else 400."""
     parts = repo_id.split("/") if isinstance(repo_id, str) else []
-    if len(parts) != 2 or not all(NAME_RULE.fullmatch(p) and "--" not in p and ".." not in p and not p.endswith(".git") for p in parts):
+    if len(parts) != 2 or not all(
+        NAME_RULE.fullmatch(p) and "--" not in p and ".." not in p and not p.endswith(".git") for p in parts
+    ):
         raise RequestError(400, f"invalid repo id {repo_id!r}: expected NAMESPACE/NAME, each 1-96 of A-Z a-z 0-9 _ . - "
                             "(no '--' or '..', not ending in .git)")  # fmt: skip
     return str(repo_id)
@@ -186,8 +188,8 @@ class HubStore:
         repo = self.repo(repo_type, repo_id)
         refs = repo["refs"]
         for prefix, table in (("refs/heads/", "branches"), ("refs/tags/", "tags")):
-            if rev.startswith(prefix) and rev[len(prefix):] in refs[table]:
-                return refs[table][rev[len(prefix):]]
+            if rev.startswith(prefix) and rev[len(prefix) :] in refs[table]:
+                return refs[table][rev[len(prefix) :]]
         if rev in refs["branches"]:
             return refs["branches"][rev]
         if rev in refs["tags"]:
@@ -202,7 +204,11 @@ class HubStore:
         with self.lock:
             path = self._repo_dir(repo_type, repo_id) / "repo.json"
             if path.is_file():
-                raise RequestError(409, f"You already created this {repo_type} repo", body={"error": f"You already created this {repo_type} repo", "url": repo_id})
+                raise RequestError(
+                    409,
+                    f"You already created this {repo_type} repo",
+                    body={"error": f"You already created this {repo_type} repo", "url": repo_id},
+                )
             repo = {"id": repo_id, "type": repo_type, "private": bool(private), "created": _now(), "author": user, "owner": user,
                     "refs": {"branches": {}, "tags": {}}}  # fmt: skip
             data = GITATTRIBUTES.encode()
@@ -215,9 +221,28 @@ class HubStore:
             self.repo(repo_type, repo_id)
             shutil.rmtree(self._repo_dir(repo_type, repo_id))
 
-    def _new_commit(self, repo_type: str, repo_id: str, repo: dict, branch: str, parent: Optional[str], tree: dict, title: str, message: str, user: str) -> str:
+    def _new_commit(
+        self,
+        repo_type: str,
+        repo_id: str,
+        repo: dict,
+        branch: str,
+        parent: Optional[str],
+        tree: dict,
+        title: str,
+        message: str,
+        user: str,
+    ) -> str:
         """Write the commit object, then move `branch` with one atomic replace of repo.json."""
-        body = {"parents": [parent] if parent else [], "tree": tree, "title": title, "message": message, "date": _now(), "author": user, "nonce": time.time_ns()}
+        body = {
+            "parents": [parent] if parent else [],
+            "tree": tree,
+            "title": title,
+            "message": message,
+            "date": _now(),
+            "author": user,
+            "nonce": time.time_ns(),
+        }
         sha = hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()
         body["id"] = sha
         _write_atomic(self._repo_dir(repo_type, repo_id) / "commits" / f"{sha}.json", json.dumps(body).encode())
@@ -232,10 +257,14 @@ class HubStore:
             repo = self.repo(repo_type, repo_id)
             check_revision(branch)
             if branch not in repo["refs"]["branches"]:
-                raise RequestError(404, f"Invalid rev id: {branch} (commits go to an existing branch)", "RevisionNotFound")
+                raise RequestError(
+                    404, f"Invalid rev id: {branch} (commits go to an existing branch)", "RevisionNotFound"
+                )
             head = repo["refs"]["branches"][branch]
             tree = dict(self.commit(repo_type, repo_id, head)["tree"])
-            header = next((item.get("value") for item in lines if isinstance(item, dict) and item.get("key") == "header"), None)
+            header = next(
+                (item.get("value") for item in lines if isinstance(item, dict) and item.get("key") == "header"), None
+            )
             if not isinstance(header, dict):
                 raise RequestError(400, "the commit payload has no header line")
             parent = header.get("parentCommit")
@@ -254,15 +283,26 @@ class HubStore:
                     content = value.get("content")
                     if not isinstance(content, str):
                         raise RequestError(400, f"file {path}: content must be a string")
-                    data = base64.b64decode(content, validate=True) if value.get("encoding") == "base64" else content.encode()
+                    data = (
+                        base64.b64decode(content, validate=True)
+                        if value.get("encoding") == "base64"
+                        else content.encode()
+                    )
                     new[path] = data
                     tree[path] = None
                 elif key == "lfsFile":
                     blob = self.blob(value.get("oid"))
                     if not blob.is_file():
-                        raise RequestError(422, f"LFS object {value['oid']} for {path} was never uploaded (this server takes files inline)")
+                        raise RequestError(
+                            422,
+                            f"LFS object {value['oid']} for {path} was never uploaded (this server takes files inline)",
+                        )
                     new.pop(path, None)
-                    tree[path] = {"sha256": value["oid"], "oid": _git_blob_sha1(blob.read_bytes()), "size": blob.stat().st_size}
+                    tree[path] = {
+                        "sha256": value["oid"],
+                        "oid": _git_blob_sha1(blob.read_bytes()),
+                        "size": blob.stat().st_size,
+                    }
                 elif key == "deletedFile":
                     if path not in tree:
                         raise RequestError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
@@ -281,7 +321,17 @@ class HubStore:
                     raise RequestError(400, f"Invalid metadata in {exc}") from None
             for path, data in new.items():
                 tree[path] = {"sha256": self.put_blob(data), "oid": _git_blob_sha1(data), "size": len(data)}
-            return self._new_commit(repo_type, repo_id, repo, branch, head, tree, str(header.get("summary", "")), str(header.get("description", "")), user)
+            return self._new_commit(
+                repo_type,
+                repo_id,
+                repo,
+                branch,
+                head,
+                tree,
+                str(header.get("summary", "")),
+                str(header.get("description", "")),
+                user,
+            )
 
     def set_ref(self, repo_type: str, repo_id: str, kind: str, name: str, sha: Optional[str]) -> None:
         """Create (sha given; 409 if it exists) or delete (sha None; 404 if missing) a branch or tag."""

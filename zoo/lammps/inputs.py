@@ -132,7 +132,9 @@ def input_script(
         "",
     ]
     if temperature is not None:
-        lines.append(f"velocity        all create {temperature} {seed} mom yes rot {'no' if periodic else 'yes'} dist gaussian")
+        lines.append(
+            f"velocity        all create {temperature} {seed} mom yes rot {'no' if periodic else 'yes'} dist gaussian"
+        )
     lines += [
         f"timestep        {timestep}",
         "fix             nve all nve",
@@ -141,6 +143,9 @@ def input_script(
         f"thermo          {thermo}",
     ]
     if dump:
-        lines += [f"dump            traj all custom {thermo} {dump} id type x y z fx fy fz", "dump_modify     traj sort id"]
+        lines += [
+            f"dump            traj all custom {thermo} {dump} id type x y z fx fy fz",
+            "dump_modify     traj sort id",
+        ]
     lines += [f"run             {steps}", ""]
     return "\n".join(lines)

@@ -79,7 +79,7 @@ class EquiformerConfig:
     def type_names(self) -> list[str]:
         return [chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z{z}" for z in self.type_numbers]
 
-    def replace(self, **changes: Any) -> "EquiformerConfig":
+    def replace(self, **changes: Any) -> EquiformerConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -92,7 +92,7 @@ class EquiformerConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EquiformerConfig":
+    def from_dict(cls, d: dict) -> EquiformerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -1,6 +1,5 @@
 """The Equiformer network: one module for every variant, configured by an `EquiformerConfig`."""
 
-
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
@@ -10,9 +9,9 @@ from zoo import keys
 from zoo.models.config import EquiformerConfig
 from zoo.nn.activation import ScalarActivation
 from zoo.nn.attention import GraphAttention
-from zoo.nn.dtp import DepthwiseTensorProduct
 from zoo.nn.blocks import EdgeDegreeEmbedding, NodeEmbedding, TransBlock
 from zoo.nn.constants import ExactConstants
+from zoo.nn.dtp import DepthwiseTensorProduct
 from zoo.nn.irreps import blocks_to_flat
 from zoo.nn.linear import IrrepsLinear
 from zoo.nn.norm import EquivariantLayerNorm
@@ -64,7 +63,9 @@ class Equiformer(ExactConstants):
         self.blocks = _blocks(c, irreps_node, irreps_feature, radial)
         self.norm = EquivariantLayerNorm(irreps_feature)
         scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_feature if ir.l == 0 and ir.p == 1])
-        self.head = torch.nn.ModuleList([IrrepsLinear(irreps_feature, scalars), ScalarActivation(scalars), IrrepsLinear(scalars, "1x0e")])
+        self.head = torch.nn.ModuleList(
+            [IrrepsLinear(irreps_feature, scalars), ScalarActivation(scalars), IrrepsLinear(scalars, "1x0e")]
+        )
         self.avg_num_nodes = float(c.avg_num_nodes)
         self.aux_head: Optional[GraphAttention] = None
         if c.aux_head:
@@ -113,8 +114,14 @@ class Equiformer(ExactConstants):
         return f"variant={self.config.name!r}, r_max={self.r_max}, forces={self.compute_forces}"
 
     def _outputs(
-        self, edge_vec: torch.Tensor, species: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, batch: torch.Tensor,
-        tags: Optional[torch.Tensor], num_graphs: int,
+        self,
+        edge_vec: torch.Tensor,
+        species: torch.Tensor,
+        edge_src: torch.Tensor,
+        edge_dst: torch.Tensor,
+        batch: torch.Tensor,
+        tags: Optional[torch.Tensor],
+        num_graphs: int,
     ) -> Dict[str, torch.Tensor]:
         """Per-structure and per-atom outputs (and the auxiliary head) from the edge vectors."""
         num_nodes = species.shape[0]
@@ -144,8 +151,14 @@ class Equiformer(ExactConstants):
 
     @torch.jit.unused
     def _graded_outputs(
-        self, edge_vec: torch.Tensor, species: torch.Tensor, edge_src: torch.Tensor, edge_dst: torch.Tensor, batch: torch.Tensor,
-        tags: Optional[torch.Tensor], num_graphs: int,
+        self,
+        edge_vec: torch.Tensor,
+        species: torch.Tensor,
+        edge_src: torch.Tensor,
+        edge_dst: torch.Tensor,
+        batch: torch.Tensor,
+        tags: Optional[torch.Tensor],
+        num_graphs: int,
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """(dE/d edge_vec, outputs) as a functional gradient: how forces are taken inside `torch.compile`
         (dynamo traces `torch.func.grad` into the graph; eager and TorchScript use `torch.autograd.grad`)."""

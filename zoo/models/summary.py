@@ -12,7 +12,11 @@ def variant_summaries(pattern: str = "*") -> list[dict]:
     rows = []
     for name in list_variants(pattern):
         c = get_variant(name)
-        predicts = "energy + forces (-dE/dx)" if c.forces else ("adsorption energy" if c.periodic else "one molecular property")
+        predicts = (
+            "energy + forces (-dE/dx)"
+            if c.forces
+            else ("adsorption energy" if c.periodic else "one molecular property")
+        )
         if c.aux_head:
             predicts += " + IS2RS displacement"
         rows.append(

@@ -98,42 +98,118 @@ _VARIANTS: dict[str, EquiformerConfig] = {}
 
 
 def _add(name: str, description: str, reference: str, paper_params: int | None = None, **kw) -> None:
-    _VARIANTS[name] = EquiformerConfig(name=name, description=description, reference=f"{_REF}: {reference}", paper_params=paper_params, **kw)
+    _VARIANTS[name] = EquiformerConfig(
+        name=name, description=description, reference=f"{_REF}: {reference}", paper_params=paper_params, **kw
+    )
 
 
-_add("qm9-l2", "QM9, Lmax=2, non-linear messages, MLP attention, Gaussian radial basis (the paper's Equiformer)",
-     "graph_attention_transformer_nonlinear_l2", 3531715, **_QM9)
-_add("qm9-l2-bessel", "QM9, Lmax=2, Bessel radial basis (8), alpha-dropout 0.2 (ZPVE)",
-     "graph_attention_transformer_nonlinear_bessel_l2", **dict(_QM9, radial_basis="bessel", num_basis=8))
-_add("qm9-l2-bessel-drop01", "QM9, Lmax=2, Bessel radial basis (8), alpha-dropout 0.1 (R^2)",
-     "graph_attention_transformer_nonlinear_bessel_l2_drop01", **dict(_QM9, radial_basis="bessel", num_basis=8, alpha_drop=0.1))
-_add("qm9-l2-bessel-drop0", "QM9, Lmax=2, Bessel radial basis (8), no alpha-dropout (U0, U, H, G)",
-     "graph_attention_transformer_nonlinear_bessel_l2_drop00", 3477705, **dict(_QM9, radial_basis="bessel", num_basis=8, alpha_drop=0.0))
-_add("qm9-l2-linear", "QM9 ablation: linear messages with MLP attention",
-     "graph_attention_transformer_l2", 3008515, **dict(_QM9, attention="mlp_linear"))
-_add("qm9-l2-dot", "QM9 ablation: dot-product attention (linear messages)",
-     "dot_product_attention_transformer_l2", 3352579, **dict(_QM9, attention="dot_product"))
-_add("qm9-l2-e3", "QM9, Lmax=2, E(3)-equivariant (odd-parity irreps)",
-     "graph_attention_transformer_nonlinear_l2_e3", **dict(_QM9, **_QM9_E3))
-_add("md17-l2", "MD17 force field, Lmax=2, exp-normal radial basis, energy and forces = -dE/dx",
-     "graph_attention_transformer_nonlinear_exp_l2_md17", 3496001, **_MD17)
-_add("md17-l3", "MD17 force field, Lmax=3, exp-normal radial basis, energy and forces = -dE/dx",
-     "graph_attention_transformer_nonlinear_exp_l3_md17", 5500865, **dict(_MD17, **_MD17_L3))
-_add("md17-l3-e3", "MD17 force field, Lmax=3, E(3)-equivariant (odd-parity irreps)",
-     "graph_attention_transformer_nonlinear_exp_l3_e3_md17", **dict(_MD17, **_MD17_L3_E3))
-_add("oc20-l1", "OC20 IS2RE, Lmax=1, 6 blocks, periodic, atom-type + tag embedding",
-     "oc20/configs/is2re/all/graph_attention_transformer/l1_256_nonlinear_g@2_local.yml", 9123331, **_OC20)
-_add("oc20-l1-aux", "OC20 IS2RE + IS2RS auxiliary head (noisy nodes), 6 blocks",
-     "oc20/configs/is2re/all/graph_attention_transformer/l1_256_nonlinear_aux_g@2_local.yml", 10130819, **_OC20_AUX)
-_add("oc20-l1-aux18", "OC20 IS2RE + IS2RS auxiliary head (noisy nodes), 18 blocks (the paper's best)",
-     "oc20/configs/is2re/all/graph_attention_transformer/l1_256_blocks@18_nonlinear_aux_g@4_local.yml", 26773379,
-     **dict(_OC20_AUX, num_layers=18))
-_add("oc20-l1-linear", "OC20 ablation: linear messages, 6 blocks (the paper's count; the repo yml says 8)",
-     "oc20/configs/is2re/all/graph_attention_transformer/l1_256_g@2_local.yml", 7837699, **dict(_OC20, attention="mlp_linear"))
-_add("oc20-l1-dot", "OC20 ablation: dot-product attention, 6 blocks (the paper's count; the repo yml says 8)",
-     "oc20/configs/is2re/all/dp_attention_transformer/l1_256_g@2_local.yml", 8722435, **dict(_OC20, attention="dot_product"))
-_add("oc20-l1-e3", "OC20 IS2RE, Lmax=1, E(3)-equivariant (odd-parity irreps), 6 blocks",
-     "oc20/configs/is2re/all/graph_attention_transformer/l1_256_e3_nonlinear_g@2_local.yml", **dict(_OC20, **_OC20_E3))
+_add(
+    "qm9-l2",
+    "QM9, Lmax=2, non-linear messages, MLP attention, Gaussian radial basis (the paper's Equiformer)",
+    "graph_attention_transformer_nonlinear_l2",
+    3531715,
+    **_QM9,
+)
+_add(
+    "qm9-l2-bessel",
+    "QM9, Lmax=2, Bessel radial basis (8), alpha-dropout 0.2 (ZPVE)",
+    "graph_attention_transformer_nonlinear_bessel_l2",
+    **dict(_QM9, radial_basis="bessel", num_basis=8),
+)
+_add(
+    "qm9-l2-bessel-drop01",
+    "QM9, Lmax=2, Bessel radial basis (8), alpha-dropout 0.1 (R^2)",
+    "graph_attention_transformer_nonlinear_bessel_l2_drop01",
+    **dict(_QM9, radial_basis="bessel", num_basis=8, alpha_drop=0.1),
+)
+_add(
+    "qm9-l2-bessel-drop0",
+    "QM9, Lmax=2, Bessel radial basis (8), no alpha-dropout (U0, U, H, G)",
+    "graph_attention_transformer_nonlinear_bessel_l2_drop00",
+    3477705,
+    **dict(_QM9, radial_basis="bessel", num_basis=8, alpha_drop=0.0),
+)
+_add(
+    "qm9-l2-linear",
+    "QM9 ablation: linear messages with MLP attention",
+    "graph_attention_transformer_l2",
+    3008515,
+    **dict(_QM9, attention="mlp_linear"),
+)
+_add(
+    "qm9-l2-dot",
+    "QM9 ablation: dot-product attention (linear messages)",
+    "dot_product_attention_transformer_l2",
+    3352579,
+    **dict(_QM9, attention="dot_product"),
+)
+_add(
+    "qm9-l2-e3",
+    "QM9, Lmax=2, E(3)-equivariant (odd-parity irreps)",
+    "graph_attention_transformer_nonlinear_l2_e3",
+    **dict(_QM9, **_QM9_E3),
+)
+_add(
+    "md17-l2",
+    "MD17 force field, Lmax=2, exp-normal radial basis, energy and forces = -dE/dx",
+    "graph_attention_transformer_nonlinear_exp_l2_md17",
+    3496001,
+    **_MD17,
+)
+_add(
+    "md17-l3",
+    "MD17 force field, Lmax=3, exp-normal radial basis, energy and forces = -dE/dx",
+    "graph_attention_transformer_nonlinear_exp_l3_md17",
+    5500865,
+    **dict(_MD17, **_MD17_L3),
+)
+_add(
+    "md17-l3-e3",
+    "MD17 force field, Lmax=3, E(3)-equivariant (odd-parity irreps)",
+    "graph_attention_transformer_nonlinear_exp_l3_e3_md17",
+    **dict(_MD17, **_MD17_L3_E3),
+)
+_add(
+    "oc20-l1",
+    "OC20 IS2RE, Lmax=1, 6 blocks, periodic, atom-type + tag embedding",
+    "oc20/configs/is2re/all/graph_attention_transformer/l1_256_nonlinear_g@2_local.yml",
+    9123331,
+    **_OC20,
+)
+_add(
+    "oc20-l1-aux",
+    "OC20 IS2RE + IS2RS auxiliary head (noisy nodes), 6 blocks",
+    "oc20/configs/is2re/all/graph_attention_transformer/l1_256_nonlinear_aux_g@2_local.yml",
+    10130819,
+    **_OC20_AUX,
+)
+_add(
+    "oc20-l1-aux18",
+    "OC20 IS2RE + IS2RS auxiliary head (noisy nodes), 18 blocks (the paper's best)",
+    "oc20/configs/is2re/all/graph_attention_transformer/l1_256_blocks@18_nonlinear_aux_g@4_local.yml",
+    26773379,
+    **dict(_OC20_AUX, num_layers=18),
+)
+_add(
+    "oc20-l1-linear",
+    "OC20 ablation: linear messages, 6 blocks (the paper's count; the repo yml says 8)",
+    "oc20/configs/is2re/all/graph_attention_transformer/l1_256_g@2_local.yml",
+    7837699,
+    **dict(_OC20, attention="mlp_linear"),
+)
+_add(
+    "oc20-l1-dot",
+    "OC20 ablation: dot-product attention, 6 blocks (the paper's count; the repo yml says 8)",
+    "oc20/configs/is2re/all/dp_attention_transformer/l1_256_g@2_local.yml",
+    8722435,
+    **dict(_OC20, attention="dot_product"),
+)
+_add(
+    "oc20-l1-e3",
+    "OC20 IS2RE, Lmax=1, E(3)-equivariant (odd-parity irreps), 6 blocks",
+    "oc20/configs/is2re/all/graph_attention_transformer/l1_256_e3_nonlinear_g@2_local.yml",
+    **dict(_OC20, **_OC20_E3),
+)
 
 
 def list_variants(pattern: str = "*") -> list[str]:
@@ -146,4 +222,6 @@ def get_variant(name: str) -> EquiformerConfig:
         return _VARIANTS[name]
     except KeyError:
         close = [n for n in _VARIANTS if name.split("-")[0] in n][:5] or list(_VARIANTS)[:5]
-        raise KeyError(f"unknown Equiformer variant {name!r}; try one of {close} (`equizoo variants` lists all)") from None
+        raise KeyError(
+            f"unknown Equiformer variant {name!r}; try one of {close} (`equizoo variants` lists all)"
+        ) from None

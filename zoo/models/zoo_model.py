@@ -66,12 +66,16 @@ class ZooModel(torch.nn.Module):
         configs = [net.config for net in networks.values()]
         for attr in ("r_max", "type_numbers", "periodic", "num_tags"):
             if len({getattr(c, attr) for c in configs}) != 1:
-                raise ValueError(f"all networks of one model must share {attr}; got {[getattr(c, attr) for c in configs]}")
+                raise ValueError(
+                    f"all networks of one model must share {attr}; got {[getattr(c, attr) for c in configs]}"
+                )
         self.networks = torch.nn.ModuleDict({t.name: networks[t.name] for t in targets})
         self.targets = list(targets)
         self._mean: Dict[str, float] = {t.name: float(t.mean) for t in targets}
         self._std: Dict[str, float] = {t.name: float(t.std) for t in targets}
-        self._aux_scale: Dict[str, float] = {t.name: float(t.aux_scale if t.aux_scale is not None else 1.0) for t in targets}
+        self._aux_scale: Dict[str, float] = {
+            t.name: float(t.aux_scale if t.aux_scale is not None else 1.0) for t in targets
+        }
         energy = [name for name, net in networks.items() if net.config.forces]
         if len(energy) > 1:
             raise ValueError(f"at most one network may predict forces, got {energy}")
@@ -105,7 +109,9 @@ class ZooModel(torch.nn.Module):
     ) -> Dict[str, torch.Tensor]:
         if num_graphs < 0:
             num_graphs = int(batch.max().item()) + 1 if batch.numel() > 0 else 0
-        counts = torch.zeros(num_graphs, dtype=pos.dtype, device=pos.device).index_add(0, batch, torch.ones_like(batch, dtype=pos.dtype))
+        counts = torch.zeros(num_graphs, dtype=pos.dtype, device=pos.device).index_add(
+            0, batch, torch.ones_like(batch, dtype=pos.dtype)
+        )
         per_atom_share = (1.0 / counts.clamp(min=1.0)).index_select(0, batch)
         out: Dict[str, torch.Tensor] = {}
         for name, net in self.networks.items():
@@ -130,5 +136,7 @@ class ZooModel(torch.nn.Module):
 def wrap(network: Equiformer, target: Optional[TargetInfo] = None) -> ZooModel:
     """A single network as a ZooModel (raw outputs unless `target` gives a normalisation and unit)."""
     if target is None:
-        target = TargetInfo(name=network.output_key, unit="raw", description="raw network output (no normalisation known)")
+        target = TargetInfo(
+            name=network.output_key, unit="raw", description="raw network output (no normalisation known)"
+        )
     return ZooModel({target.name: network}, [target])

@@ -1,6 +1,5 @@
 """Normalised activations and the equivariant gate."""
 
-
 from typing import List
 
 import torch
@@ -69,7 +68,11 @@ class Gate(ExactConstants):
         self.irreps_out = self.irreps_scalars + self.irreps_gated
         self.num_scalars = self.irreps_scalars.dim
         self.num_gates = self.irreps_gates.dim
-        expected = o3.Irreps(f"{self.num_scalars + self.num_gates}x0e") + self.irreps_gated if self.num_scalars + self.num_gates else self.irreps_gated
+        expected = (
+            o3.Irreps(f"{self.num_scalars + self.num_gates}x0e") + self.irreps_gated
+            if self.num_scalars + self.num_gates
+            else self.irreps_gated
+        )
         if list(self.irreps_in) != list(expected) or self.num_scalars == 0:
             raise ValueError(f"Gate needs even scalars, 0e gates and non-0e gated irreps, got {self.irreps_in}")
         self._gated_muls = [mul for mul, _ in self.irreps_gated]

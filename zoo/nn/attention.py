@@ -1,7 +1,6 @@
 """Equivariant graph attention: MLP attention with non-linear or linear messages, and dot-product
 attention (the paper's ablation)."""
 
-
 import math
 from typing import Final, List, Optional
 
@@ -30,7 +29,9 @@ class SeparableTP(torch.nn.Module):
         super().__init__()
         irreps_out = o3.Irreps(irreps_out)
         self.dtp = DepthwiseTensorProduct(irreps_in, irreps_sh, irreps_out, internal_weights=radial_channels is None)
-        self.dtp_rad = RadialProfile(list(radial_channels) + [self.dtp.weight_numel]) if radial_channels is not None else None
+        self.dtp_rad = (
+            RadialProfile(list(radial_channels) + [self.dtp.weight_numel]) if radial_channels is not None else None
+        )
         self.gate = None
         lin_out = irreps_out
         if gate:
@@ -41,7 +42,9 @@ class SeparableTP(torch.nn.Module):
         self.irreps_in = self.dtp.irreps_in
         self.irreps_out = irreps_out
 
-    def forward(self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    def forward(
+        self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None
+    ) -> List[torch.Tensor]:
         if weight is None:  # internal weights: scale the linear map's rows instead of the TP's outputs
             out = self.lin.forward_pieces(self.dtp(xs, sh, None), sh.shape[0], self.dtp.output_weights())
         else:
@@ -81,7 +84,9 @@ class _PairAttention(torch.nn.Module):
         dst = self.merge_dst(xs)
         return [a.index_select(0, edge_src) + b.index_select(0, edge_dst) for a, b in zip(src, dst)]
 
-    def aggregate(self, logits: torch.Tensor, values: List[torch.Tensor], edge_dst: torch.Tensor, num_nodes: int) -> List[torch.Tensor]:
+    def aggregate(
+        self, logits: torch.Tensor, values: List[torch.Tensor], edge_dst: torch.Tensor, num_nodes: int
+    ) -> List[torch.Tensor]:
         """Softmax of logits [E, H] over incoming edges; sum of value blocks [E, 2l+1, H mul] weighted per head."""
         e, h = logits.shape[0], logits.shape[1]
         attn = self.alpha_dropout(segment_softmax(logits, edge_dst, num_nodes)).view(e, 1, h, 1)
@@ -126,11 +131,15 @@ class GraphAttention(_PairAttention):
         self.mul_scalar_head = self.irreps_head[0].mul if self.irreps_head[0].ir == o3.Irrep("0e") else 0
         irreps_alpha = o3.Irreps(f"{mul_alpha}x0e")
         if nonlinear_message:
-            self.sep_act = SeparableTP(self.irreps_pre_attn, irreps_sh, self.irreps_pre_attn, radial_channels, gate=True)
+            self.sep_act = SeparableTP(
+                self.irreps_pre_attn, irreps_sh, self.irreps_pre_attn, radial_channels, gate=True
+            )
             self.sep_alpha = IrrepsLinear(self.sep_act.dtp.irreps_out.simplify(), irreps_alpha)
             self.sep_value = SeparableTP(self.irreps_pre_attn, irreps_sh, irreps_attn_heads, None)
         else:
-            self.sep = SeparableTP(self.irreps_pre_attn, irreps_sh, (irreps_alpha + irreps_attn_heads).simplify(), radial_channels)
+            self.sep = SeparableTP(
+                self.irreps_pre_attn, irreps_sh, (irreps_alpha + irreps_attn_heads).simplify(), radial_channels
+            )
         self.alpha_act = SmoothLeakyReLU(0.2)
         bound = math.sqrt(6.0 / (num_heads + self.mul_alpha_head))
         self.alpha_dot = torch.nn.Parameter(torch.empty(1, num_heads, self.mul_alpha_head).uniform_(-bound, bound))
@@ -146,7 +155,14 @@ class GraphAttention(_PairAttention):
             return self.sep_act.dtp.weight_perm
         return self.sep.dtp.weight_perm
 
-    def forward(self, xs: List[torch.Tensor], edge_src: torch.Tensor, edge_dst: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor) -> List[torch.Tensor]:
+    def forward(
+        self,
+        xs: List[torch.Tensor],
+        edge_src: torch.Tensor,
+        edge_dst: torch.Tensor,
+        sh: torch.Tensor,
+        weight: torch.Tensor,
+    ) -> List[torch.Tensor]:
         message = self.merge(xs, edge_src, edge_dst)
         e = edge_src.shape[0]
         h = self.num_heads
@@ -197,7 +213,14 @@ class DotProductAttention(_PairAttention, ExactConstants):
     def radial_perm(self) -> torch.Tensor:
         return self.key_value.dtp.weight_perm
 
-    def forward(self, xs: List[torch.Tensor], edge_src: torch.Tensor, edge_dst: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor) -> List[torch.Tensor]:
+    def forward(
+        self,
+        xs: List[torch.Tensor],
+        edge_src: torch.Tensor,
+        edge_dst: torch.Tensor,
+        sh: torch.Tensor,
+        weight: torch.Tensor,
+    ) -> List[torch.Tensor]:
         e = edge_src.shape[0]
         h = self.num_heads
         scales = self.q_scale.unbind(0)

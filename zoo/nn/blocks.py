@@ -1,6 +1,5 @@
 """Embeddings, feed-forward network and the pre-norm transformer block."""
 
-
 from typing import List, Optional
 
 import torch
@@ -53,7 +52,9 @@ class EdgeDegreeEmbedding(ExactConstants):
     def extra_repr(self) -> str:
         return f"avg_degree={self.avg_degree}"
 
-    def forward(self, num_nodes: int, edge_dst: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor) -> List[torch.Tensor]:
+    def forward(
+        self, num_nodes: int, edge_dst: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor
+    ) -> List[torch.Tensor]:
         """`weight`: the radial TP weights in the TP's output order (`rad` reordered by `dw.weight_perm`)."""
         ones = torch.ones(sh.shape[0], 1, 1, dtype=sh.dtype, device=sh.device)
         edge = self.proj.forward_pieces(self.dw(self.exp([ones]), sh, weight), sh.shape[0])
@@ -115,7 +116,9 @@ class TransBlock(torch.nn.Module):
         self.norm_1 = EquivariantLayerNorm(self.irreps_in)
         common = dict(irreps_pre_attn=irreps_pre_attn, alpha_drop=alpha_drop)
         if attention == "dot_product":
-            self.attn = DotProductAttention(self.irreps_in, irreps_sh, self.irreps_in, radial_channels, irreps_head, num_heads, **common)
+            self.attn = DotProductAttention(
+                self.irreps_in, irreps_sh, self.irreps_in, radial_channels, irreps_head, num_heads, **common
+            )
         elif attention in ("mlp_nonlinear", "mlp_linear"):
             self.attn = GraphAttention(
                 self.irreps_in, irreps_sh, self.irreps_in, radial_channels, irreps_head, num_heads,
@@ -131,7 +134,14 @@ class TransBlock(torch.nn.Module):
             self.ffn_shortcut = IrrepsLinear(self.irreps_in, self.irreps_out)
 
     def forward(
-        self, xs: List[torch.Tensor], edge_src: torch.Tensor, edge_dst: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, batch: torch.Tensor, num_graphs: int
+        self,
+        xs: List[torch.Tensor],
+        edge_src: torch.Tensor,
+        edge_dst: torch.Tensor,
+        sh: torch.Tensor,
+        weight: torch.Tensor,
+        batch: torch.Tensor,
+        num_graphs: int,
     ) -> List[torch.Tensor]:
         """Blocks of `irreps_in` -> blocks of `irreps_out`; `weight`: the attention's radial TP weights."""
         attn = self.drop_path(self.attn(self.norm_1(xs), edge_src, edge_dst, sh, weight), batch, num_graphs)

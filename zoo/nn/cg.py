@@ -7,7 +7,6 @@ same outputs for the same weights. equizoo builds every path with the reference'
 of the authors' code load without touching their weights, and equizoo checkpoints stay valid for it.
 """
 
-
 import functools
 
 import torch
@@ -29,7 +28,7 @@ SIGMOID_NORM = 1.8467055342154763
 SMOOTH_LEAKY_RELU_02_NORM = 1.531320475574866
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference_w3j(l1: int, l2: int, l3: int) -> torch.Tensor:
     if max(l1, l2) > MAX_CHECKED_L:
         raise ValueError(f"the e3nn 0.4.4 sign convention is only recorded for l <= {MAX_CHECKED_L}")

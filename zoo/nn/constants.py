@@ -5,8 +5,6 @@ float64 model, breaking float64 parity with the reference. Modules derived from 
 float64 master copy of such buffers and re-derive the buffer from it after every `.to()`/`.double()`.
 """
 
-
-
 import torch
 
 

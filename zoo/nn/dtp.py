@@ -1,6 +1,5 @@
 """Depthwise ('uvu') tensor product of node features with edge spherical harmonics."""
 
-
 import math
 from typing import List, Optional, Tuple
 
@@ -46,7 +45,9 @@ class DepthwiseTensorProduct(ExactConstants):
         self.irreps_out_blocks = self.irreps_out.simplify()
         self.weight_numel = w0
         out_irs = [ir for _, ir in self.irreps_out_blocks]
-        self._layout, rows = _group_layout(self.irreps_in, paths, out_irs)  # (input block, d1, [(output block, [paths], k0)])
+        self._layout, rows = _group_layout(
+            self.irreps_in, paths, out_irs
+        )  # (input block, d1, [(output block, [paths], k0)])
         self._groups = [(i, k, d1) for (i, d1, _), k in zip(self._layout, rows)]
         self._op_sizes = [k * d1 for _, k, d1 in self._groups]
         self._sh_starts = [sum(ir.dim for _, ir in self.irreps_sh[:j]) for j in range(len(self.irreps_sh))]
@@ -109,7 +110,9 @@ class DepthwiseTensorProduct(ExactConstants):
         """The internal weights as one [channels] vector per output block (output order)."""
         return torch.split(self.weight.index_select(0, self.weight_perm), self._out_channels)
 
-    def forward(self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None) -> List[List[torch.Tensor]]:
+    def forward(
+        self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None
+    ) -> List[List[torch.Tensor]]:
         """Blocks [E, 2l+1, mul] of `irreps_in`, sh [E, dim_sh], per-edge weights [E, weight_numel] in
         output order -> every block of `irreps_out.simplify()` as its pieces [E (2l+1), paths * mul] (one
         per input block feeding it, channels in order), for `IrrepsLinear.forward_pieces`. Without

@@ -7,7 +7,6 @@ element-wise operations never slice or concatenate. e3nn's flat layout [N, sum m
 within a block) is only used at the boundaries (`flat_to_blocks`, `blocks_to_flat`).
 """
 
-
 from typing import List, Tuple
 
 import torch

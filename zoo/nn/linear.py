@@ -1,6 +1,5 @@
 """Equivariant linear map between irreps (the reference's `LinearRS`)."""
 
-
 import math
 from typing import List, Optional, Tuple
 
@@ -50,7 +49,11 @@ class IrrepsLinear(torch.nn.Module):
         # per output block: the instructions feeding it, as (input block, weight piece, mul_in, mul_out)
         self._sizes = [self.irreps_in[i_in].mul * self.irreps_out[i_out].mul for i_in, i_out, _ in instructions]
         self._plan = [
-            [(i_in, k, self.irreps_in[i_in].mul, mul_out) for k, (i_in, i_out, _) in enumerate(instructions) if i_out == o]
+            [
+                (i_in, k, self.irreps_in[i_in].mul, mul_out)
+                for k, (i_in, i_out, _) in enumerate(instructions)
+                if i_out == o
+            ]
             for o, (mul_out, _) in enumerate(self.irreps_out)
         ]
         self._out_shapes = block_shapes(self.irreps_out)
@@ -65,7 +68,7 @@ class IrrepsLinear(torch.nn.Module):
         self._bias_sizes = scalar_blocks if self.use_bias else []
         piece = 0
         self._bias_piece = []
-        for mul, ir in self.irreps_out:
+        for _, ir in self.irreps_out:
             if self.use_bias and ir.l == 0 and ir.p == 1:
                 self._bias_piece.append(piece)
                 piece += 1
@@ -80,7 +83,9 @@ class IrrepsLinear(torch.nn.Module):
         n = xs[0].shape[0]
         return self.forward_pieces([[x.reshape(n * x.shape[1], x.shape[2])] for x in xs], n)
 
-    def forward_pieces(self, parts: List[List[torch.Tensor]], n: int, row_scale: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
+    def forward_pieces(
+        self, parts: List[List[torch.Tensor]], n: int, row_scale: Optional[List[torch.Tensor]] = None
+    ) -> List[torch.Tensor]:
         """Like `forward` for N = `n`, with input block i given as pieces [N dim, c_j] whose channels, in
         order, make up the block: each piece meets its own rows of the weight, never concatenated.
         `row_scale[i]` [mul_in], if given, scales input block i's channels, applied to the weight's rows."""

@@ -1,6 +1,5 @@
 """Equivariant layer norm (the reference's `EquivariantLayerNormV2`)."""
 
-
 from typing import List
 
 import torch
@@ -34,7 +33,9 @@ class EquivariantLayerNorm(ExactConstants):
         self.affine_weight = torch.nn.Parameter(torch.ones(sum(self._muls)))
         self.affine_bias = torch.nn.Parameter(torch.zeros(sum(self._scalar_muls)))
         self.register_constant("eps_cst", torch.tensor(eps, dtype=torch.float64))
-        self.register_constant("inv_size", torch.tensor([1.0 / (mul * ir.dim) for mul, ir in self.irreps], dtype=torch.float64))
+        self.register_constant(
+            "inv_size", torch.tensor([1.0 / (mul * ir.dim) for mul, ir in self.irreps], dtype=torch.float64)
+        )
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.irreps}, eps={self.eps})"

@@ -1,6 +1,5 @@
 """Radial bases of edge lengths and the radial MLP that turns them into tensor-product weights."""
 
-
 import math
 from typing import List
 
@@ -128,7 +127,9 @@ class RadialProfile(torch.nn.Module):
         return out
 
 
-def radial_profiles(x: torch.Tensor, params: List[List[torch.Tensor]], perms: List[torch.Tensor], eps: float = 1e-5) -> List[torch.Tensor]:
+def radial_profiles(
+    x: torch.Tensor, params: List[List[torch.Tensor]], perms: List[torch.Tensor], eps: float = 1e-5
+) -> List[torch.Tensor]:
     """Several `RadialProfile`s of the same shape on the same input, batched: one batched matmul per
     layer for all of them. `params[g]` is profile g's `flat_params()`; `perms[g]` reorders its outputs
     (`out[:, perms[g]]`, applied to the last layer's weights, not to the edges). Returns [E, out] each."""

@@ -1,6 +1,5 @@
 """Segment reductions used by message passing (plain torch: no torch_scatter / PyG)."""
 
-
 import torch
 
 

@@ -1,6 +1,5 @@
 """Real spherical harmonics of edge vectors in e3nn's basis, 'component' normalisation."""
 
-
 import math
 from typing import List
 

@@ -36,14 +36,18 @@ def tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_weights(path: Path, state: Mapping[str, torch.Tensor], metadata: dict | None = None) -> None:
     """A safetensors file written atomically."""
-    atomic_write(path, lambda tmp: save_file(tensors(state), tmp, metadata={k: str(v) for k, v in (metadata or {}).items()}))
+    atomic_write(
+        path, lambda tmp: save_file(tensors(state), tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+    )
 
 
 def load_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device=str(device))
     except Exception as exc:
-        raise TrainError(f"{path} cannot be read ({exc}); the checkpoint is damaged, resume from an earlier one") from exc
+        raise TrainError(
+            f"{path} cannot be read ({exc}); the checkpoint is damaged, resume from an earlier one"
+        ) from exc
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
@@ -52,7 +56,7 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
 def latest_checkpoint(path: str | Path) -> Path:
@@ -92,7 +96,9 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
     return final
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> tuple[dict, dict | None]:
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+) -> tuple[dict, dict | None]:
     """Restore model and optimizer in place; return (state, EMA weights or None)."""
     try:
         state = json.loads((path / "state.json").read_text())
@@ -102,7 +108,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
-        raise TrainError(f"{path}: the checkpoint does not match the recipe's model ({str(exc).splitlines()[0]})") from exc
+        raise TrainError(
+            f"{path}: the checkpoint does not match the recipe's model ({str(exc).splitlines()[0]})"
+        ) from exc
     try:
         opt_state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
         optimizer.load_state_dict(opt_state)

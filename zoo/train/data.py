@@ -85,7 +85,9 @@ def open_data(recipe: Mapping, env: DistEnv, aux: bool) -> TaskData:
             error = exc
     env.barrier()
     if error is not None:
-        raise TrainError(f"data.dataset={d['dataset']}: {error}. Prepare it with `equizoo data prepare {d['dataset']} --source PATH` or set data.source / data.download") from error
+        raise TrainError(
+            f"data.dataset={d['dataset']}: {error}. Prepare it with `equizoo data prepare {d['dataset']} --source PATH` or set data.source / data.download"
+        ) from error
     if dataset is None:
         try:
             dataset = load_dataset(d["dataset"], d["cache_dir"], prepare=False)
@@ -104,7 +106,9 @@ def open_data(recipe: Mapping, env: DistEnv, aux: bool) -> TaskData:
         if split is None:
             return None
         if split not in dataset.split_names:
-            raise TrainError(f"dataset {dataset.name} has no split {split!r} (data.{key}); its splits are {dataset.split_names}")
+            raise TrainError(
+                f"dataset {dataset.name} has no split {split!r} (data.{key}); its splits are {dataset.split_names}"
+            )
         out = dataset.split(split)
         if d[limit_key] is not None:
             out = out.subset(np.arange(min(d[limit_key], len(out))))
@@ -112,7 +116,11 @@ def open_data(recipe: Mapping, env: DistEnv, aux: bool) -> TaskData:
             raise TrainError(f"split {split!r} (data.{key}) of dataset {dataset.name} is empty")
         return out
 
-    train, val, test = view("train_split", "train_limit"), view("val_split", "val_limit"), view("test_split", "test_limit")
+    train, val, test = (
+        view("train_split", "train_limit"),
+        view("val_split", "val_limit"),
+        view("test_split", "test_limit"),
+    )
     if val is None:
         raise TrainError("data.val_split is null; training selects checkpoints on a validation split, name one")
     mean, std = _normalization(recipe, train, target)
@@ -127,9 +135,13 @@ def _normalization(recipe: Mapping, train: PreparedDataset, target: str) -> tupl
         return float(norm["mean"]), float(norm["std"])
     values = train.target(target)
     if values.ndim != 1:
-        raise TrainError(f"target {target!r} is not one number per structure (shape {values.shape[1:]}); it cannot be trained as a scalar")
+        raise TrainError(
+            f"target {target!r} is not one number per structure (shape {values.shape[1:]}); it cannot be trained as a scalar"
+        )
     if np.isnan(values).any():
-        raise TrainError(f"target {target!r} is missing for {int(np.isnan(values).sum())} training structures; choose another split or dataset")
+        raise TrainError(
+            f"target {target!r} is missing for {int(np.isnan(values).sum())} training structures; choose another split or dataset"
+        )
     if len(values) < 2:
         raise TrainError("normalization.mode=train_stats needs at least 2 training structures")
     std = float(values.std(ddof=1))
@@ -141,15 +153,21 @@ def _normalization(recipe: Mapping, train: PreparedDataset, target: str) -> tupl
 class BatchPlan:
     """The global batches of each epoch and this process's share of them."""
 
-    def __init__(self, n: int, batch_size: int, world: int, rank: int, seed: int, shuffle: bool = True, drop_last: bool = True) -> None:
+    def __init__(
+        self, n: int, batch_size: int, world: int, rank: int, seed: int, shuffle: bool = True, drop_last: bool = True
+    ) -> None:
         self.n, self.batch_size, self.world, self.rank = n, batch_size, world, rank
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
         full, rest = divmod(n, batch_size)
         self.steps_per_epoch = full + (1 if rest >= world and not drop_last else 0)
         if self.steps_per_epoch == 0:
-            raise TrainError(f"the training split has {n} structures, fewer than one batch of {batch_size}; lower optim.batch_size or set data.drop_last=false")
+            raise TrainError(
+                f"the training split has {n} structures, fewer than one batch of {batch_size}; lower optim.batch_size or set data.drop_last=false"
+            )
         if batch_size < world:
-            raise TrainError(f"optim.batch_size={batch_size} is the global batch; it must be at least the number of processes ({world})")
+            raise TrainError(
+                f"optim.batch_size={batch_size} is the global batch; it must be at least the number of processes ({world})"
+            )
 
     def order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
@@ -281,7 +299,9 @@ class DeviceSplit:
         edge_ptr[1:] = torch.cumsum(edge_counts_t, 0)
         self.natoms_host = counts.numpy().copy()
         self.nedges_host = edge_counts_t.numpy().copy()
-        per_atom = {keys.POSITIONS, keys.SPECIES, keys.TAGS, keys.FIXED} | {t for t in targets if view.manifest["targets"][t]["per_atom"]}
+        per_atom = {keys.POSITIONS, keys.SPECIES, keys.TAGS, keys.FIXED} | {
+            t for t in targets if view.manifest["targets"][t]["per_atom"]
+        }
         self.atom_fields = {k: v.to(device) for k, v in host.items() if k in per_atom}
         self.graph_fields = {k: v.to(device) for k, v in host.items() if k not in per_atom and k != keys.BATCH}
         self.atom_ptr, self.edge_ptr = atom_ptr.to(device), edge_ptr.to(device)
@@ -294,7 +314,15 @@ class DeviceSplit:
 
     @property
     def nbytes(self) -> int:
-        tensors = [*self.atom_fields.values(), *self.graph_fields.values(), self.atom_ptr, self.edge_ptr, self.src, self.dst, self.nedges]
+        tensors = [
+            *self.atom_fields.values(),
+            *self.graph_fields.values(),
+            self.atom_ptr,
+            self.edge_ptr,
+            self.src,
+            self.dst,
+            self.nedges,
+        ]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def batch(self, ids: np.ndarray) -> dict:
@@ -321,7 +349,9 @@ class DeviceSplit:
                 out[key] = self.atom_fields[key].index_select(0, atom)
             else:
                 out[key] = self.graph_fields[key].index_select(0, index)
-        out[keys.EDGE_INDEX] = torch.stack([self.src.index_select(0, edge).long() + shift, self.dst.index_select(0, edge).long() + shift])
+        out[keys.EDGE_INDEX] = torch.stack(
+            [self.src.index_select(0, edge).long() + shift, self.dst.index_select(0, edge).long() + shift]
+        )
         out[keys.CELL_OFFSETS] = torch.zeros(edges, 3, dtype=torch.long, device=dev)
         out[keys.EDGE_SHIFT] = torch.zeros(edges, 3, dtype=self.dtype, device=dev)
         return out
@@ -335,7 +365,11 @@ def device_data_estimate(views: list[PreparedDataset], targets: list[str], dtype
     for view in views:
         natoms = view.natoms.astype(np.int64)
         per_atom = 3 * size + 8 + 8 + 1 + 3 * 8 * sum(1 for t in targets if t == keys.FORCES)
-        total += int(natoms.sum()) * per_atom + int((natoms * (natoms - 1)).sum()) * 4 * 2 + len(natoms) * (9 * size + 3 + 8 + 8 + 8 * len(targets) + 24)
+        total += (
+            int(natoms.sum()) * per_atom
+            + int((natoms * (natoms - 1)).sum()) * 4 * 2
+            + len(natoms) * (9 * size + 3 + 8 + 8 + 8 * len(targets) + 24)
+        )
     return total
 
 
@@ -353,7 +387,9 @@ def memory_room(device: torch.device) -> int:
     return 4 << 30
 
 
-def device_data_choice(recipe: Mapping, data: TaskData, periodic: bool, device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
+def device_data_choice(
+    recipe: Mapping, data: TaskData, periodic: bool, device: torch.device, dtype: torch.dtype
+) -> tuple[bool, str]:
     """Whether the splits go to the device (data.on_device: auto / true / false) and why, in words."""
     setting = recipe["data"]["on_device"]
     if setting is False:
@@ -366,5 +402,8 @@ def device_data_choice(recipe: Mapping, data: TaskData, periodic: bool, device: 
         if setting is True:
             raise TrainError(f"data.on_device=true: the splits need about {need / 2**30:.2f} GiB, more than {DEVICE_SHARE:.0%} of the "
                              f"{room / 2**30:.1f} GiB free on {device}; set data.on_device to auto or false")  # fmt: skip
-        return False, f"loader (the splits need ~{need / 2**30:.2f} GiB, more than {DEVICE_SHARE:.0%} of the free {room / 2**30:.1f} GiB)"
+        return (
+            False,
+            f"loader (the splits need ~{need / 2**30:.2f} GiB, more than {DEVICE_SHARE:.0%} of the free {room / 2**30:.1f} GiB)",
+        )
     return True, f"on {device} (~{need / 2**20:.0f} MiB, neighbour lists built once)"

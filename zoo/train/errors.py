@@ -3,7 +3,6 @@
 from zoo.errors import ZooError
 
 
-
 class RecipeError(ZooError, ValueError):
     """A recipe file or an override is invalid; the message names the key and what to do."""
 

@@ -27,7 +27,9 @@ from zoo.train.dist import DistEnv
 class Objective:
     """Loss, metric sums and the validation score (lower is better) of one task."""
 
-    def __init__(self, recipe: Mapping, target: str, mean: float, std: float, output_key: str, total_steps: int, env: DistEnv) -> None:
+    def __init__(
+        self, recipe: Mapping, target: str, mean: float, std: float, output_key: str, total_steps: int, env: DistEnv
+    ) -> None:
         self.task = recipe["task"]
         self.target = target
         self.mean, self.std = float(mean), float(std)
@@ -43,7 +45,11 @@ class Objective:
 
     @property
     def loss_names(self) -> list[str]:
-        return {"qm9": ["loss"], "md17": ["loss", "loss_energy", "loss_force"], "oc20": ["loss", "loss_energy", "loss_aux", "aux_weight"] if self.aux else ["loss"]}[self.task]
+        return {
+            "qm9": ["loss"],
+            "md17": ["loss", "loss_energy", "loss_force"],
+            "oc20": ["loss", "loss_energy", "loss_aux", "aux_weight"] if self.aux else ["loss"],
+        }[self.task]
 
     def aux_weight(self, step: int) -> float:
         """The auxiliary-loss weight at 0-based step ``step`` (the reference uses the 1-based step)."""
@@ -54,7 +60,9 @@ class Objective:
         local = torch.stack([c.to(torch.float64) for c in counts])
         return self.env.sum(local).clamp(min=1.0)
 
-    def loss(self, out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict]:
+    def loss(
+        self, out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor], step: int
+    ) -> tuple[torch.Tensor, dict]:
         """The loss to backpropagate on this process and its parts (detached; their mean over processes is the
         global-batch value)."""
         world = float(self.env.world)
@@ -73,13 +81,19 @@ class Objective:
             n_graphs, n_atoms = self._global_counts([graphs, atoms])
             e, f = energy_sum / n_graphs, force_sum / n_atoms
             loss = self.loss_cfg["energy_weight"] * e + self.loss_cfg["force_weight"] * f
-            return loss * world, {"loss": loss.detach() * world, "loss_energy": e.detach() * world, "loss_force": f.detach() * world}
+            return loss * world, {
+                "loss": loss.detach() * world,
+                "loss_energy": e.detach() * world,
+                "loss_force": f.detach() * world,
+            }
         if not self.aux:
             (n_graphs,) = self._global_counts([graphs])
             loss = energy_sum / n_graphs
             return loss * world, {"loss": loss.detach() * world}
         free = batch[keys.TAGS] > 0
-        delta = ((batch[keys.POS_RELAXED].double() - batch[keys.POSITIONS].double()) / self.loss_cfg["aux_position_std"]).to(raw.dtype)
+        delta = (
+            (batch[keys.POS_RELAXED].double() - batch[keys.POSITIONS].double()) / self.loss_cfg["aux_position_std"]
+        ).to(raw.dtype)
         aux_sum = (_full(out[keys.AUX_DISPLACEMENT])[free] - delta[free]).abs().sum()
         n_graphs, n_free = self._global_counts([graphs, free.sum()])
         weight = self.aux_weight(step)
@@ -89,21 +103,30 @@ class Objective:
                  "aux_weight": torch.tensor(weight, device=raw.device)}  # fmt: skip
         return loss * world, parts
 
-    def metric_sums(self, out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def metric_sums(
+        self, out: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """{metric: [sum of absolute errors, count]} in physical units, float64 on the batch's device."""
         pred = out[self.output_key].detach().double() * self.std + self.mean
         err = (pred - batch[self.target].double()).abs()
         name = "mae" if self.task == "qm9" else "energy_mae"
-        sums = {name: torch.stack([err.sum(), torch.tensor(float(err.numel()), dtype=torch.float64, device=err.device)])}
+        sums = {
+            name: torch.stack([err.sum(), torch.tensor(float(err.numel()), dtype=torch.float64, device=err.device)])
+        }
         if self.task == "md17":
             ferr = (out[keys.FORCES].detach().double() * self.std - batch[keys.FORCES].double()).abs()
-            sums["force_mae"] = torch.stack([ferr.sum(), torch.tensor(float(ferr.numel()), dtype=torch.float64, device=ferr.device)])
+            sums["force_mae"] = torch.stack(
+                [ferr.sum(), torch.tensor(float(ferr.numel()), dtype=torch.float64, device=ferr.device)]
+            )
         return sums
 
     def score(self, metrics: Mapping[str, float]) -> float:
         """Checkpoint selection on validation: QM9/OC20 the MAE, MD17 w_E * energy MAE + w_F * force MAE."""
         if self.task == "md17":
-            return self.loss_cfg["energy_weight"] * metrics["energy_mae"] + self.loss_cfg["force_weight"] * metrics["force_mae"]
+            return (
+                self.loss_cfg["energy_weight"] * metrics["energy_mae"]
+                + self.loss_cfg["force_weight"] * metrics["force_mae"]
+            )
         return metrics[self.metric_names[0]]
 
 
@@ -118,7 +141,9 @@ def reduce_sums(sums: Mapping[str, torch.Tensor], env: DistEnv) -> dict[str, flo
         return {}
     names = sorted(sums)
     stacked = env.sum(torch.stack([sums[n] for n in names]))
-    return {n: (float(s) / float(c)) if float(c) > 0 else float("nan") for n, (s, c) in zip(names, stacked.cpu().tolist())}
+    return {
+        n: (float(s) / float(c)) if float(c) > 0 else float("nan") for n, (s, c) in zip(names, stacked.cpu().tolist())
+    }
 
 
 def add_sums(total: dict | None, new: Mapping[str, torch.Tensor]) -> dict:

@@ -189,7 +189,9 @@ def list_recipes() -> list[str]:
     root = recipes_dir()
     if root is None or not root.is_dir():
         return []
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yml") if not p.name.startswith("base"))
+    return sorted(
+        str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yml") if not p.name.startswith("base")
+    )
 
 
 def _read_yaml(path: Path) -> dict:
@@ -300,7 +302,9 @@ def _check_known(tree: Mapping, schema: Mapping, origin: str, prefix: str = "") 
     unknown = sorted(set(tree) - set(schema))
     if unknown:
         where = f"section {prefix[:-1]!r}" if prefix else "the top level"
-        raise RecipeError(f"{origin}: unknown recipe key {prefix + unknown[0]!r}; known keys at {where}: {sorted(schema)}")
+        raise RecipeError(
+            f"{origin}: unknown recipe key {prefix + unknown[0]!r}; known keys at {where}: {sorted(schema)}"
+        )
     for key, spec in schema.items():
         if isinstance(spec, dict) and isinstance(tree.get(key), Mapping):
             _check_known(tree[key], spec, origin, prefix + key + ".")
@@ -325,7 +329,9 @@ def _resolve(tree: Mapping, schema: Mapping, origin: str, prefix: str = "") -> d
         else:
             out[key] = copy.deepcopy(spec.default)
         if out[key] is None and spec.default is _REQUIRED:
-            raise RecipeError(f"{origin}: required recipe key {full!r} is missing; set it in the recipe or with --set {full}=...")
+            raise RecipeError(
+                f"{origin}: required recipe key {full!r} is missing; set it in the recipe or with --set {full}=..."
+            )
     return out
 
 
@@ -388,7 +394,9 @@ def apply_overrides(tree: dict, overrides: Sequence[tuple[str, Any]]) -> dict:
                 schema = schema[part]
             if last:
                 if isinstance(schema, dict):
-                    raise RecipeError(f"--set {key}: {key!r} is a section; set one of its keys, e.g. {key}.{next(iter(schema))}=...")
+                    raise RecipeError(
+                        f"--set {key}: {key!r} is a section; set one of its keys, e.g. {key}.{next(iter(schema))}=..."
+                    )
                 node[part] = value
             else:
                 child = node.get(part)
@@ -443,7 +451,9 @@ def _checked_model(r: dict, fail: Callable[[str], None]):
     fields = {f.name for f in dataclasses.fields(EquiformerConfig)} - {"name"}
     unknown = sorted(set(r["model"]["overrides"]) - fields)
     if unknown:
-        fail(f"unknown model override {('model.overrides.' + unknown[0])!r}; the overrides are EquiformerConfig fields: {sorted(fields)}")
+        fail(
+            f"unknown model override {('model.overrides.' + unknown[0])!r}; the overrides are EquiformerConfig fields: {sorted(fields)}"
+        )
     try:
         config = config.replace(**_override_values(r["model"]["overrides"]))
     except (TypeError, ValueError) as exc:
@@ -456,7 +466,9 @@ def _check_optim(r: dict, fail: Callable[[str], None]) -> None:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", r["device"]):
         fail(f"device must be auto, cpu, cuda or cuda:N, got {r['device']!r}")
     if r["optim"]["amp"] and r["model"]["dtype"] != "float32":
-        fail(f"optim.amp (bf16 autocast) needs model.dtype float32; autocast leaves a {r['model']['dtype']} model in {r['model']['dtype']}")
+        fail(
+            f"optim.amp (bf16 autocast) needs model.dtype float32; autocast leaves a {r['model']['dtype']} model in {r['model']['dtype']}"
+        )
     if r["optim"]["tf32"] and r["model"]["dtype"] != "float32":
         fail(f"optim.tf32 (TF32 matrix products on CUDA) needs model.dtype float32, got {r['model']['dtype']}")
     betas = r["optim"]["betas"]
@@ -521,11 +533,15 @@ def _check_run(r: dict, config, fail: Callable[[str], None]) -> None:
     """Run-time options: device-held data, the budget's warm-up share, noisy nodes."""
     task = r["task"]
     if r["data"]["on_device"] is True and (task == "oc20" or config.periodic):
-        fail("data.on_device=true holds molecules with precomputed neighbour lists (md17, qm9); periodic cells and noisy nodes "
-             "need the loader: set data.on_device to auto or false")
+        fail(
+            "data.on_device=true holds molecules with precomputed neighbour lists (md17, qm9); periodic cells and noisy nodes "
+            "need the loader: set data.on_device to auto or false"
+        )
     fraction = r["budget"]["warmup_fraction"]
     if fraction is not None and fraction >= 1.0:
-        fail(f"budget.warmup_fraction is the share of the budgeted steps spent warming up; it must be below 1, got {fraction}")
+        fail(
+            f"budget.warmup_fraction is the share of the budgeted steps spent warming up; it must be below 1, got {fraction}"
+        )
     if r["noisy_nodes"]["enabled"] and not config.aux_head:
         fail("noisy_nodes.enabled needs a variant with the IS2RS auxiliary head (its target is the relaxed position)")
 
@@ -558,7 +574,9 @@ def build_network(recipe: Mapping):
     try:
         return Equiformer(config)
     except (ValueError, TypeError, KeyError, AssertionError, IndexError) as exc:
-        raise RecipeError(f"model {config.name} with model.overrides {dict(recipe['model']['overrides'])} cannot be built: {exc}") from exc
+        raise RecipeError(
+            f"model {config.name} with model.overrides {dict(recipe['model']['overrides'])} cannot be built: {exc}"
+        ) from exc
 
 
 def dump_recipe(recipe: Mapping) -> str:

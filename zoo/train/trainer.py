@@ -40,7 +40,17 @@ from zoo import keys
 from zoo._version import __version__
 from zoo.train import checkpoint as ckpt
 from zoo.train.budget import GROW, Budget, CompressedSchedule, StopSignals, describe_seconds, warmup_fraction
-from zoo.train.data import BatchPlan, DeviceSplit, EvalBatches, TaskData, TrainBatches, device_data_choice, loader, mix_seed, open_data
+from zoo.train.data import (
+    BatchPlan,
+    DeviceSplit,
+    EvalBatches,
+    TaskData,
+    TrainBatches,
+    device_data_choice,
+    loader,
+    mix_seed,
+    open_data,
+)
 from zoo.train.dist import DistEnv, setup
 from zoo.train.errors import RecipeError, TrainError
 from zoo.train.objective import Objective, add_sums, reduce_sums
@@ -130,7 +140,9 @@ def _flat(d: Mapping, prefix: str = "") -> dict:
 def _run_recipe(run_dir: Path) -> dict:
     path = run_dir / RUN_RECIPE
     if not path.is_file():
-        raise TrainError(f"{run_dir} is not a training run folder ({RUN_RECIPE} is missing); give the --out folder of a run to --resume")
+        raise TrainError(
+            f"{run_dir} is not a training run folder ({RUN_RECIPE} is missing); give the --out folder of a run to --resume"
+        )
     try:
         return resolve_recipe(yaml.safe_load(path.read_text()) or {}, str(path))
     except yaml.YAMLError as exc:
@@ -144,14 +156,18 @@ def resume_recipe(resume: str | Path, overrides: list[str]) -> dict:
     return load_recipe(ckpt.latest_checkpoint(resume).parent.parent / RUN_RECIPE, overrides)
 
 
-def prepare_run(recipe: Mapping | None, out: str | Path | None, resume: str | Path | None) -> tuple[dict, Path, Path | None]:
+def prepare_run(
+    recipe: Mapping | None, out: str | Path | None, resume: str | Path | None
+) -> tuple[dict, Path, Path | None]:
     """Decide the run folder and the recipe; for ``resume``, the checkpoint to continue from. Writes nothing."""
     if resume is not None:
         resume = Path(resume)
         checkpoint = ckpt.latest_checkpoint(resume)
         run_dir = checkpoint.parent.parent
         if out is not None and Path(out).resolve() != run_dir.resolve():
-            raise TrainError(f"--out {out} differs from the resumed run {run_dir}; a resumed run continues in its own folder")
+            raise TrainError(
+                f"--out {out} differs from the resumed run {run_dir}; a resumed run continues in its own folder"
+            )
         saved = _run_recipe(run_dir)
         if recipe is None:
             return saved, run_dir, checkpoint
@@ -170,7 +186,9 @@ def prepare_run(recipe: Mapping | None, out: str | Path | None, resume: str | Pa
         out = Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(out)
     if (run_dir / RUN_RECIPE).exists() or ckpt.checkpoint_dirs(run_dir):
-        raise TrainError(f"{run_dir} already holds a training run; continue it with --resume {run_dir} or choose another --out")
+        raise TrainError(
+            f"{run_dir} already holds a training run; continue it with --resume {run_dir} or choose another --out"
+        )
     return dict(recipe), run_dir, None
 
 
@@ -232,7 +250,9 @@ def tf32_matmuls(enabled: bool):
 
 
 class _Run:
-    def __init__(self, recipe: dict, run_dir: Path, checkpoint: Path | None, env: DistEnv, console: Any, origin: float) -> None:
+    def __init__(
+        self, recipe: dict, run_dir: Path, checkpoint: Path | None, env: DistEnv, console: Any, origin: float
+    ) -> None:
         from rich.console import Console
 
         self.r, self.run_dir, self.checkpoint, self.env, self.origin = recipe, run_dir, checkpoint, env, origin
@@ -250,7 +270,9 @@ class _Run:
         self.net = net.to(device=env.device, dtype=self.dtype)
         self.data: TaskData = open_data(r, env, aux=self.config.aux_head)
         o, d = r["optim"], r["data"]
-        self.plan = BatchPlan(len(self.data.train), o["batch_size"], env.world, env.rank, r["seed"], d["shuffle"], d["drop_last"])
+        self.plan = BatchPlan(
+            len(self.data.train), o["batch_size"], env.world, env.rank, r["seed"], d["shuffle"], d["drop_last"]
+        )
         self.spe = self.plan.steps_per_epoch
         self.total_steps = self.spe * o["max_epochs"]
         self.stop = min(self.total_steps, o["max_steps"] or self.total_steps)
@@ -259,9 +281,15 @@ class _Run:
         on_device, self.data_path = device_data_choice(r, self.data, self.config.periodic, env.device, self.dtype)
         if on_device:
             args = (self.data.targets, self.dtype, self.config.r_max, self.config.max_neighbors, env.device)
-            self.device_data = {name: DeviceSplit(view, *args) for name, view in (("train", self.data.train), ("val", self.data.val), ("test", self.data.test)) if view is not None}
+            self.device_data = {
+                name: DeviceSplit(view, *args)
+                for name, view in (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))
+                if view is not None
+            }
         self.optimizer = build_optimizer(self.net, o)
-        self.objective = Objective(r, self.data.target, self.data.mean, self.data.std, self.net.output_key, self.total_steps, env)
+        self.objective = Objective(
+            r, self.data.target, self.data.mean, self.data.std, self.net.output_key, self.total_steps, env
+        )
         self.ema = EMA(self.net, o["ema_decay"]) if o["ema_decay"] else None
         self.eval_bs = o["eval_batch_size"] or o["batch_size"]
         self.units = {m: self._unit(m) for m in self.objective.metric_names}
@@ -305,7 +333,9 @@ class _Run:
         o, cuda = self.r["optim"], self.env.device.type == "cuda"
         parts = [self.r["model"]["dtype"]]
         if o["tf32"]:
-            parts.append("TF32 matrix products" if cuda else "TF32 asked for but has no effect on " + self.env.device.type)
+            parts.append(
+                "TF32 matrix products" if cuda else "TF32 asked for but has no effect on " + self.env.device.type
+            )
         if o["amp"]:
             parts.append("bf16 autocast (forward and loss)")
         return ", ".join(parts)
@@ -318,7 +348,16 @@ class _Run:
             for i in range(0, len(ids), self.eval_bs):
                 yield self.device_data[split].batch(ids[i : i + self.eval_bs])
             return
-        batches = EvalBatches(view, self.eval_bs, self.env, self.data.targets, self.dtype, self.config.r_max, self.config.max_neighbors, limit)
+        batches = EvalBatches(
+            view,
+            self.eval_bs,
+            self.env,
+            self.data.targets,
+            self.dtype,
+            self.config.r_max,
+            self.config.max_neighbors,
+            limit,
+        )
         for batch in loader(batches, self.r["data"]["num_workers"], self.env.device.type == "cuda"):
             yield _to(batch, self.env.device)
 
@@ -381,7 +420,7 @@ class _Run:
             keep.add(json.loads((folder / "state.json").read_text())["best"]["step"])
         folder = self.run_dir / BEST_DIR
         for path in folder.glob("*step_*.safetensors*") if folder.is_dir() else []:
-            if path.name.startswith(".") or int(path.stem[len("step_"):]) not in keep:
+            if path.name.startswith(".") or int(path.stem[len("step_") :]) not in keep:
                 path.unlink()
 
     def _save_checkpoint(self, acc: dict | None) -> None:
@@ -424,7 +463,13 @@ class _Run:
             score = self.objective.score(val)
             improved = score < self.state["best"]["score"]
             if improved:
-                self.state["best"] = {"score": score, "step": step, "epoch": round(epoch_float, 6), "val": val, "test": tests}
+                self.state["best"] = {
+                    "score": score,
+                    "step": step,
+                    "epoch": round(epoch_float, 6),
+                    "val": val,
+                    "test": tests,
+                }
                 if self.env.main:
                     ckpt.save_weights(self._best_path(step), self.net.state_dict(), {"step": step, "score": score})
                 self.env.barrier()
@@ -451,7 +496,14 @@ class _Run:
         self.console.print(" | ".join(parts) + (" [green]best[/green]" if row["best"] else ""))
 
     def _progress(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         enabled = self.env.main and self.r["log"]["progress"]
         return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
@@ -483,7 +535,9 @@ class _Run:
         stopped, saved_at = None, None
         with self._progress() as progress, StopSignals() as signals:
             self.signals, self.progress = signals, progress
-            self.task = progress.add_task(f"epoch {step // self.spe + 1}/{o['max_epochs']}", total=self.stop, completed=step, info="")
+            self.task = progress.add_task(
+                f"epoch {step // self.spe + 1}/{o['max_epochs']}", total=self.stop, completed=step, info=""
+            )
             epoch = step // self.spe
             while step < self.stop and epoch < o["max_epochs"] and stopped is None:
                 progress.update(self.task, description=f"epoch {epoch + 1}/{o['max_epochs']}")
@@ -495,14 +549,18 @@ class _Run:
                     if step % r["log"]["every_steps"] == 0 or end_of_epoch or step == self.stop:
                         value = float(self.last_parts["loss"])
                         if not math.isfinite(value):
-                            raise TrainError(f"the loss became {value} at step {step}; lower optim.lr or enable optim.clip_grad_norm")
+                            raise TrainError(
+                                f"the loss became {value} at step {step}; lower optim.lr or enable optim.clip_grad_norm"
+                            )
                         progress.update(self.task, completed=step, info=f"loss {value:.4g} lr {self.last_lr:.3g}")
                     busy = time.perf_counter()
                     due, test = self._evaluation_due(step, epoch, end_of_epoch)
                     if due:
                         self._evaluation_row(step, acc, test)
                         acc = None
-                        if self.budget is not None and self.budget.measured:  # the evaluation costs under the load of now
+                        if (
+                            self.budget is not None and self.budget.measured
+                        ):  # the evaluation costs under the load of now
                             self._evaluation_costs(time.perf_counter() - busy)
                     if step % r["checkpoint"]["every_steps"] == 0 or step == self.stop:
                         self._save_checkpoint(acc)
@@ -571,22 +629,43 @@ class _Run:
         seconds = r["budget"]["wall_time"]
         if seconds is None:
             if saved is not None:
-                raise TrainError(f"{self.checkpoint} is a budgeted run; resume it with a budget (--budget, or budget.wall_time)")
+                raise TrainError(
+                    f"{self.checkpoint} is a budgeted run; resume it with a budget (--budget, or budget.wall_time)"
+                )
             return
         if saved is None and step > 0:
-            raise TrainError(f"{self.checkpoint} was started without a budget; resume it without --budget (its schedule is by epochs)")
+            raise TrainError(
+                f"{self.checkpoint} was started without a budget; resume it without --budget (its schedule is by epochs)"
+            )
         cap = self.stop
         if saved is None:
-            saved = self.state["budget"] = {"wall_time": seconds, "total": cap, "anchor": [0, 0.0], "evals_done": 0, "step_time": None}
+            saved = self.state["budget"] = {
+                "wall_time": seconds,
+                "total": cap,
+                "anchor": [0, 0.0],
+                "evals_done": 0,
+                "step_time": None,
+            }
         b = r["budget"]
         left = seconds - self.state["wall_s"]
         plot_every = PLOT_EVERY_S if r["log"]["plot"] else None
-        self.budget = Budget(left, self.origin, b["margin"], b["evals"], b["measure_steps"], cap, r["checkpoint"]["every_steps"], plot_every)
+        self.budget = Budget(
+            left,
+            self.origin,
+            b["margin"],
+            b["evals"],
+            b["measure_steps"],
+            cap,
+            r["checkpoint"]["every_steps"],
+            plot_every,
+        )
         self.budget.margin = max(2.0, b["margin"] * seconds)
         self.skip_steps = min(2, b["measure_steps"] - 1)
         if self.skip_steps == 0:
             self.budget.sample(step, time.perf_counter())
-        self.schedule = CompressedSchedule(self.base_schedule, warmup_fraction(r), saved["total"], tuple(saved["anchor"]))
+        self.schedule = CompressedSchedule(
+            self.base_schedule, warmup_fraction(r), saved["total"], tuple(saved["anchor"])
+        )
         self.stop = min(saved["total"], cap)
         self.objective.total_steps = self.stop
         if self.env.main:
@@ -598,7 +677,12 @@ class _Run:
             self._apply_plan(step, step)
 
     def _measure_due(self, step: int) -> bool:
-        return self.budget is not None and not self.budget.measured and step - self.first_step >= self.budget.measure_steps and step < self.stop
+        return (
+            self.budget is not None
+            and not self.budget.measured
+            and step - self.first_step >= self.budget.measure_steps
+            and step < self.stop
+        )
 
     def _sync_device(self) -> None:
         if self.env.device.type == "cuda":
@@ -634,7 +718,9 @@ class _Run:
             row_s, evaluation = 0.5 * (row_s + c.val), 0.5 * (evaluation + self.val_eval_avg)
         c.val, self.val_eval_avg = row_s, evaluation
         if self.data.test is not None:
-            c.test = evaluation * -(-len(self.data.test) // self.eval_bs) / max(1, -(-len(self.data.val) // self.eval_bs))
+            c.test = (
+                evaluation * -(-len(self.data.test) // self.eval_bs) / max(1, -(-len(self.data.val) // self.eval_bs))
+            )
 
     def _control(self, step: int, measured: bool) -> str | None:
         """After each step: budget re-plans and whether to stop now (a signal, or the deadline is near).
@@ -661,7 +747,9 @@ class _Run:
             return self.signals.received or "a signal to another process"
         if flags[1]:
             if env.main:
-                self.console.print(f"[yellow]budget: the deadline is near at step {step} of {self.stop}; ending the run now[/yellow]")
+                self.console.print(
+                    f"[yellow]budget: the deadline is near at step {step} of {self.stop}; ending the run now[/yellow]"
+                )
             return "budget"
         return None
 
@@ -684,7 +772,9 @@ class _Run:
                                    f"takes ~{c.end:.3g} s; the run ends now (raise the budget or set data.test_limit)[/yellow]")  # fmt: skip
         if first or total < self.stop or total > GROW * self.stop:
             if not first and self.env.main and abs(total - self.stop) > 0.05 * self.stop:
-                self.console.print(f"budget: step time now {b.costs.step:.3g} s; re-planned to {total} steps (was {self.stop})")
+                self.console.print(
+                    f"budget: step time now {b.costs.step:.3g} s; re-planned to {total} steps (was {self.stop})"
+                )
             return total
         return 0
 
@@ -726,7 +816,9 @@ class _Run:
             weights_step = self.state["step"]
             use = self._weights_in_use()
             last = self.state["history"][-1] if self.state["history"] else None
-            known_val = {m: last[f"val_{m}"] for m in names} if last is not None and last["step"] == weights_step else None
+            known_val = (
+                {m: last[f"val_{m}"] for m in names} if last is not None and last["step"] == weights_step else None
+            )
         with use:
             if signalled:
                 final_val, final_test = known_val or {}, {}
@@ -740,7 +832,9 @@ class _Run:
         if env.main:
             ckpt.atomic_write_text(self.run_dir / SUMMARY, json.dumps(metrics, indent=2) + "\n")
         number = self.signals.number if signalled else 0
-        return TrainResult(self.run_dir, model_dir, metrics, self.state["history"], stopped if signalled else None, number)
+        return TrainResult(
+            self.run_dir, model_dir, metrics, self.state["history"], stopped if signalled else None, number
+        )
 
     def _metrics(self, weights_step: int, val: dict, test: dict, stopped: str | None = None) -> dict:
         best = self.state["best"]
@@ -787,17 +881,35 @@ class _Run:
         target = self._target_info()
         model = ZooModel({target.name: self.net}, [target])
         env = self.env
-        device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else (platform.processor() or platform.machine())
+        device_name = (
+            torch.cuda.get_device_name(env.device)
+            if env.device.type == "cuda"
+            else (platform.processor() or platform.machine())
+        )
         metadata = {
             "metrics": self._metrics(weights_step, val, test, stopped),
             "recipe": self.r,
             "dataset": self.data.describe(self.r),
             "elements": self.data.train.elements(),  # atomic numbers of the training data: what the model covers
-            "environment": {"equizoo": __version__, "torch": torch.__version__, "e3nn": e3nn.__version__, "numpy": np.__version__,
-                            "python": platform.python_version(), "cuda": torch.version.cuda, "platform": platform.platform(),
-                            "device": str(env.device), "device_name": device_name},
-            "hardware": {"processes": env.world, "device_type": env.device.type, "device_name": device_name,
-                         "cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "torch_threads": torch.get_num_threads()},
+            "environment": {
+                "equizoo": __version__,
+                "torch": torch.__version__,
+                "e3nn": e3nn.__version__,
+                "numpy": np.__version__,
+                "python": platform.python_version(),
+                "cuda": torch.version.cuda,
+                "platform": platform.platform(),
+                "device": str(env.device),
+                "device_name": device_name,
+            },
+            "hardware": {
+                "processes": env.world,
+                "device_type": env.device.type,
+                "device_name": device_name,
+                "cpu_count": os.cpu_count(),
+                "cpu_model": cpu_model(),
+                "torch_threads": torch.get_num_threads(),
+            },
             "wall_time_s": round(self.wall0 + time.perf_counter() - self.session_start, 3),
             "run_dir": str(self.run_dir.resolve()),
         }

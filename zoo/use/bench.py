@@ -121,7 +121,11 @@ def _ase_molecules(types: set) -> list[Structure]:
 
     from zoo.data import structure_from_atoms
 
-    return [structure_from_atoms(a, name=a.get_chemical_formula()) for a in g2 if set(a.numbers.tolist()) <= types and len(a) > 2]
+    return [
+        structure_from_atoms(a, name=a.get_chemical_formula())
+        for a in g2
+        if set(a.numbers.tolist()) <= types and len(a) > 2
+    ]
 
 
 def _ase_slab() -> list[Structure]:
@@ -141,7 +145,6 @@ def _ase_slab() -> list[Structure]:
 def workload(info: ModelSpec, structures: Optional[Sequence] = None) -> tuple[list[Structure], str]:
     """Realistic structures for `info`'s kind of model (see the module doc), checked against the model."""
     if structures is not None:
-
         items = read_inputs(structures)
         candidates, label = [i.structure for i in items if i.structure is not None], "given structures"
     else:
@@ -150,8 +153,14 @@ def workload(info: ModelSpec, structures: Optional[Sequence] = None) -> tuple[li
         shared = shared_data_dir()
         sources = {
             "qm9": [(shared, "qm9/qm9_reduced_100.xyz", _read), (REPO, "examples/qm9_molecules.extxyz", _read)],
-            "md17": [(shared, "md17/mdbenchgnn/aspirin/test.npz", _read), (REPO, "examples/aspirin_md17.extxyz", _read)],
-            "oc20": [(shared, "oc20/oc20_adslab_frame.json", _tiled_adslab), (REPO, "examples/oc20_adslab.json", _tiled_adslab)],
+            "md17": [
+                (shared, "md17/mdbenchgnn/aspirin/test.npz", _read),
+                (REPO, "examples/aspirin_md17.extxyz", _read),
+            ],
+            "oc20": [
+                (shared, "oc20/oc20_adslab_frame.json", _tiled_adslab),
+                (REPO, "examples/oc20_adslab.json", _tiled_adslab),
+            ],
         }[kind]
         if kind == "qm9":
             candidates, label = _qm9_sample()
@@ -168,7 +177,9 @@ def workload(info: ModelSpec, structures: Optional[Sequence] = None) -> tuple[li
         if checked is not None:
             ready.append(checked)
     if not ready:
-        raise UseError(f"no workload structure ({label}) suits model {info.name} (types {info.type_names[:10]}); pass --structures FILE")
+        raise UseError(
+            f"no workload structure ({label}) suits model {info.name} (types {info.type_names[:10]}); pass --structures FILE"
+        )
     return ready, label
 
 
@@ -208,7 +219,11 @@ def machine() -> dict:
     """The machine the numbers come from."""
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     return {
@@ -225,7 +240,11 @@ def _variant_model(name: str) -> ZooModel:
     from zoo.models import build_model
 
     net = build_model(name)
-    target = TargetInfo("energy", "eV", forces_unit="eV/Å") if net.output_key == keys.ENERGY else TargetInfo("property", "raw")
+    target = (
+        TargetInfo("energy", "eV", forces_unit="eV/Å")
+        if net.output_key == keys.ENERGY
+        else TargetInfo("property", "raw")
+    )
     return ZooModel({target.name: net}, [target])
 
 
@@ -268,9 +287,13 @@ class _Model:
             if backend in ("compile", "cuda-graphs", "compile+cuda-graphs"):
                 if "cuda-graphs" in backend and self.eager.device.type != "cuda":
                     raise UseError(f"backend {backend} needs a CUDA device (the device is {self.eager.device})")
-                self.runners[backend] = accelerated_runner(self.eager, compile="compile" in backend, cuda_graphs="cuda-graphs" in backend)
+                self.runners[backend] = accelerated_runner(
+                    self.eager, compile="compile" in backend, cuda_graphs="cuda-graphs" in backend
+                )
             else:
-                self.runners[backend] = load_runner(self.spec, backend=backend, device=self.eager.device, dtype=self.eager.dtype)
+                self.runners[backend] = load_runner(
+                    self.spec, backend=backend, device=self.eager.device, dtype=self.eager.dtype
+                )
         return self.runners[backend]
 
 
@@ -299,7 +322,18 @@ def _train_step_fn(model: ZooModel, inputs: dict, n: int, compile: bool = False)
     return step
 
 
-def _row_base(m: _Model, backend: str, task: str, device: torch.device, dtype: torch.dtype, batch_size: int, label: str, warmup: int, repeats: int, mach: dict) -> dict:
+def _row_base(
+    m: _Model,
+    backend: str,
+    task: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch_size: int,
+    label: str,
+    warmup: int,
+    repeats: int,
+    mach: dict,
+) -> dict:
     row = {f: math.nan for f in BENCH_FIELDS}
     row.update(
         model=m.name, variant=m.variant, backend=backend, task=task, status="ok", error="", device=str(device),
@@ -331,7 +365,16 @@ def profile_call(fn, device: torch.device) -> dict:
     return out
 
 
-LAUNCH_CALLS = frozenset({"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchCooperativeKernel", "cudaGraphLaunch"})
+LAUNCH_CALLS = frozenset(
+    {
+        "cudaLaunchKernel",
+        "cudaLaunchKernelExC",
+        "cuLaunchKernel",
+        "cuLaunchKernelEx",
+        "cudaLaunchCooperativeKernel",
+        "cudaGraphLaunch",
+    }
+)
 
 
 def _union_ms(intervals: list) -> float:
@@ -345,7 +388,18 @@ def _union_ms(intervals: list) -> float:
     return total / 1000
 
 
-def bench_case(m: _Model, backend: str, task: str, batch_size: int, structures: list[Structure], label: str, warmup: int, repeats: int, mach: dict, profile: bool = False) -> dict:
+def bench_case(
+    m: _Model,
+    backend: str,
+    task: str,
+    batch_size: int,
+    structures: list[Structure],
+    label: str,
+    warmup: int,
+    repeats: int,
+    mach: dict,
+    profile: bool = False,
+) -> dict:
     """One measured row (status `error` with the reason when the backend cannot run it)."""
     device, dtype = m.eager.device, m.eager.dtype
     size = 1 if task == "latency" else batch_size
@@ -375,8 +429,19 @@ def bench_case(m: _Model, backend: str, task: str, batch_size: int, structures: 
         if profile:
             row.update(profile_call(fn, device))
         if task != "train_step":
-            row["max_abs_diff_vs_eager"] = 0.0 if backend == "eager" else _max_difference(m.eager(inputs, n), runner(inputs, n))
-    except (UseError, ArithmeticError, RuntimeError, ValueError, DataError, ImportError, NotImplementedError, torch.cuda.OutOfMemoryError) as exc:
+            row["max_abs_diff_vs_eager"] = (
+                0.0 if backend == "eager" else _max_difference(m.eager(inputs, n), runner(inputs, n))
+            )
+    except (
+        UseError,
+        ArithmeticError,
+        RuntimeError,
+        ValueError,
+        DataError,
+        ImportError,
+        NotImplementedError,
+        torch.cuda.OutOfMemoryError,
+    ) as exc:
         row.update(status="error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return row
     median = float(np.median(times))
@@ -437,13 +502,21 @@ def bench(
     mach = machine()
     rows = _run_plan(plan, warmup, repeats, mach, profile, progress)
     frame = pd.DataFrame(rows, columns=list(BENCH_FIELDS))
-    eager = {(r["model"], r["task"], r["batch_size"]): r["median_ms"] for r in rows if r["backend"] == "eager" and r["status"] == "ok"}
-    frame["speedup_vs_eager"] = [eager.get((r["model"], r["task"], r["batch_size"]), math.nan) / r["median_ms"] for r in rows]
+    eager = {
+        (r["model"], r["task"], r["batch_size"]): r["median_ms"]
+        for r in rows
+        if r["backend"] == "eager" and r["status"] == "ok"
+    }
+    frame["speedup_vs_eager"] = [
+        eager.get((r["model"], r["task"], r["batch_size"]), math.nan) / r["median_ms"] for r in rows
+    ]
     frame.attrs["machine"] = mach
     return frame
 
 
-def _check_bench_args(backends: Sequence[str], tasks: Sequence[str], warmup: int, repeats: int, batch_size: int) -> None:
+def _check_bench_args(
+    backends: Sequence[str], tasks: Sequence[str], warmup: int, repeats: int, batch_size: int
+) -> None:
     """Refuse unknown backends and tasks and impossible counts before any model is loaded."""
     unknown = [b for b in backends if b not in BENCH_BACKENDS]
     if unknown:
@@ -473,7 +546,11 @@ def _bench_plan(cases, dev, dt, structures, backends: Sequence[str], compare: bo
             m = _Model.load(spec if spec is not None else _default_spec(), dev, dt)
             loaded[key] = (m, *workload(m.info, structures))
         m, structs, label = loaded[key]
-        names = _compare_backends(m, compile) if compare else list(backends) + (["compile"] if compile and "compile" not in backends else [])
+        names = (
+            _compare_backends(m, compile)
+            if compare
+            else list(backends) + (["compile"] if compile and "compile" not in backends else [])
+        )
         for backend in names:
             if task == "train_step" and backend not in TRAIN_BACKENDS:
                 continue
@@ -514,9 +591,26 @@ def write_bench(frame, path) -> Path:
         return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
     if path.suffix.lower() != ".json":
         raise UseError(f"{path}: bench writes .csv or .json")
-    rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in frame.to_dict(orient="records")]
+    rows = [
+        {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+        for r in frame.to_dict(orient="records")
+    ]
     payload = {"machine": frame.attrs.get("machine", machine()), "fields": list(BENCH_FIELDS), "rows": rows}
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n"))
+    return atomic_write(
+        path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
+    )
 
 
-__all__ = ["BENCH_BACKENDS", "BENCH_FIELDS", "SUITES", "TASKS", "bench", "bench_case", "machine", "profile_call", "time_calls", "workload", "write_bench"]
+__all__ = [
+    "BENCH_BACKENDS",
+    "BENCH_FIELDS",
+    "SUITES",
+    "TASKS",
+    "bench",
+    "bench_case",
+    "machine",
+    "profile_call",
+    "time_calls",
+    "workload",
+    "write_bench",
+]

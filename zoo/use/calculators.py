@@ -75,7 +75,14 @@ class EquiformerCalculator(Calculator):
         super().__init__(**kwargs)
         if skin < 0:
             raise UseError(f"skin must be >= 0 Å, got {skin}")
-        self.runner: Runner = load_runner(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements, cuda_graphs=cuda_graphs)
+        self.runner: Runner = load_runner(
+            model,
+            backend=backend,
+            device=device,
+            dtype=dtype,
+            allow_unseen_elements=allow_unseen_elements,
+            cuda_graphs=cuda_graphs,
+        )
         info = self.runner.info
         target = target or info.energy_target
         if not target:
@@ -88,7 +95,9 @@ class EquiformerCalculator(Calculator):
         try:
             self.to_ev = energy_factor(self.target.unit)
         except DataError:
-            raise UseError(f"model {info.name}: target {target!r} is in {self.target.unit!r}, not an energy unit ASE can use") from None
+            raise UseError(
+                f"model {info.name}: target {target!r} is in {self.target.unit!r}, not an energy unit ASE can use"
+            ) from None
         self.has_forces = target == info.energy_target
         self.skin = float(skin)
         self._neighbours = None
@@ -99,7 +108,9 @@ class EquiformerCalculator(Calculator):
         """A calculator running an exported TorchScript file (`model.torchscript.pt`)."""
         path = Path(path)
         if not path.is_file():
-            raise UseError(f"{path}: no such TorchScript file; export one with `equizoo export MODEL_DIR --format torchscript`")
+            raise UseError(
+                f"{path}: no such TorchScript file; export one with `equizoo export MODEL_DIR --format torchscript`"
+            )
         return cls(path, backend="torchscript", **kwargs)
 
     # -------------------------------------------------------------------------------------------------
@@ -138,7 +149,11 @@ class EquiformerCalculator(Calculator):
         vec = pos.index_select(0, src) - pos.index_select(0, dst) + cached["shift"]
         keep = torch.linalg.vector_norm(vec, dim=1) < info.r_max
         edge_index = cached["edge_index"][:, keep]
-        if info.max_neighbors is not None and edge_index.shape[1] and int(torch.bincount(edge_index[1]).max()) > info.max_neighbors:
+        if (
+            info.max_neighbors is not None
+            and edge_index.shape[1]
+            and int(torch.bincount(edge_index[1]).max()) > info.max_neighbors
+        ):
             return model_inputs([structure], info, runner.device, runner.dtype)[0]
         return {
             "pos": pos.to(device=runner.device, dtype=runner.dtype),
@@ -146,7 +161,9 @@ class EquiformerCalculator(Calculator):
             "edge_index": edge_index.to(runner.device),
             "batch": torch.zeros(structure.n_atoms, dtype=torch.long, device=runner.device),
             "edge_shift": cached["shift"][keep].to(device=runner.device, dtype=runner.dtype),
-            "tags": torch.from_numpy(structure.tags if structure.tags is not None else np.zeros(structure.n_atoms, np.int64)).to(runner.device),
+            "tags": torch.from_numpy(
+                structure.tags if structure.tags is not None else np.zeros(structure.n_atoms, np.int64)
+            ).to(runner.device),
         }
 
     def _build_neighbours(self, structure: Structure, pos: torch.Tensor) -> dict:
@@ -161,7 +178,9 @@ class EquiformerCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         if ("forces" in properties or "stress" in properties) and not self.has_forces:
-            raise PropertyNotImplementedError(f"model {self.runner.info.name} predicts no forces; only energy is available")
+            raise PropertyNotImplementedError(
+                f"model {self.runner.info.name} predicts no forces; only energy is available"
+            )
         structure = self._structure(self.atoms)
         stress = self.has_forces and bool(structure.pbc.all())
         if "stress" in properties and not stress:

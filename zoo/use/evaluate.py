@@ -81,7 +81,9 @@ def _kind_of_manifest(manifest: dict) -> str:
         return "oc20"
     if keys.ENERGY in manifest.get("targets", {}):
         return "md17"
-    raise UseError(f"prepared dataset {manifest.get('name')}: cannot tell how to evaluate it (kind {kind!r}, targets {list(manifest.get('targets', {}))})")
+    raise UseError(
+        f"prepared dataset {manifest.get('name')}: cannot tell how to evaluate it (kind {kind!r}, targets {list(manifest.get('targets', {}))})"
+    )
 
 
 def _open_path(path: Path, targets: tuple) -> EvalData:
@@ -102,10 +104,18 @@ def _open_path(path: Path, targets: tuple) -> EvalData:
         files = find_oc20_splits(path)
         splits = {split: [s for f in fs for s in iter_lmdb_any(f)] for split, fs in files.items()}
         return _in_memory("oc20", str(path), splits)
-    raise UseError(f"{path}: not a dataset layout equizoo evaluates (a prepared folder, MDBENCHGNN folder, MD npz, OC20 LMDB or QM9 xyz folder)")
+    raise UseError(
+        f"{path}: not a dataset layout equizoo evaluates (a prepared folder, MDBENCHGNN folder, MD npz, OC20 LMDB or QM9 xyz folder)"
+    )
 
 
-def open_dataset(spec: Union[str, os.PathLike], source=None, cache_dir=None, target: Optional[str] = None, energy_unit: Optional[str] = None) -> EvalData:
+def open_dataset(
+    spec: Union[str, os.PathLike],
+    source=None,
+    cache_dir=None,
+    target: Optional[str] = None,
+    energy_unit: Optional[str] = None,
+) -> EvalData:
     """Open `qm9[:targets]`, `md17:MOL`, `rmd17:MOL`, `oc20-is2re` or a local path for evaluation.
 
     `source` prepares a registered dataset from a local copy; `energy_unit` states the unit of an extxyz
@@ -135,7 +145,9 @@ def open_dataset(spec: Union[str, os.PathLike], source=None, cache_dir=None, tar
     elif head in ("md17", "rmd17"):
         known = MD17_FILES if head == "md17" else RMD17_FILES
         if tail not in known:
-            raise UseError(f"{text}: unknown {head} molecule {tail!r}; known: {', '.join(known)} (write {head}:MOLECULE)")
+            raise UseError(
+                f"{text}: unknown {head} molecule {tail!r}; known: {', '.join(known)} (write {head}:MOLECULE)"
+            )
         name, kind, molecule = f"{head}-{tail}", "md17", tail
     elif head in ("oc20-is2re", "oc20") and not tail:
         name, kind, molecule = "oc20-is2re", "oc20", ""
@@ -146,7 +158,9 @@ def open_dataset(spec: Union[str, os.PathLike], source=None, cache_dir=None, tar
         except MissingExtra as exc:
             raise UseError(str(exc)) from None
     else:
-        raise UseError(f"{text}: unknown dataset; use qm9[:TARGET], md17:MOLECULE, rmd17:MOLECULE, oc20-is2re or a local dataset path")
+        raise UseError(
+            f"{text}: unknown dataset; use qm9[:TARGET], md17:MOLECULE, rmd17:MOLECULE, oc20-is2re or a local dataset path"
+        )
     try:
         dataset = load_dataset(name, cache_dir=cache_dir, **options)
     except DataError as exc:
@@ -167,11 +181,16 @@ class Evaluation:
     info: dict
 
     def to_json(self) -> dict:
-        rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in self.metrics.to_dict(orient="records")]
+        rows = [
+            {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+            for r in self.metrics.to_dict(orient="records")
+        ]
         return {**self.info, "equizoo_version": __version__, "metrics": rows}
 
     def write_json(self, path: Union[str, os.PathLike]) -> Path:
-        return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n"))
+        return atomic_write(
+            path, lambda tmp: Path(tmp).write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n")
+        )
 
     def panels(self, max_points: int = 20000) -> list[dict]:
         """What each parity-plot panel shows: its title carries the metric of the whole split (as in the
@@ -190,7 +209,11 @@ class Evaluation:
             if ref.size > max_points:
                 pick = rng.choice(ref.size, max_points, replace=False)
                 ref, pred = ref[pick], pred[pick]
-            shown = f" ({ref.size:,} of {self.pairs[name][0].size:,} points shown)" if ref.size < self.pairs[name][0].size else ""
+            shown = (
+                f" ({ref.size:,} of {self.pairs[name][0].size:,} points shown)"
+                if ref.size < self.pairs[name][0].size
+                else ""
+            )
             out.append({"name": name, "ref": ref, "pred": pred, "unit": unit, "title": f"{name}: MAE {mae:.4g} {unit}{shown}",
                         "xlabel": f"{label} [{unit}]", "ylabel": f"{'predicted - mean' if label != 'reference' else 'predicted'} [{unit}]"})  # fmt: skip
         return out
@@ -215,9 +238,12 @@ class Evaluation:
             ax.set_title(panel["title"], fontsize=9)
             ax.set_xlabel(panel["xlabel"])
             ax.set_ylabel(panel["ylabel"])
-        for ax in list(axes.flat)[len(names):]:
+        for ax in list(axes.flat)[len(names) :]:
             ax.axis("off")
-        fig.suptitle(f"{self.info['model']} on {self.info['dataset']} ({self.info['split']}, n={self.info['n_structures']})", fontsize=11)
+        fig.suptitle(
+            f"{self.info['model']} on {self.info['dataset']} ({self.info['split']}, n={self.info['n_structures']})",
+            fontsize=11,
+        )
         fig.tight_layout()
 
         def save(tmp: str) -> None:
@@ -246,7 +272,9 @@ def _paper_md17(info: ModelSpec, molecule: str, dataset: str) -> tuple[Optional[
     return row.get(molecule), paper.SOURCES["md17"] if molecule in row else ""
 
 
-def _row(data: EvalData, split: str, quantity: str, metric: str, unit: str, value: float, paper, source: str, n: int) -> dict:
+def _row(
+    data: EvalData, split: str, quantity: str, metric: str, unit: str, value: float, paper, source: str, n: int
+) -> dict:
     return dict(dataset=data.name, split=split, quantity=quantity, metric=metric, unit=unit, value=float(value),
                 paper=float(paper) if paper is not None else math.nan, paper_source=source if paper is not None else "", n=int(n))  # fmt: skip
 
@@ -258,7 +286,9 @@ def _qm9_metrics(data: EvalData, split: str, info: ModelSpec, items: list[Item])
     targets = list(data.targets) or model_targets
     missing = [t for t in targets if t not in model_targets]
     if missing or not targets:
-        raise UseError(f"model {info.name} does not predict QM9 target(s) {missing or '(none)'}; it predicts {[t.name for t in info.targets]}")
+        raise UseError(
+            f"model {info.name} does not predict QM9 target(s) {missing or '(none)'}; it predicts {[t.name for t in info.targets]}"
+        )
     ablation = paper.QM9_ABLATION.get(info.variants[0])
     rows, pairs = [], {}
     for name in targets:
@@ -283,12 +313,34 @@ def _md17_metrics(data: EvalData, split: str, info: ModelSpec, items: list[Item]
     e_ref = np.array([item.structure.targets[keys.ENERGY] for item in items])
     e_pred = _convert(np.array([item.values[t.name] for item in items]), t.unit, "eV")
     f_ref = np.concatenate([item.structure.targets[keys.FORCES].reshape(-1) for item in items])
-    f_pred = _convert(np.concatenate([item.per_atom[keys.FORCES].reshape(-1) for item in items]), force_unit.rsplit("/", 1)[0], "eV")
+    f_pred = _convert(
+        np.concatenate([item.per_atom[keys.FORCES].reshape(-1) for item in items]), force_unit.rsplit("/", 1)[0], "eV"
+    )
     e_ref, e_pred, f_ref, f_pred = (_convert(x, "eV", "meV") for x in (e_ref, e_pred, f_ref, f_pred))
     reported, source = _paper_md17(info, data.molecule, data.name)
     rows = [
-        _row(data, split, "energy", "MAE", "meV", np.mean(np.abs(e_pred - e_ref)), reported[0] if reported else None, source, len(items)),
-        _row(data, split, "forces", "MAE", "meV/Å", np.mean(np.abs(f_pred - f_ref)), reported[1] if reported else None, source, len(items)),
+        _row(
+            data,
+            split,
+            "energy",
+            "MAE",
+            "meV",
+            np.mean(np.abs(e_pred - e_ref)),
+            reported[0] if reported else None,
+            source,
+            len(items),
+        ),
+        _row(
+            data,
+            split,
+            "forces",
+            "MAE",
+            "meV/Å",
+            np.mean(np.abs(f_pred - f_ref)),
+            reported[1] if reported else None,
+            source,
+            len(items),
+        ),
     ]
     return rows, {"energy": (e_ref, e_pred, "meV"), "forces": (f_ref, f_pred, "meV/Å")}
 
@@ -314,7 +366,17 @@ def _oc20_metrics(data: EvalData, split: str, info: ModelSpec, items: list[Item]
     rows = [
         _row(data, split, "energy", "MAE", "eV", np.mean(np.abs(err)), reported, source, len(items)),
         _row(data, split, "energy", "MSE", "eV^2", np.mean(err**2), None, "", len(items)),
-        _row(data, split, "energy", f"EwT@{EWT_THRESHOLD:g}eV", "%", 100.0 * np.mean(np.abs(err) < EWT_THRESHOLD), None, "", len(items)),
+        _row(
+            data,
+            split,
+            "energy",
+            f"EwT@{EWT_THRESHOLD:g}eV",
+            "%",
+            100.0 * np.mean(np.abs(err) < EWT_THRESHOLD),
+            None,
+            "",
+            len(items),
+        ),
     ]
     return rows, {"adsorption energy": (ref, pred, "eV")}
 
@@ -351,6 +413,8 @@ def check_model_fits(kind: str, info: ModelSpec, name: str, targets: Sequence[st
             raise UseError(f"model {info.name} predicts {predicts}, not the relaxed adsorption energy of a periodic slab; {name} needs an OC20 "
                            f"model and equizoo has none trained yet; {EXISTING}")  # fmt: skip
         _oc20_target(info)
+
+
 _REQUIRED = {"qm9": (), "md17": (keys.ENERGY, keys.FORCES), "oc20": (keys.Y_RELAXED,)}
 
 
@@ -375,21 +439,27 @@ def run_evaluation(
     """Predict a split (its first `limit` structures if given) and compute the official metrics.
 
     The model is loaded and matched against the dataset before the dataset is opened (or prepared)."""
-    runner: Runner = load_runner(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements)
+    runner: Runner = load_runner(
+        model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements
+    )
     asked = tuple(t for t in (target or "").split(",") if t)
     if isinstance(dataset, EvalData):
         data = dataset
     else:
         kind = kind_of_spec(dataset)
         if kind is not None:
-            spec_targets = asked or tuple(t for t in os.fspath(dataset).partition(":")[2].split(",") if t) if kind == "qm9" else ()
+            spec_targets = (
+                asked or tuple(t for t in os.fspath(dataset).partition(":")[2].split(",") if t) if kind == "qm9" else ()
+            )
             check_model_fits(kind, runner.info, os.fspath(dataset), spec_targets)
         data = open_dataset(dataset, source=source, cache_dir=cache_dir, target=target, energy_unit=energy_unit)
     check_model_fits(data.kind, runner.info, data.name, data.targets)
     if split is None:
         default = DEFAULT_SPLITS[data.kind]
         if default not in data.split_names and len(data.split_names) != 1:
-            raise UseError(f"dataset {data.name} has no {default!r} split; choose one with --split: {', '.join(data.split_names)}")
+            raise UseError(
+                f"dataset {data.name} has no {default!r} split; choose one with --split: {', '.join(data.split_names)}"
+            )
         split = default if default in data.split_names else data.split_names[0]
     structures = data.split(split)
     count = len(structures) if limit is None else min(int(limit), len(structures))
@@ -399,12 +469,16 @@ def run_evaluation(
     for item in items:
         lacking = [k for k in _REQUIRED[data.kind] if k not in item.structure.targets]
         if lacking:
-            raise UseError(f"dataset {data.name} split {split}: structure {item.structure.label} has no {', '.join(lacking)} label; it cannot be evaluated")
+            raise UseError(
+                f"dataset {data.name} split {split}: structure {item.structure.label} has no {', '.join(lacking)} label; it cannot be evaluated"
+            )
     run_items(runner, items, batch_size=batch_size, max_atoms=max_atoms, progress=progress)
     failed = [item for item in items if not item.ok]
     if failed:
         first = failed[0]
-        raise UseError(f"{len(failed)} of {count} structures of {data.name}/{split} cannot be evaluated with {runner.info.name}; first, #{first.frame} ({first.structure.label}): {first.error}")
+        raise UseError(
+            f"{len(failed)} of {count} structures of {data.name}/{split} cannot be evaluated with {runner.info.name}; first, #{first.frame} ({first.structure.label}): {first.error}"
+        )
     rows, pairs = _METRICS[data.kind](data, split, runner.info, items)
     import pandas as pd
 

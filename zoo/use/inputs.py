@@ -76,7 +76,9 @@ def _read_file(path: Path, index: str = ":") -> list[Item]:
     except DataError as exc:
         first_error = str(exc)
     except (IndexError, ValueError) as exc:
-        raise UseError(f"{path}@{index}: bad frame selection ({exc}); use ASE syntax such as file.extxyz@0 or file.extxyz@:10") from None
+        raise UseError(
+            f"{path}@{index}: bad frame selection ({exc}); use ASE syntax such as file.extxyz@0 or file.extxyz@:10"
+        ) from None
     import ase.io
 
     try:
@@ -110,10 +112,14 @@ def expand_paths(patterns: Iterable[Union[str, os.PathLike]]) -> list[tuple[Path
         elif any(c in text for c in "*?["):
             matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
             if not matches:
-                raise UseError(f"no file matches {text!r}; check the pattern (quote it so the shell does not expand it)")
+                raise UseError(
+                    f"no file matches {text!r}; check the pattern (quote it so the shell does not expand it)"
+                )
             out.extend((m, index) for m in matches)
         else:
-            raise UseError(f"{text}: no such file; give structure files (xyz, extxyz, cif, traj, json, db, npz, lmdb, ...)")
+            raise UseError(
+                f"{text}: no such file; give structure files (xyz, extxyz, cif, traj, json, db, npz, lmdb, ...)"
+            )
     return out
 
 
@@ -134,7 +140,9 @@ def read_inputs(inputs) -> list[Item]:
             for path, index in expand_paths([entry]):
                 items.extend(_read_file(path, index))
         else:
-            raise UseError(f"cannot predict on {type(entry).__name__}; give file paths, ase.Atoms or zoo.data.Structure")
+            raise UseError(
+                f"cannot predict on {type(entry).__name__}; give file paths, ase.Atoms or zoo.data.Structure"
+            )
     if not items:
         raise UseError("no input structures given")
     return items
@@ -161,14 +169,22 @@ def oc20_tags(structure: Structure) -> tuple[Optional[np.ndarray], str]:
     if tags is None:
         return None, f"no tags in the input; {hint}"
     values = set(np.unique(tags).tolist())
-    if values == {0, 1} and fixed is not None and fixed.any() and not tags[fixed].any() and ((tags == 0) & ~fixed).any():
+    if (
+        values == {0, 1}
+        and fixed is not None
+        and fixed.any()
+        and not tags[fixed].any()
+        and ((tags == 0) & ~fixed).any()
+    ):
         return np.where(tags == 1, 2, np.where(fixed, 0, 1)).astype(np.int64), ""
     if values <= {0, 1, 2}:
         return tags, ""
     return None, f"tags {sorted(values)} are not OC20 tags; {hint}"
 
 
-def check_structure(structure: Structure, info: ModelSpec, allow_unseen_elements: bool = False) -> tuple[Optional[Structure], str]:
+def check_structure(
+    structure: Structure, info: ModelSpec, allow_unseen_elements: bool = False
+) -> tuple[Optional[Structure], str]:
     """The structure ready for the model (tags resolved), or (None, why the model cannot handle it).
 
     The one place that refuses elements outside the model's training data (predict, eval, bench and the
@@ -185,7 +201,11 @@ def check_structure(structure: Structure, info: ModelSpec, allow_unseen_elements
         from ase.data import chemical_symbols
 
         names = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown)
-        allowed = " ".join(info.type_names) if len(info.type_numbers) <= 12 else f"Z in {min(info.type_numbers)}..{max(info.type_numbers)}"
+        allowed = (
+            " ".join(info.type_names)
+            if len(info.type_numbers) <= 12
+            else f"Z in {min(info.type_numbers)}..{max(info.type_numbers)}"
+        )
         return None, f"element(s) {names} not among the model's types ({allowed}); use a model trained on them"
     unseen = info.unseen_elements(structure.species.tolist())
     if unseen and not allow_unseen_elements:
@@ -195,7 +215,10 @@ def check_structure(structure: Structure, info: ModelSpec, allow_unseen_elements
             "or pass --allow-unseen-elements (Python: allow_unseen_elements=True) to predict anyway"
         )
     if info.periodic and not structure.pbc.any():
-        return None, "the model is periodic (trained on cells/slabs) but this structure is an isolated molecule without a periodic cell; give a cell and pbc"
+        return (
+            None,
+            "the model is periodic (trained on cells/slabs) but this structure is an isolated molecule without a periodic cell; give a cell and pbc",
+        )
     if structure.pbc.any() and abs(np.linalg.det(structure.cell)) < 1e-9:
         return None, "periodic structure with a singular (zero-volume) cell; fix the cell"
     if info.needs_tags:
@@ -232,7 +255,11 @@ def geometry_problem(structure: Structure, r_max: float) -> str:
     k = int(torch.argmin(vec.norm(dim=1)))
     src, dst = int(edges[0, k]), int(edges[1, k])
     imaged = shift.shape[0] > 0 and bool(shift[k].any())
-    pair = f"atom {dst} and a periodic image of atom {src} are" if imaged else f"atoms {min(src, dst)} and {max(src, dst)} are"
+    pair = (
+        f"atom {dst} and a periodic image of atom {src} are"
+        if imaged
+        else f"atoms {min(src, dst)} and {max(src, dst)} are"
+    )
     return (
         f"{pair} {float(vec[k].norm()):.3g} Å apart, closer than {MIN_DISTANCE} Å; "
         "fix the coordinates (duplicated atom? wrong units?)"

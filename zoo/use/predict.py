@@ -63,7 +63,9 @@ def plan_batches(n_atoms: Sequence[int], batch_size: int, max_atoms: int) -> lis
     return batches
 
 
-def model_inputs(structures: Sequence[Structure], info: ModelSpec, device: torch.device, dtype: torch.dtype) -> tuple[dict, int]:
+def model_inputs(
+    structures: Sequence[Structure], info: ModelSpec, device: torch.device, dtype: torch.dtype
+) -> tuple[dict, int]:
     """Forward arguments of `structures` for the model `info` describes (zoo.forward) and their number."""
     return structure_inputs(structures, info.r_max, info.max_neighbors, device, dtype)
 
@@ -141,14 +143,31 @@ def _run_chunk(runner: Runner, chunk: list[tuple[Item, Structure]]) -> None:
 class Predictor:
     """A loaded model ready to predict many inputs (loads once; `run` as often as needed)."""
 
-    def __init__(self, model=None, backend: str = "eager", device="auto", dtype=None, allow_unseen_elements: bool = False, cuda_graphs: bool = False):
-        self.runner = load_runner(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements, cuda_graphs=cuda_graphs)
+    def __init__(
+        self,
+        model=None,
+        backend: str = "eager",
+        device="auto",
+        dtype=None,
+        allow_unseen_elements: bool = False,
+        cuda_graphs: bool = False,
+    ):
+        self.runner = load_runner(
+            model,
+            backend=backend,
+            device=device,
+            dtype=dtype,
+            allow_unseen_elements=allow_unseen_elements,
+            cuda_graphs=cuda_graphs,
+        )
 
     @property
     def info(self) -> ModelSpec:
         return self.runner.info
 
-    def run(self, inputs, batch_size: int = DEFAULT_BATCH_SIZE, max_atoms: int = DEFAULT_MAX_ATOMS, progress: bool = False) -> PredictionSet:
+    def run(
+        self, inputs, batch_size: int = DEFAULT_BATCH_SIZE, max_atoms: int = DEFAULT_MAX_ATOMS, progress: bool = False
+    ) -> PredictionSet:
         items = read_inputs(inputs)
         run_items(self.runner, items, batch_size=batch_size, max_atoms=max_atoms, progress=progress)
         r = self.runner
@@ -180,7 +199,14 @@ def predict(
     """
     if output is not None:
         check_output(output, OUTPUT_FORMATS)
-    result = Predictor(model, backend=backend, device=device, dtype=dtype, allow_unseen_elements=allow_unseen_elements, cuda_graphs=cuda_graphs).run(inputs, batch_size=batch_size, max_atoms=max_atoms, progress=progress)
+    result = Predictor(
+        model,
+        backend=backend,
+        device=device,
+        dtype=dtype,
+        allow_unseen_elements=allow_unseen_elements,
+        cuda_graphs=cuda_graphs,
+    ).run(inputs, batch_size=batch_size, max_atoms=max_atoms, progress=progress)
     if output is not None:
         result.write(output)
     return result.frame()

@@ -48,14 +48,20 @@ def resolve_model_dir(spec: Union[str, Path, None]) -> Path:
         return path
     text = str(spec)
     if path.exists():
-        raise UseError(f"model {spec}: not a model directory (give a directory with config.json, a registry name, an hf-hub: id or a TorchScript .pt file)")
+        raise UseError(
+            f"model {spec}: not a model directory (give a directory with config.json, a registry name, an hf-hub: id or a TorchScript .pt file)"
+        )
     if not text.startswith("hf-hub:") and (os.sep in text or text.startswith((".", "~"))):
-        raise UseError(f"model {spec}: no such model directory; give a directory with config.json, a registry name or an hf-hub: id")
+        raise UseError(
+            f"model {spec}: no such model directory; give a directory with config.json, a registry name or an hf-hub: id"
+        )
     try:
         return resolve(text)
     except ModuleNotFoundError as exc:
         if exc.name not in ("zoo.hub", "huggingface_hub"):
             raise
-        raise UseError(f"model {spec!r}: no such directory, and registry names / hf-hub ids need zoo.hub ({exc.name} is not installed)") from None
+        raise UseError(
+            f"model {spec!r}: no such directory, and registry names / hf-hub ids need zoo.hub ({exc.name} is not installed)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - the Hub client raises many types (network, lookup, checksum)
         raise UseError(f"model {spec!r}: {type(exc).__name__}: {exc}") from None

@@ -32,14 +32,20 @@ def check_output(path: Union[str, os.PathLike], formats: dict, what: str = "outp
     suffix = Path(path).suffix.lower()
     if suffix not in formats:
         known = ", ".join(sorted(formats))
-        raise UseError(f"{what} {path}: unknown file type {suffix or '(no suffix)'!r}; use a file name ending in {known}")
+        raise UseError(
+            f"{what} {path}: unknown file type {suffix or '(no suffix)'!r}; use a file name ending in {known}"
+        )
     from zoo.io import unwritable_reason
 
     reason = unwritable_reason(path)
     if reason:
         raise UseError(f"{what} {path}: {reason}")
     return formats[suffix]
-CAVEAT_PHRASE = "less accurate than the paper"  # what the card of a briefly trained model says (zoo.registry descriptions)
+
+
+CAVEAT_PHRASE = (
+    "less accurate than the paper"  # what the card of a briefly trained model says (zoo.registry descriptions)
+)
 
 
 def model_caveat(info: ModelSpec) -> str:
@@ -64,7 +70,9 @@ def _is_3d_periodic(s: Structure) -> bool:
     return bool(s.pbc.all()) and s.cell is not None and abs(np.linalg.det(s.cell)) > 1e-9
 
 
-def outputs_per_structure(out: dict, structures: Sequence[Structure], info: ModelSpec) -> list[tuple[dict, dict, Optional[np.ndarray]]]:
+def outputs_per_structure(
+    out: dict, structures: Sequence[Structure], info: ModelSpec
+) -> list[tuple[dict, dict, Optional[np.ndarray]]]:
     """Split a batch's outputs: (values by target, per-atom arrays, stress 3x3 or None) per structure."""
     host = {k: v.to("cpu", torch.float64).numpy() for k, v in out.items()}
     offsets = np.concatenate([[0], np.cumsum([s.n_atoms for s in structures])])
@@ -164,7 +172,12 @@ class PredictionSet:
             if not item.ok:
                 continue
             s = item.structure
-            atoms = ase.Atoms(numbers=s.species, positions=s.positions, cell=s.cell if s.cell is not None else np.zeros((3, 3)), pbc=s.pbc)
+            atoms = ase.Atoms(
+                numbers=s.species,
+                positions=s.positions,
+                cell=s.cell if s.cell is not None else np.zeros((3, 3)),
+                pbc=s.pbc,
+            )
             if s.tags is not None:
                 atoms.set_tags(s.tags)
             atoms.info.update(source_file=item.source, source_frame=item.frame)
@@ -183,7 +196,10 @@ class PredictionSet:
                 if keys.FORCES in item.per_atom:
                     results["forces"], units["forces"] = item.per_atom[keys.FORCES], atom_units[keys.FORCES]
                 if "atomic_" + self.info.energy_target in item.per_atom:
-                    results["energies"], units["energies"] = item.per_atom["atomic_" + self.info.energy_target], units["energy"]
+                    results["energies"], units["energies"] = (
+                        item.per_atom["atomic_" + self.info.energy_target],
+                        units["energy"],
+                    )
                 if item.stress is not None:
                     results["stress"], units["stress"] = np.asarray(_voigt(item.stress)), f"{units['energy']}/Å^3"
             atoms.info["units"] = " ".join(f"{k}={v}" for k, v in units.items())
@@ -217,7 +233,9 @@ class PredictionSet:
         if fmt == "csv":
             return atomic_write(path, lambda tmp: self.frame(per_atom=False).to_csv(tmp, index=False))
         if fmt == "json":
-            return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n"))
+            return atomic_write(
+                path, lambda tmp: Path(tmp).write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n")
+            )
         import ase.io
 
         atoms = self.to_atoms()

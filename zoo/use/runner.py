@@ -30,7 +30,16 @@ class Runner:
 
     allow_unseen_elements = False  # predict for elements outside the training data (set by load_runner)
 
-    def __init__(self, module: Callable, info: ModelSpec, backend: str, device: torch.device, dtype: torch.dtype, grad: bool, virial_attr: bool):
+    def __init__(
+        self,
+        module: Callable,
+        info: ModelSpec,
+        backend: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        grad: bool,
+        virial_attr: bool,
+    ):
         self.module = module
         self.info = info
         self.backend = backend
@@ -79,9 +88,13 @@ def _torchscript_runner(path: Path, device: torch.device, dtype: Optional[torch.
         with quiet_jit():
             module, meta = load_torchscript(path, map_location=str(device))
     except RuntimeError as exc:
-        raise UseError(f"{path}: not a loadable TorchScript model ({str(exc).splitlines()[0]}); export it again") from None
+        raise UseError(
+            f"{path}: not a loadable TorchScript model ({str(exc).splitlines()[0]}); export it again"
+        ) from None
     if CONFIG_JSON not in meta:
-        raise UseError(f"{path}: TorchScript file without equizoo metadata ({CONFIG_JSON}); export it with `equizoo export MODEL_DIR --format torchscript`")
+        raise UseError(
+            f"{path}: TorchScript file without equizoo metadata ({CONFIG_JSON}); export it with `equizoo export MODEL_DIR --format torchscript`"
+        )
     info = ModelSpec.from_config(json.loads(meta[CONFIG_JSON]), str(path))
     saved = getattr(torch, meta.get("model_dtype", "float32"))
     if dtype is not None and dtype != saved:
@@ -124,11 +137,19 @@ def load_runner(
         check_backend(backend)
         dev, dt = pick_device(device), parse_dtype(dtype)
         if cuda_graphs and backend not in ("eager", "compile"):
-            raise UseError(f"--cuda-graphs replays the eager or compiled model; backend {backend} cannot be combined with it (use --backend eager or compile)")
+            raise UseError(
+                f"--cuda-graphs replays the eager or compiled model; backend {backend} cannot be combined with it (use --backend eager or compile)"
+            )
         if cuda_graphs and dev.type != "cuda":
-            raise UseError(f"--cuda-graphs needs a CUDA device, but the device is {dev}" + ("" if torch.cuda.is_available() else " (torch sees no CUDA GPU here)") + "; drop --cuda-graphs or use --device cuda")
+            raise UseError(
+                f"--cuda-graphs needs a CUDA device, but the device is {dev}"
+                + ("" if torch.cuda.is_available() else " (torch sees no CUDA GPU here)")
+                + "; drop --cuda-graphs or use --device cuda"
+            )
         if backend == "compile" or cuda_graphs:
-            runner = accelerated_runner(_load_runner(model, "eager", dev, dt), compile=backend == "compile", cuda_graphs=cuda_graphs)
+            runner = accelerated_runner(
+                _load_runner(model, "eager", dev, dt), compile=backend == "compile", cuda_graphs=cuda_graphs
+            )
         else:
             runner = _load_runner(model, backend, dev, dt)
     runner.allow_unseen_elements = bool(allow_unseen_elements) or runner.allow_unseen_elements
@@ -144,17 +165,29 @@ def _load_runner(model, backend: str, dev: torch.device, dt: Optional[torch.dtyp
             return Runner(zm, info, "eager", dev, dt or info.dtype, grad=True, virial_attr=True)
         if backend == "torchscript":
             return Runner(script_model(zm), info, "torchscript", dev, dt or info.dtype, grad=True, virial_attr=True)
-        raise UseError(f"backend {backend} needs an exported file; pass a model directory that has {EXPORT_FILES[backend]}")
+        raise UseError(
+            f"backend {backend} needs an exported file; pass a model directory that has {EXPORT_FILES[backend]}"
+        )
     if model is not None and Path(model).expanduser().is_file():
         path = Path(model).expanduser()
         if backend not in ("eager", "torchscript"):
-            raise UseError(f"{path} is a file; backend {backend} loads the export inside a model directory, pass the directory")
+            raise UseError(
+                f"{path} is a file; backend {backend} loads the export inside a model directory, pass the directory"
+            )
         return _torchscript_runner(path, dev, dt)
     model_dir = resolve_model_dir(model)
     config = read_config(model_dir)
     info = ModelSpec.from_config(config, str(model_dir))
     if backend == "eager":
-        return Runner(load_model_dir(model_dir, dtype=dt, device=dev), info, "eager", dev, dt or info.dtype, grad=True, virial_attr=True)
+        return Runner(
+            load_model_dir(model_dir, dtype=dt, device=dev),
+            info,
+            "eager",
+            dev,
+            dt or info.dtype,
+            grad=True,
+            virial_attr=True,
+        )
     file = model_dir / EXPORT_FILES[backend]
     if backend == "torchscript":
         if file.is_file():
@@ -162,7 +195,9 @@ def _load_runner(model, backend: str, dev: torch.device, dt: Optional[torch.dtyp
         module = script_model(load_model_dir(model_dir, dtype=dt, device=dev))
         return Runner(module, info, "torchscript", dev, dt or info.dtype, grad=True, virial_attr=True)
     if not file.is_file():
-        raise UseError(f"model {model_dir} has no {file.name}: run `equizoo export {model_dir} --format {backend}` first, then run this again")
+        raise UseError(
+            f"model {model_dir} has no {file.name}: run `equizoo export {model_dir} --format {backend}` first, then run this again"
+        )
     from zoo.export.trace import ExportError
 
     try:
@@ -178,7 +213,9 @@ def _load_runner(model, backend: str, dev: torch.device, dt: Optional[torch.dtyp
         raise UseError(str(exc)) from None
     exported = getattr(fn, "dtype", info.dtype)
     if dt is not None and dt != exported:
-        raise UseError(f"{file} runs in the dtype it was exported in ({exported}); drop --dtype or export again with --dtype {dtype_name(dt)}")
+        raise UseError(
+            f"{file} runs in the dtype it was exported in ({exported}); drop --dtype or export again with --dtype {dtype_name(dt)}"
+        )
     return Runner(fn, info, backend, dev, exported, grad=False, virial_attr=False)
 
 
@@ -190,7 +227,9 @@ def accelerated_runner(eager: Runner, compile: bool, cuda_graphs: bool) -> Runne
     module = accel.compile_model(model) if compile else model
     name = "compile" if compile else "eager"
     if cuda_graphs:
-        module = accel.CudaGraphModel(module, model, pad_species=info.type_numbers[0], pad_length=0.5 * info.r_max, grad=eager.needs_grad)
+        module = accel.CudaGraphModel(
+            module, model, pad_species=info.type_numbers[0], pad_length=0.5 * info.r_max, grad=eager.needs_grad
+        )
         name += "+cuda-graphs"
     runner = Runner(module, info, name, eager.device, eager.dtype, grad=True, virial_attr=True)
     check_against_eager(runner, eager)
@@ -221,7 +260,9 @@ def check_against_eager(runner: Runner, eager: Runner) -> float:
             raise UseError(str(exc)) from None
         except RuntimeError as exc:  # torch.compile's errors (Dynamo, Inductor) derive from RuntimeError
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise UseError(f"backend {runner.backend} failed on the check structures ({type(exc).__name__}: {first}); use --backend eager") from exc
+            raise UseError(
+                f"backend {runner.backend} failed on the check structures ({type(exc).__name__}: {first}); use --backend eager"
+            ) from exc
         for name, diff in relative_difference(eager(kwargs, n), got).items():
             if not diff <= rtol:
                 raise UseError(
@@ -230,4 +271,6 @@ def check_against_eager(runner: Runner, eager: Runner) -> float:
                 )  # fmt: skip
             worst = max(worst, diff)
     return worst
+
+
 ACCELERATED_RTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
