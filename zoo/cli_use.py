@@ -79,6 +79,68 @@ def _fmt(value, digits: int = 6) -> str:
     return escape(str(value))
 
 
+def _print_predictions(result, rows: int, output: Optional[Path]) -> None:
+    """The first `rows` predictions as a table, with a line on how many more there are."""
+    from zoo.use.results import column
+
+    info = result.info
+    table = Table(title=escape(f"{info.name} ({result.backend}, {result.device}, {result.dtype})"))
+    for name in ("file", "frame", "formula", "n_atoms"):
+        table.add_column(name, justify="right" if name in ("frame", "n_atoms") else "left")
+    value_columns = [column(t.name, t.unit) for t in info.targets]
+    for name in value_columns:
+        table.add_column(escape(name), justify="right")
+    table.add_column("status")
+    frame = result.frame(per_atom=False)
+    for _, row in frame.head(rows).iterrows():
+        status = "[green]ok[/green]" if row["status"] == "ok" else "[red]error[/red]"
+        table.add_row(
+            escape(Path(row["file"]).name),
+            str(row["frame"]) if row["frame"] >= 0 else "-",
+            row["formula"],
+            str(row["n_atoms"]),
+            *(_fmt(row[c]) for c in value_columns),
+            status,
+        )
+    console.print(table)
+    if len(frame) > rows:
+        console.print(
+            escape(
+                f"... {len(frame) - rows} more rows"
+                + (f" in {output}" if output else " (write them all with --output)")
+            )
+        )
+
+
+def _print_notes(result, output: Optional[Path]) -> None:
+    """The model's caveat, a note when it records no training elements, and the first failures."""
+    from zoo.use.results import model_caveat
+
+    info = result.info
+    caveat = model_caveat(info)
+    if caveat:
+        console.print(f"[yellow]caveat:[/yellow] {escape(caveat)}", highlight=False)
+    if info.elements is None:
+        console.print(
+            escape(
+                f"note: {info.name} does not record the elements of its training data; structures with other elements are not flagged"
+            ),
+            highlight=False,
+        )
+    for source, frame_index, reason in result.errors[:MAX_ERROR_LINES]:
+        where = f"frame {frame_index}" if frame_index >= 0 else "the whole file"
+        err_console.print(f"[red]failed[/red] {escape(source)} ({where}): {escape(reason)}")
+    if result.n_failed > MAX_ERROR_LINES:
+        where = (
+            f"the error column of {output}"
+            if output is not None and output.suffix.lower() != ".extxyz"
+            else "--output x.csv"
+        )
+        err_console.print(
+            escape(f"... and {result.n_failed - MAX_ERROR_LINES} more failed structures (every reason: {where})")
+        )
+
+
 def predict_command(
     files: List[str] = typer.Argument(
         ...,
@@ -104,7 +166,7 @@ def predict_command(
 ) -> None:
     """Predict the properties of every structure in FILES (energies, forces, QM9 targets, adsorption energies)."""
     from zoo.use.predict import Predictor
-    from zoo.use.results import OUTPUT_FORMATS, check_output, column, model_caveat
+    from zoo.use.results import OUTPUT_FORMATS, check_output
 
     written = False
     if output is not None:
@@ -120,56 +182,9 @@ def predict_command(
     result = predictor.run(files, batch_size=batch_size, max_atoms=max_atoms, progress=True)
     if output is not None and (len(result.items) > result.n_failed or output.suffix.lower() in (".csv", ".json")):
         written = bool(result.write(output))
-    info = result.info
     if rows > 0:
-        table = Table(title=escape(f"{info.name} ({result.backend}, {result.device}, {result.dtype})"))
-        for name in ("file", "frame", "formula", "n_atoms"):
-            table.add_column(name, justify="right" if name in ("frame", "n_atoms") else "left")
-        value_columns = [column(t.name, t.unit) for t in info.targets]
-        for name in value_columns:
-            table.add_column(escape(name), justify="right")
-        table.add_column("status")
-        frame = result.frame(per_atom=False)
-        for _, row in frame.head(rows).iterrows():
-            status = "[green]ok[/green]" if row["status"] == "ok" else "[red]error[/red]"
-            table.add_row(
-                escape(Path(row["file"]).name),
-                str(row["frame"]) if row["frame"] >= 0 else "-",
-                row["formula"],
-                str(row["n_atoms"]),
-                *(_fmt(row[c]) for c in value_columns),
-                status,
-            )
-        console.print(table)
-        if len(frame) > rows:
-            console.print(
-                escape(
-                    f"... {len(frame) - rows} more rows"
-                    + (f" in {output}" if output else " (write them all with --output)")
-                )
-            )
-    caveat = model_caveat(info)
-    if caveat:
-        console.print(f"[yellow]caveat:[/yellow] {escape(caveat)}", highlight=False)
-    if info.elements is None:
-        console.print(
-            escape(
-                f"note: {info.name} does not record the elements of its training data; structures with other elements are not flagged"
-            ),
-            highlight=False,
-        )
-    for source, frame_index, reason in result.errors[:MAX_ERROR_LINES]:
-        where = f"frame {frame_index}" if frame_index >= 0 else "the whole file"
-        err_console.print(f"[red]failed[/red] {escape(source)} ({where}): {escape(reason)}")
-    if result.n_failed > MAX_ERROR_LINES:
-        where = (
-            f"the error column of {output}"
-            if output is not None and output.suffix.lower() != ".extxyz"
-            else "--output x.csv"
-        )
-        err_console.print(
-            escape(f"... and {result.n_failed - MAX_ERROR_LINES} more failed structures (every reason: {where})")
-        )
+        _print_predictions(result, rows, output)
+    _print_notes(result, output)
     ok = len(result.items) - result.n_failed
     summary = f"{ok} of {len(result.items)} structures predicted"
     if written:

@@ -122,6 +122,17 @@ def repo_owner(repo: dict) -> str:
     return str(repo.get("owner") or repo.get("author"))
 
 
+def _commit_header(lines: list, branch: str, head: str) -> dict:
+    """The header line of a commit payload, its parent (if named) checked to be the branch head."""
+    header = next((item.get("value") for item in lines if isinstance(item, dict) and item.get("key") == "header"), None)
+    if not isinstance(header, dict):
+        raise RequestError(400, "the commit payload has no header line")
+    parent = header.get("parentCommit")
+    if parent and parent != head:
+        raise RequestError(412, f"parent commit {parent} is not the head of {branch} ({head})")
+    return header
+
+
 class HubStore:
     """Repositories, commits, refs and blobs in a folder (thread-safe through one lock)."""
 
@@ -262,58 +273,13 @@ class HubStore:
                 )
             head = repo["refs"]["branches"][branch]
             tree = dict(self.commit(repo_type, repo_id, head)["tree"])
-            header = next(
-                (item.get("value") for item in lines if isinstance(item, dict) and item.get("key") == "header"), None
-            )
-            if not isinstance(header, dict):
-                raise RequestError(400, "the commit payload has no header line")
-            parent = header.get("parentCommit")
-            if parent and parent != head:
-                raise RequestError(412, f"parent commit {parent} is not the head of {branch} ({head})")
+            header = _commit_header(lines, branch, head)
             new: Dict[str, bytes] = {}
             for item in lines:
                 if not isinstance(item, dict) or not isinstance(item.get("value", {}), dict):
                     raise RequestError(400, "every commit line is a JSON object {key, value}")
-                key, value = item.get("key"), item.get("value", {})
-                if key == "header":
-                    continue
-                raw = value.get("path")
-                path = check_path(raw.rstrip("/") if key == "deletedFolder" and isinstance(raw, str) else raw)
-                if key == "file":
-                    content = value.get("content")
-                    if not isinstance(content, str):
-                        raise RequestError(400, f"file {path}: content must be a string")
-                    data = (
-                        base64.b64decode(content, validate=True)
-                        if value.get("encoding") == "base64"
-                        else content.encode()
-                    )
-                    new[path] = data
-                    tree[path] = None
-                elif key == "lfsFile":
-                    blob = self.blob(value.get("oid"))
-                    if not blob.is_file():
-                        raise RequestError(
-                            422,
-                            f"LFS object {value['oid']} for {path} was never uploaded (this server takes files inline)",
-                        )
-                    new.pop(path, None)
-                    tree[path] = {
-                        "sha256": value["oid"],
-                        "oid": _git_blob_sha1(blob.read_bytes()),
-                        "size": blob.stat().st_size,
-                    }
-                elif key == "deletedFile":
-                    if path not in tree:
-                        raise RequestError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
-                    new.pop(path, None)
-                    del tree[path]
-                elif key == "deletedFolder":
-                    for p in [p for p in tree if p.startswith(path + "/")]:
-                        new.pop(p, None)
-                        del tree[p]
-                else:
-                    raise RequestError(400, f"unsupported commit operation {key!r}")
+                if item.get("key") != "header":
+                    self._apply_operation(tree, new, item.get("key"), item.get("value", {}))
             if "README.md" in new:
                 try:
                     load_front_matter(new["README.md"].decode("utf-8", errors="replace"), "README.md")
@@ -332,6 +298,38 @@ class HubStore:
                 str(header.get("description", "")),
                 user,
             )
+
+    def _apply_operation(self, tree: dict, new: Dict[str, bytes], key, value: dict) -> None:
+        """One commit line on the tree being built: an inline file (kept in `new` until every line is checked),
+        an uploaded LFS object, a deleted file or a deleted folder."""
+        raw = value.get("path")
+        path = check_path(raw.rstrip("/") if key == "deletedFolder" and isinstance(raw, str) else raw)
+        if key == "file":
+            content = value.get("content")
+            if not isinstance(content, str):
+                raise RequestError(400, f"file {path}: content must be a string")
+            data = base64.b64decode(content, validate=True) if value.get("encoding") == "base64" else content.encode()
+            new[path] = data
+            tree[path] = None
+        elif key == "lfsFile":
+            blob = self.blob(value.get("oid"))
+            if not blob.is_file():
+                raise RequestError(
+                    422, f"LFS object {value['oid']} for {path} was never uploaded (this server takes files inline)"
+                )
+            new.pop(path, None)
+            tree[path] = {"sha256": value["oid"], "oid": _git_blob_sha1(blob.read_bytes()), "size": blob.stat().st_size}
+        elif key == "deletedFile":
+            if path not in tree:
+                raise RequestError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
+            new.pop(path, None)
+            del tree[path]
+        elif key == "deletedFolder":
+            for p in [p for p in tree if p.startswith(path + "/")]:
+                new.pop(p, None)
+                del tree[p]
+        else:
+            raise RequestError(400, f"unsupported commit operation {key!r}")
 
     def set_ref(self, repo_type: str, repo_id: str, kind: str, name: str, sha: Optional[str]) -> None:
         """Create (sha given; 409 if it exists) or delete (sha None; 404 if missing) a branch or tag."""
