@@ -57,7 +57,7 @@ def test_variant_bench_and_errors_per_row():
     assert eager["status"] == "ok" and eager["model"] == "oc20-l1 (random init)" and eager["atoms_per_batch"] == 68
     assert onnx["status"] == "error" and "exported file" in onnx["error"] and np.isnan(onnx["median_ms"])
     with pytest.raises(UseError, match="unknown suite"):
-        bench(suite="issue9")
+        bench(suite="no-such-suite")
     assert {task for _, task, _ in SUITES["speed"]} == {"inference", "train_step", "latency"}
 
 
