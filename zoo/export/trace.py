@@ -225,6 +225,11 @@ def _index_add_as_scatter_add(self, dim, index, source, alpha=1):
     return torch.ops.aten.scatter_add(self, dim, expanded, source)
 
 
+def _index_add_inplace_as_scatter_add(self, dim, index, source, alpha=1):
+    """index_add_ (the network's segment sums into fresh zeros) through `_index_add_as_scatter_add`."""
+    return self.copy_(_index_add_as_scatter_add(self, dim, index, source, alpha))
+
+
 def _decompositions() -> dict:
     from torch._decomp import get_decompositions
 
@@ -241,6 +246,7 @@ def _decompositions() -> dict:
     )
     table[aten.slice_backward.default] = _slice_backward(table[aten.slice_backward.default])
     table[aten.index_add.default] = _index_add_as_scatter_add
+    table[aten.index_add_.default] = _index_add_inplace_as_scatter_add
     return table
 
 

@@ -13,7 +13,7 @@ from zoo.nn.dtp import DepthwiseTensorProduct
 from zoo.nn.irreps import num_even_scalars, sort_irreps_e3nn, sort_irreps_even_first, split_gate
 from zoo.nn.linear import IrrepsLinear
 from zoo.nn.radial import RadialProfile
-from zoo.nn.scatter import scatter_sum, segment_softmax
+from zoo.nn.scatter import gather_rows, scatter_sum, segment_softmax
 
 
 class SeparableTP(torch.nn.Module):
@@ -45,10 +45,10 @@ class SeparableTP(torch.nn.Module):
     def forward(
         self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None
     ) -> List[torch.Tensor]:
-        if weight is None:  # internal weights: scale the linear map's rows instead of the TP's outputs
-            out = self.lin.forward_pieces(self.dtp(xs, sh, None), sh.shape[0], self.dtp.output_weights())
-        else:
-            out = self.lin.forward_pieces(self.dtp(xs, sh, weight), sh.shape[0])
+        pieces, operators = self.dtp(xs, sh, weight)
+        # internal weights: scale the linear map's rows instead of the TP's outputs
+        scale = self.dtp.output_weights() if weight is None else None
+        out = self.lin.forward_pieces(pieces, sh.shape[0], scale, operators, self.dtp.deferred)
         gate = self.gate
         if gate is not None:
             out = gate(out)
@@ -82,7 +82,7 @@ class _PairAttention(torch.nn.Module):
     def merge(self, xs: List[torch.Tensor], edge_src: torch.Tensor, edge_dst: torch.Tensor) -> List[torch.Tensor]:
         src = self.merge_src(xs)
         dst = self.merge_dst(xs)
-        return [a.index_select(0, edge_src) + b.index_select(0, edge_dst) for a, b in zip(src, dst)]
+        return [gather_rows(a, edge_src) + gather_rows(b, edge_dst) for a, b in zip(src, dst)]
 
     def aggregate(
         self, logits: torch.Tensor, values: List[torch.Tensor], edge_dst: torch.Tensor, num_nodes: int
@@ -167,11 +167,16 @@ class GraphAttention(_PairAttention):
         e = edge_src.shape[0]
         h = self.num_heads
         if self.nonlinear_message:
-            pieces = self.sep_act.dtp(message, sh, weight)
-            alpha = self.sep_alpha.forward_pieces(pieces, e)[0].view(e, h, self.mul_alpha_head)
+            pieces, operators = self.sep_act.dtp(message, sh, weight)
+            deferred = self.sep_act.dtp.deferred
+            alpha = self.sep_alpha.forward_pieces(pieces, e, None, operators, deferred)[0].view(
+                e, h, self.mul_alpha_head
+            )
             gate = self.sep_act.gate
             assert gate is not None
-            values = self.sep_value(gate(self.sep_act.lin.forward_pieces(pieces, e)), sh, None)
+            values = self.sep_value(
+                gate(self.sep_act.lin.forward_pieces(pieces, e, None, operators, deferred)), sh, None
+            )
         else:
             blocks = self.sep(message, sh, weight)
             # the first 0e block holds, per head, the head's alpha channels then its 0e value channels
@@ -231,6 +236,6 @@ class DotProductAttention(_PairAttention, ExactConstants):
             d, c = q.shape[1], q.shape[2]
             pair = kv[i].view(e, d, 2, c)
             values.append(pair[:, :, 1])
-            dot = ((q * scales[i]).index_select(0, edge_dst) * pair[:, :, 0]).view(e, d, h, c // h).sum(dim=(1, 3))
+            dot = (gather_rows(q * scales[i], edge_dst) * pair[:, :, 0]).view(e, d, h, c // h).sum(dim=(1, 3))
             logits = dot if i == 0 else logits + dot
         return self.proj(self.aggregate(logits, values, edge_dst, xs[0].shape[0]))

@@ -28,21 +28,22 @@ class NodeEmbedding(torch.nn.Module):
         self.irreps_out = self.lin.irreps_out
 
     def forward(self, types: torch.Tensor, dtype: torch.dtype) -> List[torch.Tensor]:
-        one_hot = torch.nn.functional.one_hot(types, self.num_types).to(dtype)
-        return self.lin([one_hot.view(types.shape[0], 1, self.num_types)])
+        return self.lin.forward_one_hot(types, dtype)
 
 
 class EdgeDegreeEmbedding(ExactConstants):
     """Sum over neighbours of DTP(constant node vector, Y; radial weights), projected, / sqrt(avg degree).
 
     Independent of atom types: it encodes the geometry of each atom's neighbourhood. The constant node
-    vector is the same for every node, so it is computed on the edges directly.
+    vector is the same for every node, so it is computed on the edges directly; only its 0e block is
+    non-zero, so only the TP paths from that block are computed (`scalar_inputs_only`).
     """
 
     def __init__(self, irreps_node, irreps_sh, radial_channels: List[int], avg_degree: float) -> None:
         super().__init__()
-        self.exp = IrrepsLinear(o3.Irreps("1x0e"), irreps_node, bias=True)
-        self.dw = DepthwiseTensorProduct(irreps_node, irreps_sh, irreps_node, internal_weights=False)
+        scalars = o3.Irreps(irreps_node)[:1]
+        self.exp = IrrepsLinear(o3.Irreps("1x0e"), scalars, bias=True)
+        self.dw = DepthwiseTensorProduct(irreps_node, irreps_sh, irreps_node, scalar_inputs_only=True)
         self.rad = RadialProfile(list(radial_channels) + [self.dw.weight_numel])
         self.proj = IrrepsLinear(self.dw.irreps_out.simplify(), irreps_node)
         self.avg_degree = float(avg_degree)
@@ -57,7 +58,8 @@ class EdgeDegreeEmbedding(ExactConstants):
     ) -> List[torch.Tensor]:
         """`weight`: the radial TP weights in the TP's output order (`rad` reordered by `dw.weight_perm`)."""
         ones = torch.ones(sh.shape[0], 1, 1, dtype=sh.dtype, device=sh.device)
-        edge = self.proj.forward_pieces(self.dw(self.exp([ones]), sh, weight), sh.shape[0])
+        pieces, operators = self.dw(self.exp([ones]), sh, weight)
+        edge = self.proj.forward_pieces(pieces, sh.shape[0], None, operators, self.dw.deferred)
         return [scatter_sum(y, edge_dst, num_nodes) * self.inv_sqrt_degree for y in edge]
 
 

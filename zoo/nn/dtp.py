@@ -24,18 +24,29 @@ class DepthwiseTensorProduct(ExactConstants):
     operator [K, 2 l_in + 1] for all paths of that block at once; one batched matmul per non-scalar input
     block applies it to the block's channels. Its rows come grouped by output block (paths of one output
     irrep side by side), so the piece an input block gives an output block is a view, weighted in one
-    multiply; the pieces go to the following linear map unconcatenated. `forward` takes the per-edge
-    weights in output order: `weight_perm` maps it to path order (`w_out = w_path[..., weight_perm]`).
+    multiply; the pieces go to the following linear map unconcatenated. A scalar input block's piece of a
+    non-scalar output block is an outer product (operator [2 l_out + 1, paths] times channels): it is
+    *deferred*, handed to the linear map un-expanded with its operator, which mixes the channels first and
+    expands after, (2 l_out + 1) times fewer multiplications. `forward` takes the per-edge weights in output
+    order: `weight_perm` maps it to path order (`w_out = w_path[..., weight_perm]`).
+
+    `scalar_inputs_only` keeps only the paths of the first (0e) input block, for inputs whose other blocks
+    are known to be zero (the edge-degree embedding): their pieces are the first channels of each output
+    block, `weight_perm` selects only their weights, and the linear map that follows treats the missing
+    channels as zero.
     """
 
     _groups: List[Tuple[int, int, int]]
     _op_sizes: List[int]
+    _group_splits: List[List[int]]
     _pieces: List[List[Tuple[int, int, int, int, int, int]]]
     _piece_sizes: List[int]
-    _op_piece_sizes: List[int]
     _out_channels: List[int]
+    deferred: List[int]
 
-    def __init__(self, irreps_in, irreps_sh, irreps_target, internal_weights: bool = False) -> None:
+    def __init__(
+        self, irreps_in, irreps_sh, irreps_target, internal_weights: bool = False, scalar_inputs_only: bool = False
+    ) -> None:
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
         self.irreps_sh = o3.Irreps(irreps_sh)
@@ -48,6 +59,11 @@ class DepthwiseTensorProduct(ExactConstants):
         self._layout, rows = _group_layout(
             self.irreps_in, paths, out_irs
         )  # (input block, d1, [(output block, [paths], k0)])
+        self.scalar_inputs_only = scalar_inputs_only
+        if scalar_inputs_only:
+            if self.irreps_in[0].ir != o3.Irrep("0e"):
+                raise ValueError(f"scalar_inputs_only needs a first 0e input block, got {self.irreps_in}")
+            self._layout, rows = self._layout[:1], rows[:1]
         self._groups = [(i, k, d1) for (i, d1, _), k in zip(self._layout, rows)]
         self._op_sizes = [k * d1 for _, k, d1 in self._groups]
         self._sh_starts = [sum(ir.dim for _, ir in self.irreps_sh[:j]) for j in range(len(self.irreps_sh))]
@@ -59,12 +75,19 @@ class DepthwiseTensorProduct(ExactConstants):
             for o, sel, _ in entries:
                 self._pieces[o].append((len(op_piece_sizes), i, d1, out_irs[o].dim, len(sel), self.irreps_in[i].mul))
                 op_piece_sizes.append(out_irs[o].dim * len(sel) * d1)
-        self._op_piece_sizes = op_piece_sizes
+        # per group, how its result splits into pieces ((2 l_out + 1) paths each): operator columns (scalar
+        # input block) or rows of the product (other blocks)
+        self._group_splits = [[out_irs[o].dim * len(sel) for o, sel, _ in entries] for _, _, entries in self._layout]
         self._piece_sizes = [p * mul for pieces in self._pieces for *_, p, mul in pieces]
         self._out_channels = [sum(p * mul for *_, p, mul in pieces) for pieces in self._pieces]
+        # per output block: the position of its deferred piece (scalar input, non-scalar output) or -1
+        self.deferred = [
+            next((k for k, (_, _, d1, d3, _, _) in enumerate(pieces) if d1 == 1 and d3 > 1), -1)
+            for pieces in self._pieces
+        ]
         # output channel (block by block, path by path, channel) -> weight index in path order
         perm = _weight_permutation(self._layout, self.irreps_in, len(out_irs))
-        assert sorted(perm) == list(range(w0))
+        assert sorted(perm) == list(range(w0 if not scalar_inputs_only else len(perm)))
         self.register_buffer("weight_perm", torch.tensor(perm, dtype=torch.long), persistent=False)
         self.cg_float32 = False
         self.register_constant("op_matrix", self._coefficients(False))
@@ -104,7 +127,8 @@ class DepthwiseTensorProduct(ExactConstants):
 
     def __repr__(self) -> str:
         kind = "internal" if self.internal_weights else "per-edge"
-        return f"{self.__class__.__name__}({self.irreps_in} x {self.irreps_sh} -> {self.irreps_out.simplify()}, {kind} weights={self.weight_numel})"
+        only = ", scalar inputs only" if self.scalar_inputs_only else ""
+        return f"{self.__class__.__name__}({self.irreps_in} x {self.irreps_sh} -> {self.irreps_out.simplify()}, {kind} weights={self.weight_numel}{only})"
 
     def output_weights(self) -> List[torch.Tensor]:
         """The internal weights as one [channels] vector per output block (output order)."""
@@ -112,36 +136,54 @@ class DepthwiseTensorProduct(ExactConstants):
 
     def forward(
         self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None
-    ) -> List[List[torch.Tensor]]:
-        """Blocks [E, 2l+1, mul] of `irreps_in`, sh [E, dim_sh], per-edge weights [E, weight_numel] in
-        output order -> every block of `irreps_out.simplify()` as its pieces [E (2l+1), paths * mul] (one
-        per input block feeding it, channels in order), for `IrrepsLinear.forward_pieces`. Without
-        `weight` the pieces are unweighted: the internal weights (`output_weights`) go to the linear map's
-        rows instead. A scalar input block needs no contraction (operator rows times channels); the
-        others take one batched matmul per piece."""
+    ) -> Tuple[List[List[torch.Tensor]], List[torch.Tensor]]:
+        """Blocks [E, 2l+1, mul] of `irreps_in`, sh [E, dim_sh], per-edge weights [E, len(weight_perm)]
+        in output order -> (pieces, operators). `pieces[o]`: block o of `irreps_out.simplify()` as its
+        pieces [E (2l+1), paths * mul] (one per input block feeding it, channels in order), except the
+        deferred piece `deferred[o]`, given as [E, paths * mul] with its operator `operators[o]`
+        [E, 2l+1, paths] (an empty tensor where the block has none); for `IrrepsLinear.forward_pieces`.
+        Without `weight` the pieces are unweighted: the internal weights (`output_weights`) go to the
+        linear map's rows instead. A scalar input block needs no contraction (operator rows times
+        channels); each other input block takes one batched matmul for all its pieces."""
         e = sh.shape[0]
-        ops = torch.split(sh @ self.op_matrix, self._op_piece_sizes, dim=1)
+        # per piece, in group order: its operator [E, (2l+1) paths] (scalar input block) or its product
+        # [E, (2l+1) paths, mul] (one batched matmul per other input block, split by rows)
+        flat: List[torch.Tensor] = []
+        for g, op in enumerate(torch.split(sh @ self.op_matrix, self._op_sizes, dim=1)):
+            i, k, d1 = self._groups[g]
+            if d1 == 1:
+                flat.extend(torch.split(op, self._group_splits[g], dim=1))
+            else:
+                flat.extend(torch.split(torch.bmm(op.view(e, k, d1), xs[i]), self._group_splits[g], dim=1))
         ws: List[torch.Tensor] = []
         if weight is not None:
             ws = torch.split(weight, self._piece_sizes, dim=1)
         out: List[List[torch.Tensor]] = []
+        operators: List[torch.Tensor] = []
+        none = sh.new_empty(0)
         j = 0
-        for pieces in self._pieces:
+        for o, pieces in enumerate(self._pieces):
             row: List[torch.Tensor] = []
-            for q, i, d1, d3, p, mul in pieces:
+            operator = none
+            for k, (q, i, d1, d3, p, mul) in enumerate(pieces):
                 if d1 == 1:
-                    x = xs[i].view(e, 1, 1, mul)
+                    x = xs[i].view(e, 1, mul)
                     if weight is not None:
-                        x = x * ws[j].view(e, 1, p, mul)
-                    a = ops[q].view(e, d3, p, 1) * x
+                        x = x * ws[j].view(e, p, mul)
+                    if k == self.deferred[o]:
+                        operator = flat[q].view(e, d3, p)
+                        a = x if weight is not None or p == 1 else x.expand(e, p, mul)
+                    else:
+                        a = flat[q].view(e, d3, p, 1) * x.view(e, 1, -1, mul)
                 else:
-                    a = torch.bmm(ops[q].view(e, d3 * p, d1), xs[i])
+                    a = flat[q]
                     if weight is not None:
                         a = a.view(e, d3, p, mul) * ws[j].view(e, 1, p, mul)
-                row.append(a.view(e * d3, p * mul))
+                row.append(a.view(-1, p * mul) if a.is_contiguous() else a.reshape(-1, p * mul))
                 j += 1
             out.append(row)
-        return out
+            operators.append(operator)
+        return out, operators
 
 
 def _tp_paths(irreps_in, irreps_sh, irreps_target) -> tuple:

@@ -83,12 +83,40 @@ class IrrepsLinear(torch.nn.Module):
         n = xs[0].shape[0]
         return self.forward_pieces([[x.reshape(n * x.shape[1], x.shape[2])] for x in xs], n)
 
+    def forward_one_hot(self, index: torch.Tensor, dtype: torch.dtype) -> List[torch.Tensor]:
+        """`forward` of one-hot rows (a single input block `mul x 0e`, `index` [N] of the hot channels): the
+        weight rows picked out, no one-hot tensor and no matmul."""
+        n = index.shape[0]
+        ws = torch.split(self.weight, self._sizes)
+        bs = torch.split(self.bias, self._bias_sizes) if self.use_bias else []
+        outs: List[torch.Tensor] = []
+        for o, plan in enumerate(self._plan):
+            d, mul = self._out_shapes[o]
+            if len(plan) == 0:
+                y = torch.zeros(n, d, mul, dtype=dtype, device=index.device)
+            else:
+                _, k, mul_in, mul_out = plan[0]
+                y = ws[k].view(mul_in, mul_out).index_select(0, index).view(n, 1, mul_out)
+            piece = self._bias_piece[o]
+            if piece >= 0:
+                y = y + bs[piece]
+            outs.append(y)
+        return outs
+
     def forward_pieces(
-        self, parts: List[List[torch.Tensor]], n: int, row_scale: Optional[List[torch.Tensor]] = None
+        self,
+        parts: List[List[torch.Tensor]],
+        n: int,
+        row_scale: Optional[List[torch.Tensor]] = None,
+        operators: Optional[List[torch.Tensor]] = None,
+        deferred: Optional[List[int]] = None,
     ) -> List[torch.Tensor]:
         """Like `forward` for N = `n`, with input block i given as pieces [N dim, c_j] whose channels, in
-        order, make up the block: each piece meets its own rows of the weight, never concatenated.
-        `row_scale[i]` [mul_in], if given, scales input block i's channels, applied to the weight's rows."""
+        order, make up the block (channels past the last piece are zero): each piece meets its own rows
+        of the weight, never concatenated. `row_scale[i]` [mul_in], if given, scales input block i's
+        channels, applied to the weight's rows. With `operators` and `deferred` (from
+        `DepthwiseTensorProduct.forward`), piece `deferred[i]` of block i is [N, paths * c] and stands for
+        operators[i] [N, dim, paths] times it: its channels are mixed first, then expanded."""
         ws = torch.split(self.weight, self._sizes)
         bs = torch.split(self.bias, self._bias_sizes) if self.use_bias else []
         outs: List[torch.Tensor] = []
@@ -100,9 +128,17 @@ class IrrepsLinear(torch.nn.Module):
                 if row_scale is not None:
                     w = w * row_scale[i_in].unsqueeze(1)
                 ps = parts[i_in]
-                w_rows = [w] if len(ps) == 1 else torch.split(w, [p.shape[1] for p in ps])
-                for p, wp in zip(ps, w_rows):
-                    y = torch.mm(p, wp) if y is None else y + torch.mm(p, wp)
+                widths = [p.shape[1] for p in ps]
+                if sum(widths) < mul_in:
+                    w = w[: sum(widths)]
+                w_rows = [w] if len(ps) == 1 else torch.split(w, widths)
+                late = -1 if deferred is None else deferred[i_in]
+                for j, (p, wp) in enumerate(zip(ps, w_rows)):
+                    if j == late and operators is not None:
+                        c = _expand(operators[i_in], p, wp)
+                    else:
+                        c = torch.mm(p, wp)
+                    y = c if y is None else y + c
             if y is None:
                 y = parts[0][0].new_zeros(n * d, mul)
             piece = self._bias_piece[o]
@@ -110,3 +146,13 @@ class IrrepsLinear(torch.nn.Module):
                 y = y + bs[piece]
             outs.append(y.view(n, d, mul))
         return outs
+
+
+def _expand(operator: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum_p operator[:, :, p] (x_p @ w_p) as [N dim, mul_out], for x [N, paths c], w [paths c, mul_out]."""
+    n, d, paths = operator.shape[0], operator.shape[1], operator.shape[2]
+    if paths == 1:
+        return (operator.view(n, d, 1) * torch.mm(x, w).view(n, 1, -1)).view(n * d, -1)
+    c = x.shape[1] // paths
+    z = torch.bmm(x.view(n, paths, c).transpose(0, 1), w.view(paths, c, -1))
+    return torch.bmm(operator, z.transpose(0, 1)).view(n * d, -1)

@@ -5,6 +5,8 @@ from typing import List
 
 import torch
 
+from zoo.nn.scatter import gather_rows
+
 
 class GaussianBasis(torch.nn.Module):
     """Graphormer-style learned Gaussians of d / r_max (the reference's `GaussianRadialBasisLayer`).
@@ -132,7 +134,8 @@ def radial_profiles(
 ) -> List[torch.Tensor]:
     """Several `RadialProfile`s of the same shape on the same input, batched: one batched matmul per
     layer for all of them. `params[g]` is profile g's `flat_params()`; `perms[g]` reorders its outputs
-    (`out[:, perms[g]]`, applied to the last layer's weights, not to the edges). Returns [E, out] each."""
+    (`out[:, perms[g]]`, applied to the last layer's weights, not to the edges; it may keep
+    only some outputs). Returns [E, len(perms[g])] each."""
     n_hidden = (len(params[0]) - 2) // 4
     h = x.unsqueeze(0).expand(len(params), x.shape[0], x.shape[1])
     for layer in range(n_hidden):
@@ -144,6 +147,23 @@ def radial_profiles(
         gamma = torch.stack([p[k + 2] for p in params]).unsqueeze(1)
         beta = torch.stack([p[k + 3] for p in params]).unsqueeze(1)
         h = torch.nn.functional.silu(torch.addcmul(beta, h, gamma))
-    weight = torch.stack([p[-2].index_select(0, perm) for p, perm in zip(params, perms)]).transpose(1, 2)
-    offset = torch.stack([p[-1].index_select(0, perm) for p, perm in zip(params, perms)]).unsqueeze(1)
-    return torch.baddbmm(offset, h, weight).unbind(0)
+    # the last layer, batched over the profiles that keep as many outputs
+    sizes = [int(perm.shape[0]) for perm in perms]
+    out: List[torch.Tensor] = [h[0] for _ in range(len(params))]
+    done: List[int] = []
+    for size in sizes:
+        if size in done:
+            continue
+        done.append(size)
+        group: List[int] = []
+        for g in range(len(params)):
+            if sizes[g] == size:
+                group.append(g)
+        weight = torch.stack([params[g][-2].index_select(0, perms[g]) for g in group]).transpose(1, 2)
+        offset = torch.stack([params[g][-1].index_select(0, perms[g]) for g in group]).unsqueeze(1)
+        hs = h
+        if len(group) < len(params):
+            hs = gather_rows(h, torch.tensor(group, dtype=torch.long, device=h.device))
+        for k, y in enumerate(torch.baddbmm(offset, hs, weight).unbind(0)):
+            out[group[k]] = y
+    return out
