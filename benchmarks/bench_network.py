@@ -6,19 +6,22 @@ Two calls are measured, single-threaded, float32, eager, random weights (seed 0)
 Each is profiled once with torch.profiler (every `aten::` event, nested ones included) and timed as the
 median of `--repeats` calls after one warm-up. The same measurement runs, in the same invocation, on the
 network as of `--baseline` (checked out in a temporary `git worktree`, imported through PYTHONPATH in a
-subprocess). The table fits 80 columns; `--json` saves the numbers.
+subprocess), in `--rounds` rounds that alternate between the two, so that a machine whose speed drifts
+(shared or throttled cores) slows both alike; the latency reported is the median over rounds. The table
+fits 80 columns; `--json` saves the numbers, every round's included.
 
 `--compile` also compiles the full md17-l2 energy+forces call of this checkout with
 `torch.compile(fullgraph=True, dynamic=True)` (`--compile-backend`, default inductor) and reports the cold
 compile time, the compiled latency and the largest relative difference from eager.
 
-Usage: python benchmarks/bench_network.py [--baseline 9e9c3c0] [--repeats 5] [--json bench_network.json]
+Usage: python benchmarks/bench_network.py [--baseline 9e9c3c0] [--repeats 5] [--rounds 3] [--json bench_network.json]
        [--no-baseline] [--compile] [--compile-backend inductor]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -150,33 +153,56 @@ def _run_worker(src: Path, repeats: int, extra: tuple = ()) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _baseline(commit: str, repeats: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix="equizoo-baseline-") as tmp:
-        tree = Path(tmp) / "tree"
+class _BaselineTree:
+    """The network as of a commit, checked out in a temporary `git worktree` for the length of a `with`."""
+
+    def __init__(self, commit: str) -> None:
+        self.commit = commit
+        self._tmp = tempfile.TemporaryDirectory(prefix="equizoo-baseline-")
+        self.tree = Path(self._tmp.name) / "tree"
+
+    def __enter__(self) -> Path:
         subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit], check=True, capture_output=True
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(self.tree), self.commit],
+            check=True,
+            capture_output=True,
         )
-        try:
-            return _run_worker(tree, repeats)
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False, capture_output=True
-            )
+        return self.tree
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(self.tree)], check=False, capture_output=True
+        )
+        self._tmp.cleanup()
+
+
+def _combine(rounds: list) -> dict:
+    """Per case: the first round's counts and sizes, the median over rounds of the per-round latencies."""
+    out = dict(rounds[0])
+    for case in CASES:
+        times = sorted(r[case]["latency_ms"] for r in rounds)
+        out[case] = dict(
+            rounds[0][case], latency_ms=times[len(times) // 2], rounds_ms=[r[case]["latency_ms"] for r in rounds]
+        )
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", default="9e9c3c0", help="commit to compare against (default: 9e9c3c0)")
     parser.add_argument("--no-baseline", action="store_true", help="measure this checkout only")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per round (their median is the round's)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds, this checkout and the baseline in turn (median over rounds)"
+    )
     parser.add_argument("--json", default="bench_network.json", help="where to save the numbers")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of md17-l2 energy+forces")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-compile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    if args.repeats < 1 or args.rounds < 1:
+        parser.error("--repeats and --rounds must be at least 1")
     if args.worker:
         print(json.dumps(measure(args.repeats)))
         return
@@ -193,14 +219,21 @@ def main() -> None:
 
     results = {}
     with Progress(transient=True) as progress:
-        task = progress.add_task("measuring", total=(1 if args.no_baseline else 2) + args.compile)
-        progress.update(task, description="this checkout")
-        results["this"] = _run_worker(ROOT, args.repeats)
-        progress.advance(task)
-        if not args.no_baseline:
-            progress.update(task, description=f"baseline {args.baseline}")
-            results["baseline"] = _baseline(args.baseline, args.repeats)
-            progress.advance(task)
+        task = progress.add_task("measuring", total=args.rounds * (1 if args.no_baseline else 2) + args.compile)
+        rounds: dict = {"this": [], "baseline": []}
+        with contextlib.ExitStack() as stack:
+            base_tree = None if args.no_baseline else stack.enter_context(_BaselineTree(args.baseline))
+            for r in range(args.rounds):
+                progress.update(task, description=f"round {r + 1}/{args.rounds}: this checkout")
+                rounds["this"].append(_run_worker(ROOT, args.repeats))
+                progress.advance(task)
+                if base_tree is not None:
+                    progress.update(task, description=f"round {r + 1}/{args.rounds}: baseline {args.baseline}")
+                    rounds["baseline"].append(_run_worker(base_tree, args.repeats))
+                    progress.advance(task)
+        results["this"] = _combine(rounds["this"])
+        if rounds["baseline"]:
+            results["baseline"] = _combine(rounds["baseline"])
         if args.compile:
             progress.update(task, description=f"torch.compile ({args.compile_backend})")
             results["compile"] = _run_worker(
@@ -244,6 +277,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "repeats": args.repeats,
+        "rounds": args.rounds,
         "results": results,
     }
     Path(args.json).write_text(json.dumps(record, indent=2))

@@ -5,8 +5,6 @@ from typing import List
 
 import torch
 
-from zoo.nn.scatter import gather_rows
-
 
 class GaussianBasis(torch.nn.Module):
     """Graphormer-style learned Gaussians of d / r_max (the reference's `GaussianRadialBasisLayer`).
@@ -133,7 +131,7 @@ def radial_profiles(
     x: torch.Tensor, params: List[List[torch.Tensor]], perms: List[torch.Tensor], eps: float = 1e-5
 ) -> List[torch.Tensor]:
     """Several `RadialProfile`s of the same shape on the same input, batched: one batched matmul per
-    layer for all of them. `params[g]` is profile g's `flat_params()`; `perms[g]` reorders its outputs
+    hidden layer for all of them. `params[g]` is profile g's `flat_params()`; `perms[g]` reorders its outputs
     (`out[:, perms[g]]`, applied to the last layer's weights, not to the edges; it may keep
     only some outputs). Returns [E, len(perms[g])] each."""
     n_hidden = (len(params[0]) - 2) // 4
@@ -147,23 +145,9 @@ def radial_profiles(
         gamma = torch.stack([p[k + 2] for p in params]).unsqueeze(1)
         beta = torch.stack([p[k + 3] for p in params]).unsqueeze(1)
         h = torch.nn.functional.silu(torch.addcmul(beta, h, gamma))
-    # the last layer, batched over the profiles that keep as many outputs
-    sizes = [int(perm.shape[0]) for perm in perms]
-    out: List[torch.Tensor] = [h[0] for _ in range(len(params))]
-    done: List[int] = []
-    for size in sizes:
-        if size in done:
-            continue
-        done.append(size)
-        group: List[int] = []
-        for g in range(len(params)):
-            if sizes[g] == size:
-                group.append(g)
-        weight = torch.stack([params[g][-2].index_select(0, perms[g]) for g in group]).transpose(1, 2)
-        offset = torch.stack([params[g][-1].index_select(0, perms[g]) for g in group]).unsqueeze(1)
-        hs = h
-        if len(group) < len(params):
-            hs = gather_rows(h, torch.tensor(group, dtype=torch.long, device=h.device))
-        for k, y in enumerate(torch.baddbmm(offset, hs, weight).unbind(0)):
-            out[group[k]] = y
-    return out
+    # the last layer, one matmul per profile: each output is its own tensor, so the force gradient never
+    # stacks the [E, outputs] gradients of all profiles into one
+    return [
+        torch.addmm(p[-1].index_select(0, perm), hg, p[-2].index_select(0, perm).t())
+        for p, perm, hg in zip(params, perms, h.unbind(0))
+    ]
