@@ -230,12 +230,13 @@ class DotProductAttention(_PairAttention, ExactConstants):
         h = self.num_heads
         scales = self.q_scale.unbind(0)
         kv = self.key_value(self.merge(xs, edge_src, edge_dst), sh, weight)
-        logits = torch.zeros(0)
+        logits: Optional[torch.Tensor] = None
         values: List[torch.Tensor] = []
         for i, q in enumerate(self.query(xs)):
             d, c = q.shape[1], q.shape[2]
             pair = kv[i].view(e, d, 2, c)
             values.append(pair[:, :, 1])
             dot = (gather_rows(q * scales[i], edge_dst) * pair[:, :, 0]).view(e, d, h, c // h).sum(dim=(1, 3))
-            logits = dot if i == 0 else logits + dot
+            logits = dot if logits is None else logits + dot
+        assert logits is not None
         return self.proj(self.aggregate(logits, values, edge_dst, xs[0].shape[0]))
