@@ -14,6 +14,8 @@ from zoo.models import build_model, count_parameters, get_variant, list_variants
 from zoo.nn import SphericalHarmonics
 from zoo.nn.activation import SmoothLeakyReLU
 from zoo.nn.cg import E3NN_044_FLIPPED, SIGMOID_NORM, SILU_NORM, SMOOTH_LEAKY_RELU_02_NORM, reference_wigner_3j
+from zoo.nn.dtp import DepthwiseTensorProduct
+from zoo.nn.linear import IrrepsLinear
 
 PAPER_COUNTS = {
     "qm9-l2": 3_531_715,
@@ -115,3 +117,33 @@ def test_repr_is_readable():
     text = repr(build_model("qm9-l2"))
     assert "DepthwiseTensorProduct(128x0e+64x1e+32x2e x 1x0e+1x1e+1x2e" in text
     assert "IrrepsLinear(" in text and "variant='qm9-l2'" in text
+
+
+@pytest.mark.parametrize("irreps_sh", ["1x0e+1x1e+1x2e", "1x0e+1x1e+1x1e+1x2e"])
+def test_deferred_scalar_pieces_equal_the_expanded_tensor_product(irreps_sh):
+    """A 0e input block's piece of an l>0 output block reaches the linear map un-expanded (channels mixed
+    first): the same numbers as expanding it first, also when several SH blocks give it several paths."""
+    torch.manual_seed(0)
+    irreps = o3.Irreps("6x0e+4x1e+2x2e")
+    dtp = DepthwiseTensorProduct(irreps, irreps_sh, irreps).double()
+    lin = IrrepsLinear(dtp.irreps_out.simplify(), irreps).double()
+    e = 7
+    xs = [torch.randn(e, ir.dim, mul, dtype=torch.float64) for mul, ir in irreps]
+    sh = torch.randn(e, o3.Irreps(irreps_sh).dim, dtype=torch.float64)
+    weight = torch.randn(e, dtp.weight_numel, dtype=torch.float64)
+    pieces, operators = dtp(xs, sh, weight)
+    assert any(k >= 0 for k in dtp.deferred)
+    assert max(op.shape[-1] for op in operators) == (2 if irreps_sh.count("1x1e") == 2 else 1)
+    expanded = [list(row) for row in pieces]
+    for o, k in enumerate(dtp.deferred):
+        if k >= 0:
+            op, x = operators[o], pieces[o][k]
+            paths = op.shape[2]
+            full = op.unsqueeze(-1) * x.view(e, 1, paths, -1)
+            expanded[o][k] = full.reshape(e * op.shape[1], -1)
+    torch.testing.assert_close(
+        lin.forward_pieces(pieces, e, None, operators, dtp.deferred),
+        lin.forward_pieces(expanded, e),
+        rtol=1e-12,
+        atol=1e-12,
+    )
