@@ -147,3 +147,18 @@ def test_deferred_scalar_pieces_equal_the_expanded_tensor_product(irreps_sh):
         rtol=1e-12,
         atol=1e-12,
     )
+
+
+@pytest.mark.parametrize("name", ["md17-l2", "qm9-l2-dot", "qm9-l2-linear", "oc20-l1-aux"])
+def test_a_structure_without_edges_runs_and_feels_no_force(name):
+    """Two atoms farther apart than the cutoff: no edges at all, finite outputs, exactly zero forces."""
+    torch.manual_seed(0)
+    model = build_model(name, num_layers=2).double().eval()
+    model.compute_forces = True
+    pos = torch.tensor([[0.0, 0.0, 0.0], [4.0 * model.r_max, 0.0, 0.0]], dtype=torch.float64)
+    extra = {"tags": torch.tensor([0, 2])} if model.use_tags else {}
+    out = model(
+        pos, torch.tensor([1, 6]), torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, dtype=torch.long), **extra
+    )
+    assert all(torch.isfinite(v).all() for v in out.values())
+    assert torch.equal(out["forces"], torch.zeros(2, 3, dtype=torch.float64))

@@ -174,12 +174,13 @@ class DepthwiseTensorProduct(ExactConstants):
                         operator = flat[q].view(e, d3, p)
                         a = x if weight is not None or p == 1 else x.expand(e, p, mul)
                     else:
-                        a = flat[q].view(e, d3, p, 1) * x.view(e, 1, -1, mul)
+                        a = flat[q].view(e, d3, p, 1) * x.view(e, 1, x.shape[1], mul)
                 else:
                     a = flat[q]
                     if weight is not None:
                         a = a.view(e, d3, p, mul) * ws[j].view(e, 1, p, mul)
-                row.append(a.view(-1, p * mul) if a.is_contiguous() else a.reshape(-1, p * mul))
+                rows = e * d3 if k != self.deferred[o] else e
+                row.append(a.view(rows, p * mul) if a.is_contiguous() else a.reshape(rows, p * mul))
                 j += 1
             out.append(row)
             operators.append(operator)

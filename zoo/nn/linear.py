@@ -150,9 +150,9 @@ class IrrepsLinear(torch.nn.Module):
 
 def _expand(operator: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """sum_p operator[:, :, p] (x_p @ w_p) as [N dim, mul_out], for x [N, paths c], w [paths c, mul_out]."""
-    n, d, paths = operator.shape[0], operator.shape[1], operator.shape[2]
+    n, d, paths, m = operator.shape[0], operator.shape[1], operator.shape[2], w.shape[1]
     if paths == 1:
-        return (operator.view(n, d, 1) * torch.mm(x, w).view(n, 1, -1)).view(n * d, -1)
+        return (operator.view(n, d, 1) * torch.mm(x, w).view(n, 1, m)).view(n * d, m)
     c = x.shape[1] // paths
-    z = torch.bmm(x.view(n, paths, c).transpose(0, 1), w.view(paths, c, -1))
-    return torch.bmm(operator, z.transpose(0, 1)).view(n * d, -1)
+    z = torch.bmm(x.view(n, paths, c).transpose(0, 1), w.view(paths, c, m))
+    return torch.bmm(operator, z.transpose(0, 1)).view(n * d, m)
