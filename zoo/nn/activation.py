@@ -83,10 +83,13 @@ class Gate(ExactConstants):
         return f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out})"
 
     def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Given only the first block (scalars and gates), only the scalars' output block is made."""
         if self.num_gates == 0:
             return [torch.nn.functional.silu(xs[0]) * self.silu_cst]
         scalars, gates = torch.split(xs[0], [self.num_scalars, self.num_gates], dim=2)
         out = [torch.nn.functional.silu(scalars) * self.silu_cst]
+        if len(xs) == 1:
+            return out
         gates = torch.sigmoid(gates) * self.sigmoid_cst
         for i, g in enumerate(torch.split(gates, self._gated_muls, dim=2)):
             out.append(xs[i + 1] * g)

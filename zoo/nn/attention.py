@@ -43,12 +43,13 @@ class SeparableTP(torch.nn.Module):
         self.irreps_out = irreps_out
 
     def forward(
-        self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None
+        self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None, num_out: int = -1
     ) -> List[torch.Tensor]:
-        pieces, operators = self.dtp(xs, sh, weight)
+        """`num_out` not negative: only the first `num_out` output blocks (no gate)."""
+        pieces, operators = self.dtp(xs, sh, weight, num_out)
         # internal weights: scale the linear map's rows instead of the TP's outputs
         scale = self.dtp.output_weights() if weight is None else None
-        out = self.lin.forward_pieces(pieces, sh.shape[0], scale, operators, self.dtp.deferred)
+        out = self.lin.forward_pieces(pieces, sh.shape[0], scale, operators, self.dtp.deferred, num_out)
         gate = self.gate
         if gate is not None:
             out = gate(out)
@@ -162,10 +163,13 @@ class GraphAttention(_PairAttention):
         edge_dst: torch.Tensor,
         sh: torch.Tensor,
         weight: torch.Tensor,
+        scalars_only: bool = False,
     ) -> List[torch.Tensor]:
+        """`scalars_only`: only the first output block (0e), for a block whose other outputs nobody reads."""
         message = self.merge(xs, edge_src, edge_dst)
         e = edge_src.shape[0]
         h = self.num_heads
+        num_out = 1 if scalars_only else -1
         if self.nonlinear_message:
             pieces, operators = self.sep_act.dtp(message, sh, weight)
             deferred = self.sep_act.dtp.deferred
@@ -175,16 +179,16 @@ class GraphAttention(_PairAttention):
             gate = self.sep_act.gate
             assert gate is not None
             values = self.sep_value(
-                gate(self.sep_act.lin.forward_pieces(pieces, e, None, operators, deferred)), sh, None
+                gate(self.sep_act.lin.forward_pieces(pieces, e, None, operators, deferred)), sh, None, num_out
             )
         else:
-            blocks = self.sep(message, sh, weight)
+            blocks = self.sep(message, sh, weight, num_out)
             # the first 0e block holds, per head, the head's alpha channels then its 0e value channels
             first = blocks[0].view(e, h, self.mul_alpha_head + self.mul_scalar_head)
             alpha, scalars = torch.split(first, [self.mul_alpha_head, self.mul_scalar_head], dim=2)
             values = [scalars.reshape(e, 1, h * self.mul_scalar_head)] + blocks[1:]
         logits = (self.alpha_act(alpha) * self.alpha_dot).sum(-1)
-        return self.proj(self.aggregate(logits, values, edge_dst, xs[0].shape[0]))
+        return self.proj(self.aggregate(logits, values, edge_dst, xs[0].shape[0]), num_out)
 
 
 class DotProductAttention(_PairAttention, ExactConstants):
@@ -225,7 +229,9 @@ class DotProductAttention(_PairAttention, ExactConstants):
         edge_dst: torch.Tensor,
         sh: torch.Tensor,
         weight: torch.Tensor,
+        scalars_only: bool = False,
     ) -> List[torch.Tensor]:
+        """`scalars_only`: only the first output block (0e); the logits still need every irrep."""
         e = edge_src.shape[0]
         h = self.num_heads
         scales = self.q_scale.unbind(0)
@@ -239,4 +245,6 @@ class DotProductAttention(_PairAttention, ExactConstants):
             dot = (gather_rows(q * scales[i], edge_dst) * pair[:, :, 0]).view(e, d, h, c // h).sum(dim=(1, 3))
             logits = dot if logits is None else logits + dot
         assert logits is not None
+        if scalars_only:
+            return self.proj(self.aggregate(logits, values[:1], edge_dst, xs[0].shape[0]), 1)
         return self.proj(self.aggregate(logits, values, edge_dst, xs[0].shape[0]))

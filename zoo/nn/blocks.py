@@ -1,6 +1,6 @@
 """Embeddings, feed-forward network and the pre-norm transformer block."""
 
-from typing import List, Optional
+from typing import Final, List, Optional
 
 import torch
 from e3nn import o3
@@ -72,8 +72,10 @@ class FeedForward(torch.nn.Module):
         self.fctp_1 = IrrepsLinear(irreps_in, self.gate.irreps_in)
         self.fctp_2 = IrrepsLinear(self.gate.irreps_out, irreps_out)
 
-    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
-        return self.fctp_2(self.gate(self.fctp_1(xs)))
+    def forward(self, xs: List[torch.Tensor], scalars_only: bool = False) -> List[torch.Tensor]:
+        """`scalars_only`: the output is read only through the gate's scalars (xs may hold only its first
+        block): the first linear makes only the block of scalars and gates."""
+        return self.fctp_2(self.gate(self.fctp_1(xs, 1 if scalars_only else -1)))
 
 
 class GraphDropPath(torch.nn.Module):
@@ -97,6 +99,8 @@ class GraphDropPath(torch.nn.Module):
 
 class TransBlock(torch.nn.Module):
     """Pre-norm block: x + attn(LN(x)), then shortcut(x) + FFN(LN(x))."""
+
+    scalars_only: Final[bool]
 
     def __init__(
         self,
@@ -134,6 +138,10 @@ class TransBlock(torch.nn.Module):
         self.ffn_shortcut: Optional[IrrepsLinear] = None
         if self.irreps_in != self.irreps_out:
             self.ffn_shortcut = IrrepsLinear(self.irreps_in, self.irreps_out)
+        # a block with only even scalars out (the last one) reads only the first input block (its only 0e
+        # block): the attention and the feed-forward network skip what would feed the other blocks
+        scalar_blocks = [i for i, (_, ir) in enumerate(self.irreps_in) if ir == o3.Irrep("0e")]
+        self.scalars_only = all(ir == o3.Irrep("0e") for _, ir in self.irreps_out) and scalar_blocks == [0]
 
     def forward(
         self,
@@ -146,9 +154,10 @@ class TransBlock(torch.nn.Module):
         num_graphs: int,
     ) -> List[torch.Tensor]:
         """Blocks of `irreps_in` -> blocks of `irreps_out`; `weight`: the attention's radial TP weights."""
-        attn = self.drop_path(self.attn(self.norm_1(xs), edge_src, edge_dst, sh, weight), batch, num_graphs)
-        xs = [x + a for x, a in zip(xs, attn)]
-        update = self.drop_path(self.ffn(self.norm_2(xs)), batch, num_graphs)
+        attn = self.attn(self.norm_1(xs), edge_src, edge_dst, sh, weight, self.scalars_only)
+        attn = self.drop_path(attn, batch, num_graphs)
+        xs = [x + a for x, a in zip(xs, attn)]  # only the first block when `scalars_only`
+        update = self.drop_path(self.ffn(self.norm_2(xs), self.scalars_only), batch, num_graphs)
         shortcut = self.ffn_shortcut
         if shortcut is not None:
             xs = shortcut(xs)

@@ -135,7 +135,7 @@ class DepthwiseTensorProduct(ExactConstants):
         return torch.split(self.weight.index_select(0, self.weight_perm), self._out_channels)
 
     def forward(
-        self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None
+        self, xs: List[torch.Tensor], sh: torch.Tensor, weight: Optional[torch.Tensor] = None, num_out: int = -1
     ) -> Tuple[List[List[torch.Tensor]], List[torch.Tensor]]:
         """Blocks [E, 2l+1, mul] of `irreps_in`, sh [E, dim_sh], per-edge weights [E, len(weight_perm)]
         in output order -> (pieces, operators). `pieces[o]`: block o of `irreps_out.simplify()` as its
@@ -144,7 +144,8 @@ class DepthwiseTensorProduct(ExactConstants):
         [E, 2l+1, paths] (an empty tensor where the block has none); for `IrrepsLinear.forward_pieces`.
         Without `weight` the pieces are unweighted: the internal weights (`output_weights`) go to the
         linear map's rows instead. A scalar input block needs no contraction (operator rows times
-        channels); each other input block takes one batched matmul for all its pieces."""
+        channels); each other input block takes one batched matmul for all its pieces. With `num_out` not
+        negative only the first `num_out` output blocks are made."""
         e = sh.shape[0]
         # per piece, in group order: its operator [E, (2l+1) paths] (scalar input block) or its product
         # [E, (2l+1) paths, mul] (one batched matmul per other input block, split by rows)
@@ -163,6 +164,8 @@ class DepthwiseTensorProduct(ExactConstants):
         none = sh.new_empty(0)
         j = 0
         for o, pieces in enumerate(self._pieces):
+            if o == num_out:
+                break
             row: List[torch.Tensor] = []
             operator = none
             for k, (q, i, d1, d3, p, mul) in enumerate(pieces):

@@ -78,10 +78,11 @@ class IrrepsLinear(torch.nn.Module):
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.irreps_in} -> {self.irreps_out}, bias={self.use_bias}, weights={self.weight.numel()})"
 
-    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
-        """Blocks [N, dim, mul_in] of `irreps_in` -> blocks [N, dim, mul_out] of `irreps_out`."""
+    def forward(self, xs: List[torch.Tensor], num_out: int = -1) -> List[torch.Tensor]:
+        """Blocks [N, dim, mul_in] of `irreps_in` -> blocks [N, dim, mul_out] of `irreps_out` (only the first
+        `num_out` of them if it is not negative; input blocks they do not read may be left out)."""
         n = xs[0].shape[0]
-        return self.forward_pieces([[x.reshape(n * x.shape[1], x.shape[2])] for x in xs], n)
+        return self.forward_pieces([[x.reshape(n * x.shape[1], x.shape[2])] for x in xs], n, num_out=num_out)
 
     def forward_one_hot(self, index: torch.Tensor, dtype: torch.dtype) -> List[torch.Tensor]:
         """`forward` of one-hot rows (a single input block `mul x 0e`, `index` [N] of the hot channels): the
@@ -110,17 +111,21 @@ class IrrepsLinear(torch.nn.Module):
         row_scale: Optional[List[torch.Tensor]] = None,
         operators: Optional[List[torch.Tensor]] = None,
         deferred: Optional[List[int]] = None,
+        num_out: int = -1,
     ) -> List[torch.Tensor]:
         """Like `forward` for N = `n`, with input block i given as pieces [N dim, c_j] whose channels, in
         order, make up the block (channels past the last piece are zero): each piece meets its own rows
         of the weight, never concatenated. `row_scale[i]` [mul_in], if given, scales input block i's
         channels, applied to the weight's rows. With `operators` and `deferred` (from
         `DepthwiseTensorProduct.forward`), piece `deferred[i]` of block i is [N, paths * c] and stands for
-        operators[i] [N, dim, paths] times it: its channels are mixed first, then expanded."""
+        operators[i] [N, dim, paths] times it: its channels are mixed first, then expanded. `num_out` as
+        in `forward`."""
         ws = torch.split(self.weight, self._sizes)
         bs = torch.split(self.bias, self._bias_sizes) if self.use_bias else []
         outs: List[torch.Tensor] = []
         for o, plan in enumerate(self._plan):
+            if o == num_out:
+                break
             d, mul = self._out_shapes[o]
             y: Optional[torch.Tensor] = None
             for i_in, k, mul_in, mul_out in plan:
