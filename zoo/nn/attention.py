@@ -245,6 +245,7 @@ class DotProductAttention(_PairAttention, ExactConstants):
             dot = (gather_rows(q * scales[i], edge_dst) * pair[:, :, 0]).view(e, d, h, c // h).sum(dim=(1, 3))
             logits = dot if logits is None else logits + dot
         assert logits is not None
+        num_out = 1 if scalars_only else -1
         if scalars_only:
-            return self.proj(self.aggregate(logits, values[:1], edge_dst, xs[0].shape[0]), 1)
-        return self.proj(self.aggregate(logits, values, edge_dst, xs[0].shape[0]))
+            values = values[:1]
+        return self.proj(self.aggregate(logits, values, edge_dst, xs[0].shape[0]), num_out)

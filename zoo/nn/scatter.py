@@ -25,5 +25,5 @@ def segment_softmax(logits: torch.Tensor, index: torch.Tensor, dim_size: int) ->
     amax = logits.new_full((dim_size,) + logits.shape[1:], float("-inf"))
     amax = amax.scatter_reduce(0, idx, logits.detach(), reduce="amax", include_self=True)
     e = torch.exp(logits - gather_rows(amax, index))
-    denom = e.new_full((dim_size,) + logits.shape[1:], 1e-16).index_add(0, index, e)
+    denom = e.new_full((dim_size,) + logits.shape[1:], 1e-16).index_add_(0, index, e)
     return e / gather_rows(denom, index)
