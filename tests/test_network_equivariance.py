@@ -15,12 +15,21 @@ from zoo.models import build_model, get_variant, list_variants
 
 TOL = 1e-10  # scalars (energies, properties), absolute, float64
 VEC_TOL = 1e-8  # vectors (forces, displacements; gradients amplify round-off), relative to the largest
+# E(3) variants: block 0 makes a 0o block that is zero analytically ((a x r) . r), round-off in float64
+# (~1e-14); the layer norms of blocks 0 and 1 scale it by up to 1/sqrt(eps) = 316 each, so the forces
+# carry round-off amplified ~1e5 (1e-9..1e-8 seen on a QM9 molecule): a CPU-independent bound is 1e-6,
+# still far below what a broken equivariance gives (order 1)
+VEC_TOL_E3 = 1e-6
 MOLECULAR = [n for n in list_variants() if not get_variant(n).periodic]
 PERIODIC = [n for n in list_variants() if get_variant(n).periodic]
 
 
 def _vec_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp(min=1.0)).item()
+
+
+def _vec_tol(name: str) -> float:
+    return VEC_TOL_E3 if name.endswith("-e3") else VEC_TOL
 
 
 def _model(name: str, **flags):
@@ -62,12 +71,12 @@ def test_molecular_variant_is_equivariant(name):
     for rot in _rotations(name):
         moved = _run_molecule(model, z, pos @ rot.T + torch.tensor([1.5, -2.0, 0.3], dtype=torch.float64))
         assert (moved[key] - out[key]).abs().max() <= TOL
-        assert _vec_err(moved[keys.FORCES], out[keys.FORCES] @ rot.T) <= VEC_TOL
+        assert _vec_err(moved[keys.FORCES], out[keys.FORCES] @ rot.T) <= _vec_tol(name)
     perm = torch.randperm(len(z))
     permuted = _run_molecule(model, z[perm], pos[perm])
     assert (permuted[key] - out[key]).abs().max() <= TOL
     assert (permuted[model.atomic_key] - out[model.atomic_key][perm]).abs().max() <= TOL
-    assert _vec_err(permuted[keys.FORCES], out[keys.FORCES][perm]) <= VEC_TOL
+    assert _vec_err(permuted[keys.FORCES], out[keys.FORCES][perm]) <= _vec_tol(name)
 
 
 @pytest.mark.parametrize("name", PERIODIC)
@@ -85,7 +94,7 @@ def test_periodic_variant_is_equivariant_and_cell_invariant(name):
         moved = _run_slab(model, z, pos @ rot.T + 0.7, cell @ rot.T, tags)
         assert (moved[keys.ENERGY] - e).abs().max() <= TOL
         if model.has_aux:
-            assert _vec_err(moved[keys.AUX_DISPLACEMENT], out[keys.AUX_DISPLACEMENT] @ rot.T) <= VEC_TOL
+            assert _vec_err(moved[keys.AUX_DISPLACEMENT], out[keys.AUX_DISPLACEMENT] @ rot.T) <= _vec_tol(name)
     perm = torch.randperm(len(z))
     assert (_run_slab(model, z[perm], pos[perm], cell, tags[perm])[keys.ENERGY] - e).abs().max() <= TOL
     # another image of some atoms, and another (unimodular) choice of cell vectors for the same lattice

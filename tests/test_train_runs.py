@@ -22,7 +22,7 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from zoo import keys
-from zoo.artifact import load_model_dir, read_config
+from zoo.artifact import WEIGHTS, load_model_dir, read_config
 from zoo.data import PreparedDataset
 from zoo.graph import attach_graph
 from zoo.train import TrainError, dump_recipe, load_recipe, train
@@ -157,6 +157,21 @@ def test_md17_aspirin_force_loss_decreases(shared_data, tmp_path):
     assert float((out[keys.ENERGY].detach() - batch[keys.ENERGY]).abs().mean()) == pytest.approx(
         m["test"]["energy_mae"], rel=1e-4
     )
+
+
+def test_md17_bf16_autocast_run_keeps_float32_weights(shared_data, tmp_path):
+    """`optim.amp=true` (bf16 autocast of the forward and the loss) trains on CPU, says so, and the weights it
+    writes stay float32."""
+    source = shared_data / "md17" / "mdbenchgnn" / "aspirin"
+    sets = [f"data.cache_dir={tmp_path / 'cache'}", f"data.source={source}", "data.train_limit=8", "data.val_limit=4", "data.test_limit=4",
+            "optim.batch_size=4", "optim.max_epochs=2", "schedule.warmup_epochs=0", "optim.amp=true", *model_sets(MICRO_L2), *QUICK]  # fmt: skip
+    log = io.StringIO()
+    result = train(load_recipe("md17/l2/aspirin", sets), out=tmp_path / "run", console=Console(file=log, width=200))
+    assert "bf16 autocast (forward and loss)" in log.getvalue()
+    losses = [row["train_loss_force"] for row in result.history]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    weights = load_file(str(tmp_path / "run" / "model" / WEIGHTS))
+    assert {w.dtype for w in weights.values()} == {torch.float32}
 
 
 # --- OC20 -----------------------------------------------------------------------------------------------

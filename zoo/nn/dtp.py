@@ -39,6 +39,7 @@ class DepthwiseTensorProduct(ExactConstants):
     _groups: List[Tuple[int, int, int]]
     _op_sizes: List[int]
     _group_splits: List[List[int]]
+    _group_outs: List[List[int]]
     _pieces: List[List[Tuple[int, int, int, int, int, int]]]
     _piece_sizes: List[int]
     _out_channels: List[int]
@@ -78,6 +79,7 @@ class DepthwiseTensorProduct(ExactConstants):
         # per group, how its result splits into pieces ((2 l_out + 1) paths each): operator columns (scalar
         # input block) or rows of the product (other blocks)
         self._group_splits = [[out_irs[o].dim * len(sel) for o, sel, _ in entries] for _, _, entries in self._layout]
+        self._group_outs = [[o for o, _, _ in entries] for _, _, entries in self._layout]  # increasing
         self._piece_sizes = [p * mul for pieces in self._pieces for *_, p, mul in pieces]
         self._out_channels = [sum(p * mul for *_, p, mul in pieces) for pieces in self._pieces]
         # per output block: the position of its deferred piece (scalar input, non-scalar output) or -1
@@ -150,18 +152,30 @@ class DepthwiseTensorProduct(ExactConstants):
         # per piece, in group order: its operator [E, (2l+1) paths] (scalar input block) or its product
         # [E, (2l+1) paths, mul] (one batched matmul per other input block, split by rows)
         flat: List[torch.Tensor] = []
+        none = sh.new_empty(0)
         for g, op in enumerate(torch.split(sh @ self.op_matrix, self._op_sizes, dim=1)):
             i, k, d1 = self._groups[g]
+            splits = self._group_splits[g]
             if d1 == 1:
-                flat.extend(torch.split(op, self._group_splits[g], dim=1))
-            else:
-                flat.extend(torch.split(torch.bmm(op.view(e, k, d1), xs[i]), self._group_splits[g], dim=1))
+                flat.extend(torch.split(op, splits, dim=1))
+                continue
+            # only the rows of the output blocks made (the group's first `keep` pieces)
+            keep = len(splits)
+            if num_out >= 0:
+                keep = 0
+                for o in self._group_outs[g]:
+                    if o < num_out:
+                        keep += 1
+            if keep > 0:
+                rows = sum(splits[:keep])
+                product = torch.bmm(op.view(e, k, d1)[:, :rows] if rows < k else op.view(e, k, d1), xs[i])
+                flat.extend(torch.split(product, splits[:keep], dim=1))
+            flat.extend([none] * (len(splits) - keep))
         ws: List[torch.Tensor] = []
         if weight is not None:
             ws = torch.split(weight, self._piece_sizes, dim=1)
         out: List[List[torch.Tensor]] = []
         operators: List[torch.Tensor] = []
-        none = sh.new_empty(0)
         j = 0
         for o, pieces in enumerate(self._pieces):
             if o == num_out:

@@ -17,7 +17,7 @@ class IrrepsLinear(torch.nn.Module):
     runtime normalisation factor, exactly as the reference's `LinearRS` (an e3nn TensorProduct with a
     constant 1x0e second input and `path_normalization='none'`). The bias sits on the 0e blocks of the
     output irreps (in order). Works on the block layout: one matmul per instruction, on a view of the
-    weight, no copies; plus a bias.
+    weight, no copies; the products of an output block accumulate in place (`addmm_`).
     """
 
     _sizes: List[int]
@@ -128,6 +128,7 @@ class IrrepsLinear(torch.nn.Module):
                 break
             d, mul = self._out_shapes[o]
             y: Optional[torch.Tensor] = None
+            late_part: Optional[torch.Tensor] = None
             for i_in, k, mul_in, mul_out in plan:
                 w = ws[k].view(mul_in, mul_out)
                 if row_scale is not None:
@@ -141,14 +142,20 @@ class IrrepsLinear(torch.nn.Module):
                 for j, (p, wp) in enumerate(zip(ps, w_rows)):
                     if j == late and operators is not None:
                         c = _expand(operators[i_in], p, wp)
-                    else:
-                        c = torch.mm(p, wp)
-                    y = c if y is None else y + c
+                        late_part = c if late_part is None else late_part + c
+                    elif y is None:
+                        y = torch.mm(p, wp)
+                    elif p.dtype == y.dtype and wp.dtype == y.dtype:
+                        y.addmm_(p, wp)
+                    else:  # autocast casts for mm, not for the in-place addmm_: the first product's dtype
+                        y.addmm_(p.to(y.dtype), wp.to(y.dtype))
             if y is None:
-                y = parts[0][0].new_zeros(n * d, mul)
+                y = late_part if late_part is not None else parts[0][0].new_zeros(n * d, mul)
+            elif late_part is not None:
+                y = y + late_part
             piece = self._bias_piece[o]
             if piece >= 0:
-                y = y + bs[piece]
+                y = y + bs[piece]  # out of place: under autocast the float32 bias promotes, as for any add
             outs.append(y.view(n, d, mul))
         return outs
 
