@@ -69,13 +69,13 @@ class DepthwiseTensorProduct(ExactConstants):
         self._op_sizes = [k * d1 for _, k, d1 in self._groups]
         self._sh_starts = [sum(ir.dim for _, ir in self.irreps_sh[:j]) for j in range(len(self.irreps_sh))]
         # per output block, its pieces (one per input block feeding it), in output-channel order:
-        # (its columns of `op_matrix`, input block, d1, d3, paths, mul); columns go group by group
+        # (its position q in group order, input block, d1, d3, paths, mul)
         self._pieces = [[] for _ in out_irs]
-        op_piece_sizes = []
+        q = 0
         for i, d1, entries in self._layout:
             for o, sel, _ in entries:
-                self._pieces[o].append((len(op_piece_sizes), i, d1, out_irs[o].dim, len(sel), self.irreps_in[i].mul))
-                op_piece_sizes.append(out_irs[o].dim * len(sel) * d1)
+                self._pieces[o].append((q, i, d1, out_irs[o].dim, len(sel), self.irreps_in[i].mul))
+                q += 1
         # per group, how its result splits into pieces ((2 l_out + 1) paths each): operator columns (scalar
         # input block) or rows of the product (other blocks)
         self._group_splits = [[out_irs[o].dim * len(sel) for o, sel, _ in entries] for _, _, entries in self._layout]
