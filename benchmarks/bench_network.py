@@ -6,9 +6,10 @@ Two calls are measured, single-threaded, float32, eager, random weights (seed 0)
 Each is profiled once with torch.profiler (every `aten::` event, nested ones included) and timed as the
 median of `--repeats` calls after one warm-up. The same measurement runs, in the same invocation, on the
 network as of `--baseline` (checked out in a temporary `git worktree`, imported through PYTHONPATH in a
-subprocess), in `--rounds` rounds that alternate between the two, so that a machine whose speed drifts
-(shared or throttled cores) slows both alike; the latency reported is the median over rounds. The table
-fits 80 columns; `--json` saves the numbers, every round's included.
+subprocess, one per call and side), in `--rounds` rounds. Within a round each call is measured on the two
+networks back to back, so that a machine whose speed drifts (shared or throttled cores) slows both alike:
+the speed-up reported is the median of the per-round ratios, the latencies the medians over rounds. The
+table fits 80 columns; `--json` saves the numbers, every round's included.
 
 `--compile` also compiles the full md17-l2 energy+forces call of this checkout with
 `torch.compile(fullgraph=True, dynamic=True)` (`--compile-backend`, default inductor) and reports the cold
@@ -79,8 +80,8 @@ def _inputs():
     return md17, qm9
 
 
-def measure(repeats: int) -> dict:
-    """Measure both calls with the `zoo` found on sys.path (this checkout or the baseline's)."""
+def measure(repeats: int, case: int) -> dict:
+    """Measure call `CASES[case]` with the `zoo` found on sys.path (this checkout or the baseline's)."""
     import torch
 
     from zoo.models import build_model
@@ -88,34 +89,30 @@ def measure(repeats: int) -> dict:
     torch.set_num_threads(1)
     md17_in, qm9_in = _inputs()
     torch.manual_seed(0)
-    md17 = build_model("md17-l2").eval()
-    torch.manual_seed(0)
-    qm9 = build_model("qm9-l2").eval()
+    if case == 0:
+        model = build_model("md17-l2").eval()
+        inputs = md17_in
 
-    def md17_call():
-        return md17(**md17_in)
+        def fn():
+            return model(**inputs)
 
-    def qm9_call():
-        with torch.no_grad():
-            return qm9(**qm9_in)
+    else:
+        model = build_model("qm9-l2").eval()
+        inputs = qm9_in
 
-    out = {}
-    for name, fn, n_atoms, n_edges in (
-        (CASES[0], md17_call, len(md17_in["pos"]), md17_in["edge_index"].shape[1]),
-        (CASES[1], qm9_call, len(qm9_in["pos"]), qm9_in["edge_index"].shape[1]),
-    ):
-        fn()
-        out[name] = {
-            "aten_calls": _aten_calls(fn),
-            "latency_ms": _latency_ms(fn, repeats),
-            "atoms": n_atoms,
-            "edges": n_edges,
-        }
-    result = md17_call()
-    out["_check"] = {
-        "md17_energy": result["energy"].tolist(),
-        "md17_forces_sum_abs": float(result["forces"].abs().sum()),
+        def fn():
+            with torch.no_grad():
+                return model(**inputs)
+
+    result = fn()
+    out = {
+        "aten_calls": _aten_calls(fn),
+        "latency_ms": _latency_ms(fn, repeats),
+        "atoms": len(inputs["pos"]),
+        "edges": inputs["edge_index"].shape[1],
     }
+    if case == 0:
+        out["check"] = {"energy": result["energy"].tolist(), "forces_sum_abs": float(result["forces"].abs().sum())}
     return out
 
 
@@ -144,9 +141,9 @@ def measure_compile(backend: str, repeats: int) -> dict:
     }
 
 
-def _run_worker(src: Path, repeats: int, extra: tuple = ()) -> dict:
+def _run_worker(src: Path, repeats: int, extra: tuple) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--repeats", str(repeats), *(extra or ("--worker",))]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--repeats", str(repeats), *extra]
     proc = subprocess.run(cmd, env=env, cwd=str(src), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"measurement in {src} failed:\n{proc.stderr[-4000:]}")
@@ -176,14 +173,22 @@ class _BaselineTree:
         self._tmp.cleanup()
 
 
-def _combine(rounds: list) -> dict:
-    """Per case: the first round's counts and sizes, the median over rounds of the per-round latencies."""
-    out = dict(rounds[0])
-    for case in CASES:
-        times = sorted(r[case]["latency_ms"] for r in rounds)
-        out[case] = dict(
-            rounds[0][case], latency_ms=times[len(times) // 2], rounds_ms=[r[case]["latency_ms"] for r in rounds]
-        )
+def _combine(this: list, base: list) -> dict:
+    """One case over the rounds: the first round's counts and sizes, the median of the per-round latencies
+    and, against the baseline, the median of the per-round speed-ups (each round's two measurements are
+    taken back to back, so a drift of the machine's speed cancels in their ratio)."""
+
+    def median(values: list) -> float:
+        return sorted(values)[len(values) // 2]
+
+    rounds_ms = [r["latency_ms"] for r in this]
+    out = {"this": dict(this[0], latency_ms=median(rounds_ms), rounds_ms=rounds_ms)}
+    if base:
+        base_ms = [r["latency_ms"] for r in base]
+        ratios = [b / t for b, t in zip(base_ms, rounds_ms)]
+        out["baseline"] = dict(base[0], latency_ms=median(base_ms), rounds_ms=base_ms)
+        out["speedup"] = median(ratios)
+        out["rounds_speedup"] = ratios
     return out
 
 
@@ -198,13 +203,13 @@ def main() -> None:
     parser.add_argument("--json", default="bench_network.json", help="where to save the numbers")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of md17-l2 energy+forces")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", type=int, choices=range(len(CASES)), help=argparse.SUPPRESS)
     parser.add_argument("--worker-compile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeats < 1 or args.rounds < 1:
         parser.error("--repeats and --rounds must be at least 1")
-    if args.worker:
-        print(json.dumps(measure(args.repeats)))
+    if args.worker is not None:
+        print(json.dumps(measure(args.repeats, args.worker)))
         return
     if args.worker_compile:
         print(json.dumps(measure_compile(args.compile_backend, args.repeats)))
@@ -219,21 +224,22 @@ def main() -> None:
 
     results = {}
     with Progress(transient=True) as progress:
-        task = progress.add_task("measuring", total=args.rounds * (1 if args.no_baseline else 2) + args.compile)
-        rounds: dict = {"this": [], "baseline": []}
+        sides = 1 if args.no_baseline else 2
+        task = progress.add_task("measuring", total=args.rounds * len(CASES) * sides + args.compile)
+        rounds: dict = {case: {"this": [], "baseline": []} for case in CASES}
         with contextlib.ExitStack() as stack:
-            base_tree = None if args.no_baseline else stack.enter_context(_BaselineTree(args.baseline))
+            trees = {"this": ROOT}
+            if not args.no_baseline:
+                trees["baseline"] = stack.enter_context(_BaselineTree(args.baseline))
             for r in range(args.rounds):
-                progress.update(task, description=f"round {r + 1}/{args.rounds}: this checkout")
-                rounds["this"].append(_run_worker(ROOT, args.repeats))
-                progress.advance(task)
-                if base_tree is not None:
-                    progress.update(task, description=f"round {r + 1}/{args.rounds}: baseline {args.baseline}")
-                    rounds["baseline"].append(_run_worker(base_tree, args.repeats))
-                    progress.advance(task)
-        results["this"] = _combine(rounds["this"])
-        if rounds["baseline"]:
-            results["baseline"] = _combine(rounds["baseline"])
+                for c, case in enumerate(CASES):
+                    for side, tree in trees.items():
+                        name = "this checkout" if side == "this" else f"baseline {args.baseline}"
+                        progress.update(task, description=f"round {r + 1}/{args.rounds}, {case.split(',')[0]}: {name}")
+                        rounds[case][side].append(_run_worker(tree, args.repeats, ("--worker", str(c))))
+                        progress.advance(task)
+        for case in CASES:
+            results[case] = _combine(rounds[case]["this"], rounds[case]["baseline"])
         if args.compile:
             progress.update(task, description=f"torch.compile ({args.compile_backend})")
             results["compile"] = _run_worker(
@@ -249,19 +255,19 @@ def main() -> None:
     table.add_column("base ms", justify="right")
     table.add_column("speed-up", justify="right")
     for case in CASES:
-        now = results["this"][case]
-        base = results.get("baseline", {}).get(case)
+        now = results[case]["this"]
+        base = results[case].get("baseline")
         row = [case, f"{now['aten_calls']:,}", f"{now['latency_ms']:.1f}"]
         if base:
-            row += [
-                f"{base['aten_calls']:,}",
-                f"{base['latency_ms']:.1f}",
-                f"{base['latency_ms'] / now['latency_ms']:.2f}x",
-            ]
+            row += [f"{base['aten_calls']:,}", f"{base['latency_ms']:.1f}", f"{results[case]['speedup']:.2f}x"]
         else:
             row += ["", "", ""]
         table.add_row(*row)
     Console().print(table)
+    if not args.no_baseline:
+        for case in CASES:
+            ratios = ", ".join(f"{x:.2f}" for x in results[case]["rounds_speedup"])
+            Console().print(f"{case.split(',')[0]} speed-up per round: {ratios}")
     if args.compile:
         c = results["compile"]
         Console().print(

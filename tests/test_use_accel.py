@@ -208,3 +208,31 @@ def test_cuda_graph_runner_replays_buckets_and_matches_eager():
     f1 = atoms.get_forces()
     atoms.calc = EquiformerCalculator(model, device="cuda")
     assert np.abs(f1 - atoms.get_forces()).max() <= 1e-5 * np.abs(f1).max() and not np.allclose(f0, f1)
+
+
+def test_loaded_models_take_their_weights_as_constants_and_passed_ones_keep_theirs():
+    """A runner over a model it loads (eager, or TorchScript made or read there) freezes the weights, so that
+    forces trace only the positions; a module passed in may still be trained and is left as it is. Both give
+    the same forces."""
+    from test_use_support import exported_model_dir
+
+    from zoo.spec import ModelSpec
+
+    frames = read_structures(str(ASPIRIN))[:2]
+    passed = md17_model()  # the weights model_dir("md17") saved
+    runners = {
+        "passed": load_runner(passed, device="cpu"),
+        "eager": load_runner(model_dir("md17"), device="cpu"),
+        "scripted": load_runner(model_dir("md17"), backend="torchscript", device="cpu"),
+        "torchscript file": load_runner(exported_model_dir("md17", "torchscript"), backend="torchscript", device="cpu"),
+    }
+    assert all(p.requires_grad for p in passed.parameters())
+    for name, runner in runners.items():
+        frozen = [not p.requires_grad for p in runner.module.parameters()]
+        assert frozen and all(frozen) == (name != "passed"), name
+    inputs, n = model_inputs(frames, ModelSpec.from_model(passed), torch.device("cpu"), torch.float64)
+    reference = runners["passed"](inputs, n)
+    for name, runner in runners.items():
+        out = runner(inputs, n)
+        assert torch.allclose(out["forces"], reference["forces"], rtol=0, atol=1e-12), name
+        assert torch.allclose(out["energy"], reference["energy"], rtol=0, atol=1e-10), name

@@ -125,6 +125,8 @@ int main(int argc, char **argv) {
       torch::jit::ExtraFilesMap files(meta.begin(), meta.end());
       model = torch::jit::load(model_path, device, files);
       model.eval();
+      // the weights are constants here: autograd records and traverses only what the forces need
+      for (auto p : model.parameters()) p.set_requires_grad(false);
       meta = std::unordered_map<std::string, std::string>(files.begin(), files.end());
       if (meta["format"].rfind("equizoo-torchscript/", 0) != 0)
         throw std::runtime_error(model_path + " is not an equizoo TorchScript export (no 'format' metadata)");

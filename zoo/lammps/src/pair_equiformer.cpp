@@ -158,6 +158,8 @@ void PairEquiformer::load_torchscript(Model &m)
                short_what(e));
   }
   m.module.eval();
+  // the weights are constants here: autograd records and traverses only what the forces need
+  for (auto p : m.module.parameters()) p.set_requires_grad(false);
   m.meta.insert(files.begin(), files.end());
   if (m.meta["format"].rfind("equizoo-torchscript/", 0) != 0)
     error->all(FLERR, "pair equiformer: {} is a TorchScript file but not an equizoo export (no 'format' "
