@@ -104,8 +104,8 @@ def _torchscript_runner(path: Path, device: torch.device, dtype: Optional[torch.
 
 def _constant_weights(module: torch.nn.Module) -> torch.nn.Module:
     """`module`, loaded here for inference, with its weights as constants: a force call then records and
-    keeps only the autograd graph of the positions (md17-l2 energy+forces about 10 % faster on CPU). A
-    module the caller passes in keeps its parameters as they are: it may still be trained."""
+    keeps only the autograd graph of the positions (md17-l2 energy+forces on CPU: 6 % faster eager, 13 %
+    TorchScript). A module the caller passes in keeps its parameters as they are: it may still be trained."""
     for p in module.parameters():  # ScriptModules have no requires_grad_
         p.requires_grad_(False)
     return module
