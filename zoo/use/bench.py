@@ -237,6 +237,7 @@ def machine() -> dict:
 
 # ---------------------------------------------------------------------------------------------- models
 def _variant_model(name: str) -> ZooModel:
+    """A randomly initialised variant, its weights constants as in a model loaded for inference."""
     from zoo.models import build_model
 
     net = build_model(name)
@@ -245,7 +246,7 @@ def _variant_model(name: str) -> ZooModel:
         if net.output_key == keys.ENERGY
         else TargetInfo("property", "raw")
     )
-    return ZooModel({target.name: net}, [target])
+    return ZooModel({target.name: net}, [target]).requires_grad_(False)
 
 
 def _is_variant(spec) -> bool:
@@ -305,8 +306,8 @@ def _batch(structures: list[Structure], size: int) -> list[Structure]:
 def _train_step_fn(model: ZooModel, inputs: dict, n: int, compile: bool = False):
     from zoo.accel import compile_model
 
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    model.train().requires_grad_(True)  # a copy of the runner's model, whose weights were loaded as constants
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     energy = model.energy_target
     forward = compile_model(model) if compile else model
 
