@@ -3,19 +3,19 @@
 Two calls are measured, single-threaded, float32, eager, random weights (seed 0):
   md17-l2 energy+forces of one MD17 aspirin frame (21 atoms, ../shared/data/md17/mdbenchgnn/aspirin/test.npz)
   qm9-l2 inference (no grad) of 128 QM9 molecules (../shared/data/qm9/qm9_reduced_100.xyz, cycled)
-Each is profiled once with torch.profiler (every `aten::` event, nested ones included) and timed as the
-median of `--repeats` calls after one warm-up. The same measurement runs, in the same invocation, on the
-network as of `--baseline` (checked out in a temporary `git worktree`, imported through PYTHONPATH in a
-subprocess, one per call and side), in `--rounds` rounds. Within a round each call is measured on the two
-networks back to back, so that a machine whose speed drifts (shared or throttled cores) slows both alike:
-the speed-up reported is the median of the per-round ratios, the latencies the medians over rounds. The
-table fits 80 columns; `--json` saves the numbers, every round's included.
+Each is profiled once with torch.profiler (every `aten::` event, nested ones included) and, after two
+warm-up calls, timed one call at a time. The same runs, in the same invocation, on the network as of
+`--baseline` (checked out in a temporary `git worktree`, imported through PYTHONPATH in a worker process
+of its own): in each of `--rounds` rounds one call is timed on each network, back to back, the first side
+alternating, so that a machine whose speed drifts (shared or throttled cores) slows both sides of a round
+alike. The speed-up reported is the median of the per-round ratios; the latencies are the medians of each
+side's calls. The table fits 80 columns; `--json` saves the numbers, every call's included.
 
 `--compile` also compiles the full md17-l2 energy+forces call of this checkout with
 `torch.compile(fullgraph=True, dynamic=True)` (`--compile-backend`, default inductor) and reports the cold
 compile time, the compiled latency and the largest relative difference from eager.
 
-Usage: python benchmarks/bench_network.py [--baseline 9e9c3c0] [--repeats 5] [--rounds 3] [--json bench_network.json]
+Usage: python benchmarks/bench_network.py [--baseline 9e9c3c0] [--rounds 11] [--json bench_network.json]
        [--no-baseline] [--compile] [--compile-backend inductor]
 """
 
@@ -80,8 +80,9 @@ def _inputs():
     return md17, qm9
 
 
-def measure(repeats: int, case: int) -> dict:
-    """Measure call `CASES[case]` with the `zoo` found on sys.path (this checkout or the baseline's)."""
+def serve(case: int) -> None:
+    """Worker: build call `CASES[case]` with the `zoo` found on sys.path (this checkout or the baseline's),
+    print its aten calls and sizes as one JSON line, then time one call per line read from stdin."""
     import torch
 
     from zoo.models import build_model
@@ -105,15 +106,53 @@ def measure(repeats: int, case: int) -> dict:
                 return model(**inputs)
 
     result = fn()
-    out = {
-        "aten_calls": _aten_calls(fn),
-        "latency_ms": _latency_ms(fn, repeats),
-        "atoms": len(inputs["pos"]),
-        "edges": inputs["edge_index"].shape[1],
-    }
+    ready = {"aten_calls": _aten_calls(fn), "atoms": len(inputs["pos"]), "edges": inputs["edge_index"].shape[1]}
     if case == 0:
-        out["check"] = {"energy": result["energy"].tolist(), "forces_sum_abs": float(result["forces"].abs().sum())}
-    return out
+        ready["check"] = {"energy": result["energy"].tolist(), "forces_sum_abs": float(result["forces"].abs().sum())}
+    fn()
+    print(json.dumps(ready), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "call":
+            break
+        start = time.perf_counter()
+        fn()
+        print(json.dumps(1000.0 * (time.perf_counter() - start)), flush=True)
+
+
+class _Worker:
+    """A `serve` subprocess on the network of `tree`: `ready` holds its counts, `call()` times one call."""
+
+    def __init__(self, tree: Path, case: int) -> None:
+        env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", str(case)]
+        self.tree = tree
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=str(tree),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.ready = self._read()
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            raise RuntimeError(f"measurement in {self.tree} failed:\n{self.proc.stderr.read()[-4000:]}")
+        return json.loads(line)
+
+    def call(self) -> float:
+        self.proc.stdin.write("call\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
 
 
 def measure_compile(backend: str, repeats: int) -> dict:
@@ -143,7 +182,7 @@ def measure_compile(backend: str, repeats: int) -> dict:
 
 def _run_worker(src: Path, repeats: int, extra: tuple) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--repeats", str(repeats), *extra]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--rounds", str(repeats), *extra]
     proc = subprocess.run(cmd, env=env, cwd=str(src), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"measurement in {src} failed:\n{proc.stderr[-4000:]}")
@@ -173,21 +212,31 @@ class _BaselineTree:
         self._tmp.cleanup()
 
 
-def _combine(this: list, base: list) -> dict:
-    """One case over the rounds: the first round's counts and sizes, the median of the per-round latencies
-    and, against the baseline, the median of the per-round speed-ups (each round's two measurements are
-    taken back to back, so a drift of the machine's speed cancels in their ratio)."""
+def _median(values: list) -> float:
+    return sorted(values)[len(values) // 2]
 
-    def median(values: list) -> float:
-        return sorted(values)[len(values) // 2]
 
-    rounds_ms = [r["latency_ms"] for r in this]
-    out = {"this": dict(this[0], latency_ms=median(rounds_ms), rounds_ms=rounds_ms)}
-    if base:
-        base_ms = [r["latency_ms"] for r in base]
-        ratios = [b / t for b, t in zip(base_ms, rounds_ms)]
-        out["baseline"] = dict(base[0], latency_ms=median(base_ms), rounds_ms=base_ms)
-        out["speedup"] = median(ratios)
+def _measure_case(case: int, trees: dict, pairs: int, progress, task) -> dict:
+    """One call on each network in `trees` ("this", "baseline"): counts from each worker, then `pairs` rounds
+    that time one call on each side back to back (the side that goes first alternates); the speed-up is the
+    median of the per-round ratios, so that a drift of the machine's speed cancels in each ratio."""
+    workers = {}
+    try:
+        for side, tree in trees.items():
+            workers[side] = _Worker(tree, case)
+        times: dict = {side: [] for side in workers}
+        for r in range(pairs):
+            order = list(workers) if r % 2 == 0 else list(reversed(list(workers)))
+            for side in order:
+                times[side].append(workers[side].call())
+            progress.advance(task)
+    finally:
+        for w in workers.values():
+            w.close()
+    out = {side: dict(workers[side].ready, latency_ms=_median(t), calls_ms=t) for side, t in times.items()}
+    if "baseline" in times:
+        ratios = [b / t for b, t in zip(times["baseline"], times["this"])]
+        out["speedup"] = _median(ratios)
         out["rounds_speedup"] = ratios
     return out
 
@@ -196,23 +245,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", default="9e9c3c0", help="commit to compare against (default: 9e9c3c0)")
     parser.add_argument("--no-baseline", action="store_true", help="measure this checkout only")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per round (their median is the round's)")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds, this checkout and the baseline in turn (median over rounds)"
+        "--rounds", type=int, default=11, help="timed calls per call and side, the two sides in turn (default 11)"
     )
     parser.add_argument("--json", default="bench_network.json", help="where to save the numbers")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of md17-l2 energy+forces")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
-    parser.add_argument("--worker", type=int, choices=range(len(CASES)), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", type=int, choices=range(len(CASES)), help=argparse.SUPPRESS)
     parser.add_argument("--worker-compile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.repeats < 1 or args.rounds < 1:
-        parser.error("--repeats and --rounds must be at least 1")
-    if args.worker is not None:
-        print(json.dumps(measure(args.repeats, args.worker)))
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.serve is not None:
+        serve(args.serve)
         return
     if args.worker_compile:
-        print(json.dumps(measure_compile(args.compile_backend, args.repeats)))
+        print(json.dumps(measure_compile(args.compile_backend, args.rounds)))
         return
     for path in (ASPIRIN, QM9):
         if not path.exists():
@@ -224,26 +272,18 @@ def main() -> None:
 
     results = {}
     with Progress(transient=True) as progress:
-        sides = 1 if args.no_baseline else 2
-        task = progress.add_task("measuring", total=args.rounds * len(CASES) * sides + args.compile)
-        rounds: dict = {case: {"this": [], "baseline": []} for case in CASES}
+        task = progress.add_task("measuring", total=args.rounds * len(CASES) + args.compile)
         with contextlib.ExitStack() as stack:
             trees = {"this": ROOT}
             if not args.no_baseline:
                 trees["baseline"] = stack.enter_context(_BaselineTree(args.baseline))
-            for r in range(args.rounds):
-                for c, case in enumerate(CASES):
-                    for side, tree in trees.items():
-                        name = "this checkout" if side == "this" else f"baseline {args.baseline}"
-                        progress.update(task, description=f"round {r + 1}/{args.rounds}, {case.split(',')[0]}: {name}")
-                        rounds[case][side].append(_run_worker(tree, args.repeats, ("--worker", str(c))))
-                        progress.advance(task)
-        for case in CASES:
-            results[case] = _combine(rounds[case]["this"], rounds[case]["baseline"])
+            for c, case in enumerate(CASES):
+                progress.update(task, description=case.split(",")[0])
+                results[case] = _measure_case(c, trees, args.rounds, progress, task)
         if args.compile:
             progress.update(task, description=f"torch.compile ({args.compile_backend})")
             results["compile"] = _run_worker(
-                ROOT, args.repeats, ("--worker-compile", "--compile-backend", args.compile_backend)
+                ROOT, args.rounds, ("--worker-compile", "--compile-backend", args.compile_backend)
             )
             progress.advance(task)
 
@@ -267,7 +307,7 @@ def main() -> None:
     if not args.no_baseline:
         for case in CASES:
             ratios = ", ".join(f"{x:.2f}" for x in results[case]["rounds_speedup"])
-            Console().print(f"{case.split(',')[0]} speed-up per round: {ratios}")
+            Console().print(f"{case.split(',')[0]}, speed-up per round: {ratios}")
     if args.compile:
         c = results["compile"]
         Console().print(
@@ -282,7 +322,6 @@ def main() -> None:
         "baseline_commit": None if args.no_baseline else args.baseline,
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
-        "repeats": args.repeats,
         "rounds": args.rounds,
         "results": results,
     }
