@@ -3,8 +3,8 @@
 Two calls are measured, single-threaded, float32, eager, random weights (seed 0):
   md17-l2 energy+forces of one MD17 aspirin frame (21 atoms, ../shared/data/md17/mdbenchgnn/aspirin/test.npz)
   qm9-l2 inference (no grad) of 128 QM9 molecules (../shared/data/qm9/qm9_reduced_100.xyz, cycled)
-Each is profiled once with torch.profiler (every `aten::` event, nested ones included) and, after two
-warm-up calls, timed one call at a time. The same runs, in the same invocation, on the network as of
+Each is profiled once with torch.profiler (every `aten::` event, nested ones included) and, after
+warm-up, timed one call at a time. The same runs, in the same invocation, on the network as of
 `--baseline` (checked out in a temporary `git worktree`, imported through PYTHONPATH in a worker process
 of its own): in each of `--rounds` rounds one call is timed on each network, back to back, the first side
 alternating, so that a machine whose speed drifts (shared or throttled cores) slows both sides of a round
@@ -126,14 +126,9 @@ class _Worker:
         env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", str(case)]
         self.tree = tree
+        self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would stall the worker
         self.proc = subprocess.Popen(
-            cmd,
-            env=env,
-            cwd=str(tree),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            cmd, env=env, cwd=str(tree), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True
         )
         self.ready = self._read()
 
@@ -141,7 +136,8 @@ class _Worker:
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait()
-            raise RuntimeError(f"measurement in {self.tree} failed:\n{self.proc.stderr.read()[-4000:]}")
+            self.log.seek(0)
+            raise RuntimeError(f"measurement in {self.tree} failed:\n{self.log.read()[-4000:]}")
         return json.loads(line)
 
     def call(self) -> float:
@@ -153,6 +149,7 @@ class _Worker:
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(timeout=60)
+        self.log.close()
 
 
 def measure_compile(backend: str, repeats: int) -> dict:
