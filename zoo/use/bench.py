@@ -52,7 +52,7 @@ from zoo.paths import checkout_root, shared_data_dir
 from zoo.spec import ModelSpec
 from zoo.use.inputs import check_structure, read_inputs
 from zoo.use.predict import model_inputs
-from zoo.use.runner import Runner, accelerated_runner, load_runner
+from zoo.use.runner import Runner, accelerated_runner, constant_weights, load_runner
 
 BENCH_FIELDS = (
     "model", "variant", "backend", "task", "status", "error", "device", "device_name", "dtype", "batch_size",
@@ -246,7 +246,7 @@ def _variant_model(name: str) -> ZooModel:
         if net.output_key == keys.ENERGY
         else TargetInfo("property", "raw")
     )
-    return ZooModel({target.name: net}, [target]).requires_grad_(False)
+    return constant_weights(ZooModel({target.name: net}, [target]))
 
 
 def _is_variant(spec) -> bool:

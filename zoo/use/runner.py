@@ -99,13 +99,14 @@ def _torchscript_runner(path: Path, device: torch.device, dtype: Optional[torch.
     saved = getattr(torch, meta.get("model_dtype", "float32"))
     if dtype is not None and dtype != saved:
         module = module.to(dtype)
-    return Runner(_constant_weights(module), info, "torchscript", device, dtype or saved, grad=True, virial_attr=True)
+    return Runner(constant_weights(module), info, "torchscript", device, dtype or saved, grad=True, virial_attr=True)
 
 
-def _constant_weights(module: torch.nn.Module) -> torch.nn.Module:
-    """`module`, loaded here for inference, with its weights as constants: a force call then records and
-    keeps only the autograd graph of the positions (md17-l2 energy+forces on CPU: 6 % faster eager, 13 %
-    TorchScript). A module the caller passes in keeps its parameters as they are: it may still be trained."""
+def constant_weights(module: torch.nn.Module) -> torch.nn.Module:
+    """`module`, loaded or built by equizoo for inference, with its weights as constants: a force call then
+    records and keeps only the autograd graph of the positions (md17-l2 energy+forces on CPU: 6 % faster
+    eager, 13 % TorchScript). A module the caller passes in keeps its parameters as they are: it may still
+    be trained."""
     for p in module.parameters():  # ScriptModules have no requires_grad_
         p.requires_grad_(False)
     return module
@@ -189,7 +190,7 @@ def _load_runner(model, backend: str, dev: torch.device, dt: Optional[torch.dtyp
     info = ModelSpec.from_config(config, str(model_dir))
     if backend == "eager":
         return Runner(
-            _constant_weights(load_model_dir(model_dir, dtype=dt, device=dev)),
+            constant_weights(load_model_dir(model_dir, dtype=dt, device=dev)),
             info,
             "eager",
             dev,
@@ -201,7 +202,7 @@ def _load_runner(model, backend: str, dev: torch.device, dt: Optional[torch.dtyp
     if backend == "torchscript":
         if file.is_file():
             return _torchscript_runner(file, dev, dt)
-        module = script_model(_constant_weights(load_model_dir(model_dir, dtype=dt, device=dev)))
+        module = script_model(constant_weights(load_model_dir(model_dir, dtype=dt, device=dev)))
         return Runner(module, info, "torchscript", dev, dt or info.dtype, grad=True, virial_attr=True)
     if not file.is_file():
         raise UseError(
