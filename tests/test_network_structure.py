@@ -162,3 +162,50 @@ def test_a_structure_without_edges_runs_and_feels_no_force(name):
     )
     assert all(torch.isfinite(v).all() for v in out.values())
     assert torch.equal(out["forces"], torch.zeros(2, 3, dtype=torch.float64))
+
+
+def _weights_in_graph(root) -> list:
+    """The leaf tensors an output's autograd graph accumulates gradients into."""
+    seen, leaves, todo = set(), [], [root]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            leaves.append(node.variable)
+        todo.extend(f for f, _ in node.next_functions)
+    return leaves
+
+
+def test_an_eval_force_call_takes_the_weights_as_constants_and_gives_them_back(monkeypatch):
+    """Eval-mode forces free their graph (no create_graph), so the weights stay out of it for the call:
+    forces and virial equal those of a graph through the weights (train mode, this variant has no
+    dropout), and afterwards every weight requires gradients as before, also when the call raises."""
+    from structures import qm9_molecule
+
+    from zoo.graph import radius_graph
+
+    torch.manual_seed(0)
+    model = build_model("md17-l2", num_layers=2).double()
+    model.atom_embed.lin.weight.requires_grad_(False)  # frozen by the caller: stays frozen
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    z, pos = qm9_molecule(5000)
+    batch = torch.zeros(len(z), dtype=torch.long)
+    args = (pos, z, radius_graph(pos, batch, model.r_max), batch)
+
+    trained = model.train()(*args, compute_virial=True)
+    assert any(isinstance(p, torch.nn.Parameter) for p in _weights_in_graph(trained["energy"].grad_fn))
+    out = model.eval()(*args, compute_virial=True)
+    assert not any(isinstance(p, torch.nn.Parameter) for p in _weights_in_graph(out["energy"].grad_fn))
+    for key in ("energy", "forces", "virial"):
+        torch.testing.assert_close(out[key], trained[key].detach(), rtol=1e-12, atol=1e-12)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+
+    def fail(*_):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(model, "_outputs", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        model(*args)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before

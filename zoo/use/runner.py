@@ -103,10 +103,10 @@ def _torchscript_runner(path: Path, device: torch.device, dtype: Optional[torch.
 
 
 def constant_weights(module: torch.nn.Module) -> torch.nn.Module:
-    """`module`, loaded or built by equizoo for inference, with its weights as constants: a force call then
-    records and keeps only the autograd graph of the positions (md17-l2 energy+forces on CPU: 6 % faster
-    eager, 13 % TorchScript). A module the caller passes in keeps its parameters as they are: it may still
-    be trained."""
+    """`module`, loaded or built by equizoo for inference, with its weights as constants for good: a force
+    call then records and keeps only the autograd graph of the positions (md17-l2 energy+forces on CPU: 13 %
+    faster in TorchScript, which cannot leave them out per call as an eager eval-mode call does). A module
+    the caller passes in keeps its parameters as they are: it may still be trained."""
     for p in module.parameters():  # ScriptModules have no requires_grad_
         p.requires_grad_(False)
     return module
