@@ -160,42 +160,31 @@ class Equiformer(ExactConstants):
         tags: Optional[torch.Tensor],
         num_graphs: int,
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """(dE/d edge_vec, outputs) as a functional gradient: how forces are taken inside `torch.compile`
-        (dynamo traces `torch.func.grad` into the graph; eager and TorchScript use `torch.autograd.grad`)."""
+        """(dE/d edge_vec, outputs) where Python does better than TorchScript's plain `torch.autograd.grad`.
+
+        Inside `torch.compile`: a functional gradient (dynamo traces `torch.func.grad` into the graph).
+        In an eval-mode eager call: the weights taken as constants for the call. That gradient is taken
+        without `create_graph` and frees the graph, so no gradient could reach the weights through the call
+        anyway; recording none spares the autograd nodes of the weights' own ops and the activations kept
+        only for weight gradients (md17-l2 energy+forces on CPU: ~6 % faster). The weights that required
+        gradients (leaves only) require them again when the call returns or raises; like train/eval mode,
+        this is the module's state, so do not train it in another thread meanwhile.
+        """
 
         def energy(vec: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
             out = self._outputs(vec, species, edge_src, edge_dst, batch, tags, num_graphs)
             return out[self.output_key].sum(), out
 
-        return torch.func.grad(energy, has_aux=True)(edge_vec)
-
-    @torch.jit.unused
-    def _constant_weight_gradient(
-        self,
-        edge_vec: torch.Tensor,
-        species: torch.Tensor,
-        edge_src: torch.Tensor,
-        edge_dst: torch.Tensor,
-        batch: torch.Tensor,
-        tags: Optional[torch.Tensor],
-        num_graphs: int,
-    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """(dE/d edge_vec, outputs) of an eval-mode eager call, the weights taken as constants for the call.
-
-        The gradient is taken without `create_graph` and frees the graph, so no gradient could reach the
-        weights through this call anyway; recording none spares the autograd nodes of the weights' own ops
-        and the activations kept only for weight gradients (md17-l2 energy+forces on CPU: ~6 % faster). The
-        weights that required gradients (leaves only) require them again when the call returns or raises;
-        like train/eval mode, this is the module's state, so do not train it in another thread meanwhile.
-        """
+        if torch.compiler.is_dynamo_compiling():
+            return torch.func.grad(energy, has_aux=True)(edge_vec)
         if not edge_vec.requires_grad:
             edge_vec.requires_grad_(True)
         weights = [p for p in self.parameters() if p.requires_grad and p.is_leaf]
         for p in weights:
             p.requires_grad_(False)
         try:
-            out = self._outputs(edge_vec, species, edge_src, edge_dst, batch, tags, num_graphs)
-            grad = torch.autograd.grad([out[self.output_key].sum()], [edge_vec], allow_unused=True)[0]
+            total, out = energy(edge_vec)
+            grad = torch.autograd.grad([total], [edge_vec], allow_unused=True)[0]
         finally:
             for p in weights:
                 p.requires_grad_(True)
@@ -225,13 +214,11 @@ class Equiformer(ExactConstants):
             edge_vec = edge_vec + edge_shift
         need_grad = want_forces or want_virial
         g = torch.zeros(0)
-        functional = False
+        in_python = False
         if not torch.jit.is_scripting():
-            functional = need_grad and torch.compiler.is_dynamo_compiling()
-        if functional:
+            in_python = need_grad and (torch.compiler.is_dynamo_compiling() or not self.training)
+        if in_python:
             g, out = self._graded_outputs(edge_vec, species, edge_src, edge_dst, batch, tags, num_graphs)
-        elif need_grad and not self.training and not torch.jit.is_scripting():
-            g, out = self._constant_weight_gradient(edge_vec, species, edge_src, edge_dst, batch, tags, num_graphs)
         else:
             if need_grad and not edge_vec.requires_grad:
                 edge_vec.requires_grad_(True)
