@@ -16,6 +16,7 @@ from zoo.convert import convert_reference_checkpoint
 from zoo.data.cli import app as data_app
 from zoo.errors import ZooError
 from zoo.extras import missing_extra
+from zoo.host import keep_freed_memory
 from zoo.models.summary import variant_summaries
 
 app = typer.Typer(
@@ -148,8 +149,9 @@ _register_commands()
 
 
 def main() -> None:  # pragma: no cover - console entry
+    keep_freed_memory()
     app()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()
