@@ -46,6 +46,10 @@ def _aten_calls(fn) -> int:
     return sum(1 for e in prof.events() if e.name.startswith("aten::"))
 
 
+def _median(values: list) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def _latency_ms(fn, repeats: int) -> float:
     fn()
     times = []
@@ -53,8 +57,7 @@ def _latency_ms(fn, repeats: int) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    times.sort()
-    return 1000.0 * times[len(times) // 2]
+    return 1000.0 * _median(times)
 
 
 def _inputs():
@@ -207,10 +210,6 @@ class _BaselineTree:
             ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(self.tree)], check=False, capture_output=True
         )
         self._tmp.cleanup()
-
-
-def _median(values: list) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def _measure_case(case: int, trees: dict, pairs: int, progress, task) -> dict:
