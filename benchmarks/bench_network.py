@@ -13,7 +13,9 @@ side's calls. The table fits 80 columns; `--json` saves the numbers, every call'
 
 `--compile` also compiles the full md17-l2 energy+forces call of this checkout with
 `torch.compile(fullgraph=True, dynamic=True)` (`--compile-backend`, default inductor) and reports the cold
-compile time, the compiled latency and the largest relative difference from eager.
+compile time (with an empty inductor cache), the compiled call's aten calls (the matrix products it leaves
+to aten, with their nested calls) and latency next to eager's in the same process, and the largest
+relative difference from eager.
 
 Usage: python benchmarks/bench_network.py [--baseline 9e9c3c0] [--rounds 11] [--json bench_network.json]
        [--no-baseline] [--compile] [--compile-backend inductor]
@@ -175,13 +177,15 @@ def measure_compile(backend: str, repeats: int) -> dict:
     return {
         "backend": backend,
         "cold_compile_s": cold,
+        "aten_calls": _aten_calls(lambda: compiled(**md17_in)),
         "latency_ms": _latency_ms(lambda: compiled(**md17_in), repeats),
+        "eager_latency_ms": _latency_ms(lambda: model(**md17_in), repeats),
         "max_rel_diff": diff,
     }
 
 
-def _run_worker(src: Path, repeats: int, extra: tuple) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1")
+def _run_worker(src: Path, repeats: int, extra: tuple, env_extra: dict) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1", **env_extra)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--rounds", str(repeats), *extra]
     proc = subprocess.run(cmd, env=env, cwd=str(src), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -278,9 +282,14 @@ def main() -> None:
                 results[case] = _measure_case(c, trees, args.rounds, progress, task)
         if args.compile:
             progress.update(task, description=f"torch.compile ({args.compile_backend})")
-            results["compile"] = _run_worker(
-                ROOT, args.rounds, ("--worker-compile", "--compile-backend", args.compile_backend)
-            )
+            # an empty inductor cache, so that the compile is cold even after an earlier run on this machine
+            with tempfile.TemporaryDirectory(prefix="equizoo-inductor-cache-") as cache:
+                results["compile"] = _run_worker(
+                    ROOT,
+                    args.rounds,
+                    ("--worker-compile", "--compile-backend", args.compile_backend),
+                    {"TORCHINDUCTOR_CACHE_DIR": cache},
+                )
             progress.advance(task)
 
     table = Table(title="equizoo network, CPU, 1 thread, float32, eager", width=80)
@@ -308,7 +317,9 @@ def main() -> None:
         c = results["compile"]
         Console().print(
             f"md17-l2 energy+forces, torch.compile(fullgraph=True, dynamic=True, backend={c['backend']!r}): cold compile "
-            f"{c['cold_compile_s']:.1f} s, {c['latency_ms']:.1f} ms per call, largest relative difference from eager {c['max_rel_diff']:.1e}"
+            f"{c['cold_compile_s']:.1f} s, {c['aten_calls']:,} aten calls and {c['latency_ms']:.1f} ms per call "
+            f"(eager in the same process: {c['eager_latency_ms']:.1f} ms), largest relative difference from eager "
+            f"{c['max_rel_diff']:.1e}"
         )
     import platform
 
