@@ -79,6 +79,13 @@ def _fmt(value, digits: int = 6) -> str:
     return escape(str(value))
 
 
+def _fmt_measured(value, digits: int = 4) -> str:
+    """A measurement to `digits` significant digits, without an exponent (3277.4 -> 3277, 9.7641 -> 9.764)."""
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.0f}" if abs(value) >= 10 ** (digits - 1) else f"{value:.{digits}g}"
+    return _fmt(value, digits)
+
+
 def _print_predictions(result, rows: int, output: Optional[Path]) -> None:
     """The first `rows` predictions as a table, with a line on how many more there are."""
     from zoo.use.results import column
@@ -363,7 +370,7 @@ def _print_bench_table(frame, wide: bool) -> List[str]:
 
     first = frame.iloc[0]
     models = list(dict.fromkeys(str(m) for m in frame["model"]))
-    title = f"equizoo bench{' of ' + models[0] if len(models) == 1 else ''} on {first['device_name']} ({first['device']}, torch {first['torch']}, {first['threads']} threads)"
+    title = f"equizoo bench{' of ' + models[0] if len(models) == 1 else ''} on {first['device_name']} ({first['device']}, torch {first['torch']}, {first['threads']} thread{'s' if first['threads'] != 1 else ''})"
     columns = [
         "model",
         "backend",
@@ -407,9 +414,10 @@ def _print_bench_table(frame, wide: bool) -> List[str]:
             status = f"[red]error {len(errors)}[/red]"
         cells = {
             "model": escape(str(r["model"])), "backend": r["backend"], "task": r["task"], "batch": str(r["batch_size"]),
-            "atoms": _fmt(r["atoms_per_batch"]), "median ms": _fmt(r["median_ms"], 4), "iqr ms": _fmt(r["iqr_ms"], 2),
-            "structures/s": _fmt(r["structures_per_s"], 4), "atoms/s": _fmt(r["atoms_per_s"], 4), "peak MB": _fmt(r["peak_memory_mb"], 4),
-            "vs eager": _fmt(r["speedup_vs_eager"], 3), "status": status,
+            "atoms": _fmt(r["atoms_per_batch"]), "median ms": _fmt_measured(r["median_ms"]),
+            "iqr ms": _fmt_measured(r["iqr_ms"], 2), "structures/s": _fmt_measured(r["structures_per_s"]),
+            "atoms/s": _fmt_measured(r["atoms_per_s"]), "peak MB": _fmt_measured(r["peak_memory_mb"]),
+            "vs eager": _fmt_measured(r["speedup_vs_eager"], 3), "status": status,
         }  # fmt: skip
         table.add_row(*(cells[c] for c in columns))
     console.print(table)
