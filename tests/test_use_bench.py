@@ -4,6 +4,7 @@ Tiny CPU benches only; no assertion is about speed."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -21,10 +22,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_cli_bench_compare_writes_the_documented_fields(tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", "--model", model_dir("md17"), "--batch-size", "2", "--warmup", "1", "--repeats", "2", "--compare", "--train", "-o", out,
-                   env={"COLUMNS": "80"})  # fmt: skip
+    proc = run_cli("bench", "--model", model_dir("md17"), "--batch-size", "2", "--warmup", "1", "--repeats", "2", "--compare", "--train",
+                   "--profile", "-o", out, env={"COLUMNS": "80"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "torchscript" in proc.stdout and "vs eager" in proc.stdout
+    # the operator counts, with thousands separators, and no profiler chatter on stderr
+    assert "per call (torch.profiler)" in proc.stdout and re.search(r"\b\d{1,3},\d{3}\b", proc.stdout)
+    assert "profiler_start" not in proc.stderr
     table = proc.stdout.split("workload:")[
         0
     ].splitlines()  # title, table and hints (the file path after them may be long)

@@ -79,6 +79,13 @@ def _fmt(value, digits: int = 6) -> str:
     return escape(str(value))
 
 
+def _fmt_count(value) -> str:
+    """A count with thousands separators ('-' where there is none: a row that failed)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{int(value):,}"
+
+
 def _fmt_measured(value, digits: int = 4) -> str:
     """A measurement to `digits` significant digits, without an exponent (3277.4 -> 3277, 9.7641 -> 9.764)."""
     if isinstance(value, float) and math.isfinite(value):
@@ -434,8 +441,10 @@ def _print_profile(frame) -> None:
     for name in names:
         table.add_column(name, justify="left" if name in ("model", "backend", "task") else "right")
     for _, r in frame.iterrows():
-        counts = [_fmt(r["aten_calls"])] + (
-            [_fmt(r["gpu_kernels"]), _fmt(r["kernel_launches"]), _fmt(r["gpu_busy_ms"], 4)] if cuda else []
+        counts = [_fmt_count(r["aten_calls"])] + (
+            [_fmt_count(r["gpu_kernels"]), _fmt_count(r["kernel_launches"]), _fmt_measured(r["gpu_busy_ms"])]
+            if cuda
+            else []
         )
         table.add_row(escape(str(r["model"])), r["backend"], r["task"], str(r["batch_size"]), *counts)
     console.print(table)

@@ -350,6 +350,9 @@ def profile_call(fn, device: torch.device) -> dict:
     kernels, host launch calls (kernel and CUDA-graph launches) and GPU-busy milliseconds."""
     from torch.profiler import ProfilerActivity, profile
 
+    # torch 2.13's profiler (kineto) writes a start and a stop line to stderr per profiled call, between the
+    # progress bar and the table; read when the profiler first starts, and a level the user set is kept
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     _sync(device)
