@@ -21,9 +21,10 @@ def keep_freed_memory() -> bool:
     frame takes about 1,200 page faults per call, and none with this, and runs 6 to 9 % faster; qm9-l2
     inference of 128 molecules (about 1.1 GB at its peak) takes 56,000-630,000 page faults and 1.8-3.7 s
     per call, and at most about 1,100 faults and 1.5-1.7 s with this (7 processes each). The cost: the
-    process keeps the memory of its largest call instead of giving it back. Called by the `equizoo` command; a library user may call it
-    too. Does nothing (returns False) off glibc, or where `GLIBC_TUNABLES` already sets glibc's malloc
-    tunables (the user's choice wins); returns True when both settings took."""
+    process keeps the memory of its largest call instead of giving it back. Called by the `equizoo`
+    command; a library user may call it too. Does nothing (returns False) off glibc, or where
+    `GLIBC_TUNABLES` already sets glibc's malloc tunables (the user's choice wins); returns True when both
+    settings took."""
     if not sys.platform.startswith("linux") or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
