@@ -11,6 +11,11 @@ alternating, so that a machine whose speed drifts (shared or throttled cores) sl
 alike. The speed-up reported is the median of the per-round ratios; the latencies are the medians of each
 side's calls. The table fits 80 columns; `--json` saves the numbers, every call's included.
 
+Both sides run with the C allocator the environment gives them (glibc's defaults, under which each call
+faults much of its memory in again, on both sides). For both under the `equizoo` command's setting
+(`zoo.host.keep_freed_memory`), run with its two values in
+`GLIBC_TUNABLES=glibc.malloc.trim_threshold=2147483647:glibc.malloc.mmap_threshold=33554432`.
+
 `--compile` also compiles the full md17-l2 energy+forces call of this checkout with
 `torch.compile(fullgraph=True, dynamic=True)` (`--compile-backend`, default inductor) and reports the cold
 compile time (with an empty inductor cache), the compiled call's aten calls (the matrix products it leaves
