@@ -71,8 +71,13 @@ def _guarded(command):
     return run
 
 
+def _missing(value) -> bool:
+    """No value to show: None, or a NaN/inf that pandas left in a failed row."""
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
 def _fmt(value, digits: int = 6) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    if _missing(value):
         return "-"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) >= 100 else f"{value:.{digits}g}"
@@ -81,14 +86,14 @@ def _fmt(value, digits: int = 6) -> str:
 
 def _fmt_count(value) -> str:
     """A count with thousands separators ('-' where there is none: a row that failed)."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    if _missing(value):
         return "-"
     return f"{int(value):,}"
 
 
 def _fmt_measured(value, digits: int = 4) -> str:
     """A measurement to `digits` significant digits, without an exponent (3277.4 -> 3277, 9.7641 -> 9.764)."""
-    if isinstance(value, float) and math.isfinite(value):
+    if isinstance(value, float) and not _missing(value):
         return f"{value:.0f}" if abs(value) >= 10 ** (digits - 1) else f"{value:.{digits}g}"
     return _fmt(value, digits)
 
