@@ -1,10 +1,10 @@
 """The network alone on CPU: aten calls per call and eager latency, against a baseline commit in one run.
 
-Two calls are measured, single-threaded, float32, eager, random weights (seed 0):
+Two calls are measured, float32, eager, random weights (seed 0), on `--threads` intra-op threads (default 1):
   md17-l2 energy+forces of one MD17 aspirin frame (21 atoms, ../shared/data/md17/mdbenchgnn/aspirin/test.npz)
   qm9-l2 inference (no grad) of 128 QM9 molecules (../shared/data/qm9/qm9_reduced_100.xyz, cycled)
-Each is profiled once with torch.profiler (every `aten::` event, nested ones included) and, after
-warm-up, timed one call at a time. The same runs, in the same invocation, on the network as of
+Each is profiled once with torch.profiler at 1 thread (every `aten::` event, nested ones included) and,
+after warm-up, timed one call at a time. The same runs, in the same invocation, on the network as of
 `--baseline` (checked out in a temporary `git worktree`, imported through PYTHONPATH in a worker process
 of its own): in each of `--rounds` rounds one call is timed on each network, back to back, the first side
 alternating, so that a machine whose speed drifts (shared or throttled cores) slows both sides of a round
@@ -23,7 +23,7 @@ to aten, with their nested calls) and latency next to eager's in the same proces
 relative difference from eager.
 
 Usage: python benchmarks/bench_network.py [--baseline 9e9c3c0] [--rounds 11] [--json bench_network.json]
-       [--no-baseline] [--compile] [--compile-backend inductor]
+       [--threads 1] [--no-baseline] [--compile] [--compile-backend inductor]
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _inputs():
     return md17, qm9
 
 
-def serve(case: int) -> None:
+def serve(case: int, threads: int) -> None:
     """Worker: build call `CASES[case]` with the `zoo` found on sys.path (this checkout or the baseline's),
     print its aten calls and sizes as one JSON line, then time one call per line read from stdin."""
     import torch
@@ -117,6 +117,7 @@ def serve(case: int) -> None:
 
     result = fn()
     ready = {"aten_calls": _aten_calls(fn), "atoms": len(inputs["pos"]), "edges": inputs["edge_index"].shape[1]}
+    torch.set_num_threads(threads)
     if case == 0:
         ready["check"] = {"energy": result["energy"].tolist(), "forces_sum_abs": float(result["forces"].abs().sum())}
     fn()
@@ -132,9 +133,9 @@ def serve(case: int) -> None:
 class _Worker:
     """A `serve` subprocess on the network of `tree`: `ready` holds its counts, `call()` times one call."""
 
-    def __init__(self, tree: Path, case: int) -> None:
-        env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", str(case)]
+    def __init__(self, tree: Path, case: int, threads: int) -> None:
+        env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=str(threads))
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", str(case), "--threads", str(threads)]
         self.tree = tree
         self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would stall the worker
         self.proc = subprocess.Popen(
@@ -221,14 +222,14 @@ class _BaselineTree:
         self._tmp.cleanup()
 
 
-def _measure_case(case: int, trees: dict, pairs: int, progress, task) -> dict:
+def _measure_case(case: int, trees: dict, pairs: int, threads: int, progress, task) -> dict:
     """One call on each network in `trees` ("this", "baseline"): counts from each worker, then `pairs` rounds
     that time one call on each side back to back (the side that goes first alternates); the speed-up is the
     median of the per-round ratios, so that a drift of the machine's speed cancels in each ratio."""
     workers = {}
     try:
         for side, tree in trees.items():
-            workers[side] = _Worker(tree, case)
+            workers[side] = _Worker(tree, case, threads)
         times: dict = {side: [] for side in workers}
         for r in range(pairs):
             order = list(workers) if r % 2 == 0 else list(reversed(list(workers)))
@@ -256,13 +257,21 @@ def main() -> None:
     parser.add_argument("--json", default="bench_network.json", help="where to save the numbers")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of md17-l2 energy+forces")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads of both sides' calls (default 1; counts are defined at 1)",
+    )
     parser.add_argument("--serve", type=int, choices=range(len(CASES)), help=argparse.SUPPRESS)
     parser.add_argument("--worker-compile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
     if args.serve is not None:
-        serve(args.serve)
+        serve(args.serve, args.threads)
         return
     if args.worker_compile:
         print(json.dumps(measure_compile(args.compile_backend, args.rounds)))
@@ -284,7 +293,7 @@ def main() -> None:
                 trees["baseline"] = stack.enter_context(_BaselineTree(args.baseline))
             for c, case in enumerate(CASES):
                 progress.update(task, description=case.split(",")[0])
-                results[case] = _measure_case(c, trees, args.rounds, progress, task)
+                results[case] = _measure_case(c, trees, args.rounds, args.threads, progress, task)
         if args.compile:
             progress.update(task, description=f"torch.compile ({args.compile_backend})")
             # an empty inductor cache, so that the compile is cold even after an earlier run on this machine
@@ -297,7 +306,8 @@ def main() -> None:
                 )
             progress.advance(task)
 
-    table = Table(title="equizoo network, CPU, 1 thread, float32, eager", width=80)
+    threads = f"{args.threads} thread{'s' if args.threads > 1 else ''}"
+    table = Table(title=f"equizoo network, CPU, {threads}, float32, eager", width=80)
     table.add_column("call", max_width=22)
     table.add_column("aten calls", justify="right")
     table.add_column("ms", justify="right")
@@ -335,6 +345,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "rounds": args.rounds,
+        "threads": args.threads,
         "results": results,
     }
     Path(args.json).write_text(json.dumps(record, indent=2))
