@@ -16,8 +16,8 @@ faults much of its memory in again, on both sides). For both under the `equizoo`
 (`zoo.host.keep_freed_memory`), run with its two values in
 `GLIBC_TUNABLES=glibc.malloc.trim_threshold=2147483647:glibc.malloc.mmap_threshold=33554432`.
 
-`--compile` also compiles the full md17-l2 energy+forces call of this checkout with
-`torch.compile(fullgraph=True, dynamic=True)` (`--compile-backend`, default inductor) and reports the cold
+`--compile` also compiles both calls of this checkout with `torch.compile(fullgraph=True, dynamic=True)`
+(`--compile-backend`, default inductor), each in a process of its own, and reports per call the cold
 compile time (with an empty inductor cache), the compiled call's aten calls (the matrix products it leaves
 to aten, with their nested calls) and latency next to eager's in the same process, and the largest
 relative difference from eager.
@@ -90,30 +90,35 @@ def _inputs():
     return md17, qm9
 
 
-def serve(case: int, threads: int) -> None:
-    """Worker: build call `CASES[case]` with the `zoo` found on sys.path (this checkout or the baseline's),
-    print its aten calls and sizes as one JSON line, then time one call per line read from stdin."""
+def _call(case: int):
+    """(model, inputs, call) of `CASES[case]` with the `zoo` found on sys.path (this checkout or the
+    baseline's): the model in eval mode, random weights (seed 0); `call(module)` runs `module` on `inputs`."""
     import torch
 
     from zoo.models import build_model
 
-    torch.set_num_threads(1)
     md17_in, qm9_in = _inputs()
     torch.manual_seed(0)
     if case == 0:
-        model = build_model("md17-l2").eval()
-        inputs = md17_in
+        return build_model("md17-l2").eval(), md17_in, lambda module: module(**md17_in)
 
-        def fn():
-            return model(**inputs)
+    def inference(module):
+        with torch.no_grad():
+            return module(**qm9_in)
 
-    else:
-        model = build_model("qm9-l2").eval()
-        inputs = qm9_in
+    return build_model("qm9-l2").eval(), qm9_in, inference
 
-        def fn():
-            with torch.no_grad():
-                return model(**inputs)
+
+def serve(case: int, threads: int) -> None:
+    """Worker: build call `CASES[case]`, print its aten calls and sizes as one JSON line, then time one call
+    per line read from stdin."""
+    import torch
+
+    torch.set_num_threads(1)
+    model, inputs, call = _call(case)
+
+    def fn():
+        return call(model)
 
     result = fn()
     ready = {"aten_calls": _aten_calls(fn), "atoms": len(inputs["pos"]), "edges": inputs["edge_index"].shape[1]}
@@ -163,29 +168,25 @@ class _Worker:
         self.log.close()
 
 
-def measure_compile(backend: str, repeats: int) -> dict:
-    """Cold compile time, latency and largest relative difference from eager of the compiled md17-l2
-    energy+forces call (this checkout only: forces inside torch.compile need its functional gradient)."""
+def measure_compile(case: int, backend: str, repeats: int) -> dict:
+    """Cold compile time, aten calls, latency and largest relative difference from eager of call
+    `CASES[case]` compiled (this checkout only: forces inside torch.compile need its functional gradient)."""
     import torch
 
-    from zoo.models import build_model
-
     torch.set_num_threads(1)
-    md17_in, _ = _inputs()
-    torch.manual_seed(0)
-    model = build_model("md17-l2").eval()
+    model, _, call = _call(case)
     compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=backend)
     start = time.perf_counter()
-    out = compiled(**md17_in)
+    out = call(compiled)
     cold = time.perf_counter() - start
-    eager = model(**md17_in)
+    eager = call(model)
     diff = max(float((out[k] - eager[k]).abs().max() / eager[k].abs().max()) for k in eager)
     return {
         "backend": backend,
         "cold_compile_s": cold,
-        "aten_calls": _aten_calls(lambda: compiled(**md17_in)),
-        "latency_ms": _latency_ms(lambda: compiled(**md17_in), repeats),
-        "eager_latency_ms": _latency_ms(lambda: model(**md17_in), repeats),
+        "aten_calls": _aten_calls(lambda: call(compiled)),
+        "latency_ms": _latency_ms(lambda: call(compiled), repeats),
+        "eager_latency_ms": _latency_ms(lambda: call(model), repeats),
         "max_rel_diff": diff,
     }
 
@@ -255,7 +256,7 @@ def main() -> None:
         "--rounds", type=int, default=11, help="timed calls per call and side, the two sides in turn (default 11)"
     )
     parser.add_argument("--json", default="bench_network.json", help="where to save the numbers")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile of md17-l2 energy+forces")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of both calls")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
     parser.add_argument(
         "--threads",
@@ -264,7 +265,7 @@ def main() -> None:
         help="intra-op threads of both sides' calls (default 1; counts are defined at 1)",
     )
     parser.add_argument("--serve", type=int, choices=range(len(CASES)), help=argparse.SUPPRESS)
-    parser.add_argument("--worker-compile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-compile", type=int, choices=range(len(CASES)), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -273,8 +274,8 @@ def main() -> None:
     if args.serve is not None:
         serve(args.serve, args.threads)
         return
-    if args.worker_compile:
-        print(json.dumps(measure_compile(args.compile_backend, args.rounds)))
+    if args.worker_compile is not None:
+        print(json.dumps(measure_compile(args.worker_compile, args.compile_backend, args.rounds)))
         return
     for path in (ASPIRIN, QM9):
         if not path.exists():
@@ -286,7 +287,7 @@ def main() -> None:
 
     results = {}
     with Progress(transient=True) as progress:
-        task = progress.add_task("measuring", total=args.rounds * len(CASES) + args.compile)
+        task = progress.add_task("measuring", total=(args.rounds + args.compile) * len(CASES))
         with contextlib.ExitStack() as stack:
             trees = {"this": ROOT}
             if not args.no_baseline:
@@ -295,16 +296,18 @@ def main() -> None:
                 progress.update(task, description=case.split(",")[0])
                 results[case] = _measure_case(c, trees, args.rounds, args.threads, progress, task)
         if args.compile:
-            progress.update(task, description=f"torch.compile ({args.compile_backend})")
-            # an empty inductor cache, so that the compile is cold even after an earlier run on this machine
-            with tempfile.TemporaryDirectory(prefix="equizoo-inductor-cache-") as cache:
-                results["compile"] = _run_worker(
-                    ROOT,
-                    args.rounds,
-                    ("--worker-compile", "--compile-backend", args.compile_backend),
-                    {"TORCHINDUCTOR_CACHE_DIR": cache},
-                )
-            progress.advance(task)
+            results["compile"] = {}
+            for c, case in enumerate(CASES):
+                progress.update(task, description=f"torch.compile ({args.compile_backend}), {case.split(',')[0]}")
+                # an empty inductor cache, so that the compile is cold even after an earlier run on this machine
+                with tempfile.TemporaryDirectory(prefix="equizoo-inductor-cache-") as cache:
+                    results["compile"][case] = _run_worker(
+                        ROOT,
+                        args.rounds,
+                        ("--worker-compile", str(c), "--compile-backend", args.compile_backend),
+                        {"TORCHINDUCTOR_CACHE_DIR": cache},
+                    )
+                progress.advance(task)
 
     threads = f"{args.threads} thread{'s' if args.threads > 1 else ''}"
     table = Table(title=f"equizoo network, CPU, {threads}, float32, eager", width=80)
@@ -329,13 +332,13 @@ def main() -> None:
             ratios = ", ".join(f"{x:.2f}" for x in results[case]["rounds_speedup"])
             Console().print(f"{case.split(',')[0]}, speed-up per round: {ratios}")
     if args.compile:
-        c = results["compile"]
-        Console().print(
-            f"md17-l2 energy+forces, torch.compile(fullgraph=True, dynamic=True, backend={c['backend']!r}): cold compile "
-            f"{c['cold_compile_s']:.1f} s, {c['aten_calls']:,} aten calls and {c['latency_ms']:.1f} ms per call "
-            f"(eager in the same process: {c['eager_latency_ms']:.1f} ms), largest relative difference from eager "
-            f"{c['max_rel_diff']:.1e}"
-        )
+        for case, c in results["compile"].items():
+            Console().print(
+                f"{case}, torch.compile(fullgraph=True, dynamic=True, backend={c['backend']!r}): cold compile "
+                f"{c['cold_compile_s']:.1f} s, {c['aten_calls']:,} aten calls and {c['latency_ms']:.1f} ms per call "
+                f"(eager in the same process: {c['eager_latency_ms']:.1f} ms), largest relative difference from "
+                f"eager {c['max_rel_diff']:.1e}"
+            )
     import platform
 
     import torch
