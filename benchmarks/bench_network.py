@@ -17,10 +17,10 @@ faults much of its memory in again, on both sides). For both under the `equizoo`
 `GLIBC_TUNABLES=glibc.malloc.trim_threshold=2147483647:glibc.malloc.mmap_threshold=33554432`.
 
 `--compile` also compiles both calls of this checkout with `torch.compile(fullgraph=True, dynamic=True)`
-(`--compile-backend`, default inductor), each in a process of its own, and reports per call the cold
-compile time (with an empty inductor cache), the compiled call's aten calls (the matrix products it leaves
-to aten, with their nested calls) and latency next to eager's in the same process, and the largest
-relative difference from eager.
+(`--compile-backend`, default inductor), each in a process of its own on `--threads` threads, and reports
+per call the cold compile time (with an empty inductor cache), the compiled call's aten calls (on those
+threads: the matrix products it leaves to aten, with their nested calls) and latency next to eager's in
+the same process, and the largest relative difference from eager.
 
 Usage: python benchmarks/bench_network.py [--baseline 9e9c3c0] [--rounds 11] [--json bench_network.json]
        [--threads 1] [--no-baseline] [--compile] [--compile-backend inductor]
@@ -168,12 +168,14 @@ class _Worker:
         self.log.close()
 
 
-def measure_compile(case: int, backend: str, repeats: int) -> dict:
+def measure_compile(case: int, backend: str, repeats: int, threads: int) -> dict:
     """Cold compile time, aten calls, latency and largest relative difference from eager of call
-    `CASES[case]` compiled (this checkout only: forces inside torch.compile need its functional gradient)."""
+    `CASES[case]` compiled and run on `threads` threads (this checkout only: forces inside torch.compile
+    need its functional gradient). Everything runs on those threads: Dynamo guards the thread count, so
+    a call on another count would compile again."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     model, _, call = _call(case)
     compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=backend)
     start = time.perf_counter()
@@ -191,9 +193,9 @@ def measure_compile(case: int, backend: str, repeats: int) -> dict:
     }
 
 
-def _run_worker(src: Path, repeats: int, extra: tuple, env_extra: dict) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1", **env_extra)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--rounds", str(repeats), *extra]
+def _run_worker(src: Path, repeats: int, threads: int, extra: tuple, env_extra: dict) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS=str(threads), **env_extra)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--rounds", str(repeats), "--threads", str(threads), *extra]
     proc = subprocess.run(cmd, env=env, cwd=str(src), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"measurement in {src} failed:\n{proc.stderr[-4000:]}")
@@ -262,7 +264,7 @@ def main() -> None:
         "--threads",
         type=int,
         default=1,
-        help="intra-op threads of both sides' calls (default 1; counts are defined at 1)",
+        help="intra-op threads of the timed calls and of --compile (default 1; eager counts are taken at 1)",
     )
     parser.add_argument("--serve", type=int, choices=range(len(CASES)), help=argparse.SUPPRESS)
     parser.add_argument("--worker-compile", type=int, choices=range(len(CASES)), help=argparse.SUPPRESS)
@@ -275,7 +277,7 @@ def main() -> None:
         serve(args.serve, args.threads)
         return
     if args.worker_compile is not None:
-        print(json.dumps(measure_compile(args.worker_compile, args.compile_backend, args.rounds)))
+        print(json.dumps(measure_compile(args.worker_compile, args.compile_backend, args.rounds, args.threads)))
         return
     for path in (ASPIRIN, QM9):
         if not path.exists():
@@ -304,6 +306,7 @@ def main() -> None:
                     results["compile"][case] = _run_worker(
                         ROOT,
                         args.rounds,
+                        args.threads,
                         ("--worker-compile", str(c), "--compile-backend", args.compile_backend),
                         {"TORCHINDUCTOR_CACHE_DIR": cache},
                     )
